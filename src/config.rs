@@ -1,0 +1,517 @@
+//! Every option the relay takes, from the command line, `INTERCESSOR_*` variables or a TOML file.
+//!
+//! [`Options`] is the raw, all-optional form shared by clap and the file parser; [`Config`] is the
+//! validated result the library runs on, with every default named here.
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Default `--listen` when neither it nor `PORT` is set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default `--handshake-timeout`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--code-length`.
+pub const DEFAULT_CODE_LENGTH: usize = 6;
+/// Default `--rate-limit`, messages per second per peer.
+pub const DEFAULT_RATE_LIMIT: u32 = 50;
+/// Default `--max-message-bytes`.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Default `--max-clients-per-server`.
+pub const DEFAULT_MAX_CLIENTS_PER_SERVER: usize = 256;
+/// Default `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `--send-queue-bytes`.
+pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1024 * 1024;
+/// Default `--ping-interval`: under the 60 s idle cut of common proxies and load balancers.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Default `--idle-timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `--shutdown-timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a peer may exceed the rate limit without pause before it is disconnected.
+pub const DEFAULT_FLOOD_WINDOW: Duration = Duration::from_secs(10);
+
+/// The validated configuration the relay runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Browser origins allowed to open WebSockets; empty allows all.
+    pub allowed_origins: Vec<String>,
+    /// Longest a connection may take to deliver its HTTP request.
+    pub handshake_timeout: Duration,
+    /// Characters in a join code (4–16).
+    pub code_length: usize,
+    /// Text added to every HELLO as `serverInfo`.
+    pub server_info: Option<String>,
+    /// Messages per second per peer; `0` turns the limit off.
+    pub rate_limit: u32,
+    /// How long a peer may flood before it is disconnected.
+    pub flood_window: Duration,
+    /// Largest WebSocket message a peer may send.
+    pub max_message_bytes: usize,
+    /// Clients one server may hold.
+    pub max_clients_per_server: usize,
+    /// Live WebSocket sessions the relay accepts.
+    pub max_connections: usize,
+    /// Bytes of frames that may wait for one peer before it is disconnected as too slow.
+    pub send_queue_bytes: usize,
+    /// Passphrase required to register at `/server`.
+    pub passphrase: Option<String>,
+    /// How often the relay pings every peer.
+    pub ping_interval: Duration,
+    /// How long a silent peer is kept.
+    pub idle_timeout: Duration,
+    /// How long shutdown waits for sessions to close.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("the default address is valid"),
+            allowed_origins: Vec::new(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            code_length: DEFAULT_CODE_LENGTH,
+            server_info: None,
+            rate_limit: DEFAULT_RATE_LIMIT,
+            flood_window: DEFAULT_FLOOD_WINDOW,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_clients_per_server: DEFAULT_MAX_CLIENTS_PER_SERVER,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
+            passphrase: None,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// A duration written in seconds (`20`) or with a unit (`500ms`, `20s`, `1m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span(pub Duration);
+
+impl FromStr for Span {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Span, String> {
+        let text = text.trim();
+        if let Ok(seconds) = text.parse::<u64>() {
+            return Ok(Span(Duration::from_secs(seconds)));
+        }
+        humantime::parse_duration(text)
+            .map(Span)
+            .map_err(|e| format!("expected seconds or a duration like 500ms, 20s, 1m ({e})"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Span, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Seconds(u64),
+            Text(String),
+        }
+        match Written::deserialize(deserializer)? {
+            Written::Seconds(seconds) => Ok(Span(Duration::from_secs(seconds))),
+            Written::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(name = "intercessor", version, about)]
+pub struct Cli {
+    /// A TOML file of options (keys are option names with `_`); the command line and
+    /// environment override it.
+    #[arg(long, env = "INTERCESSOR_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Relay options.
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Every relay option, all optional so the command line, environment and file can be layered.
+#[derive(Debug, Default, Parser, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// Address to listen on [default: 127.0.0.1:8080, or 0.0.0.0:$PORT when PORT is set]
+    #[arg(long, env = "INTERCESSOR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+
+    /// Browser origin allowed to open WebSockets (repeatable; comma-separated in the environment);
+    /// when given, upgrades from other origins get 403
+    #[arg(
+        long = "allowed-origin",
+        env = "INTERCESSOR_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "allowed_origin")]
+    pub allowed_origins: Vec<String>,
+
+    /// Drop connections that have not sent their HTTP request within this time [default: 10s]
+    #[arg(long, env = "INTERCESSOR_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub handshake_timeout: Option<Span>,
+
+    /// Characters in a join code, 4 to 16 [default: 6]
+    #[arg(long, env = "INTERCESSOR_CODE_LENGTH", value_name = "N")]
+    pub code_length: Option<usize>,
+
+    /// Text sent to every peer in HELLO as "serverInfo"
+    #[arg(long, env = "INTERCESSOR_SERVER_INFO", value_name = "TEXT")]
+    pub server_info: Option<String>,
+
+    /// Messages per second per peer, burst twice that; 0 turns the limit off [default: 50]
+    #[arg(long, env = "INTERCESSOR_RATE_LIMIT", value_name = "N")]
+    pub rate_limit: Option<u32>,
+
+    /// Largest WebSocket message a peer may send; larger ones close it with 1009 [default: 65536]
+    #[arg(long, env = "INTERCESSOR_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Clients one server may hold [default: 256]
+    #[arg(long, env = "INTERCESSOR_MAX_CLIENTS_PER_SERVER", value_name = "N")]
+    pub max_clients_per_server: Option<usize>,
+
+    /// Live WebSocket sessions; beyond it upgrades get 503 [default: 10000]
+    #[arg(long, env = "INTERCESSOR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Bytes that may wait for one peer before it is closed as too slow [default: 1048576]
+    #[arg(long, env = "INTERCESSOR_SEND_QUEUE_BYTES", value_name = "BYTES")]
+    pub send_queue_bytes: Option<usize>,
+
+    /// Passphrase required to register at /server
+    #[arg(
+        long,
+        env = "INTERCESSOR_PASSPHRASE",
+        value_name = "TEXT",
+        hide_env_values = true
+    )]
+    pub passphrase: Option<String>,
+
+    /// File holding the passphrase (a trailing newline is ignored)
+    #[arg(
+        long,
+        env = "INTERCESSOR_PASSPHRASE_FILE",
+        value_name = "FILE",
+        conflicts_with = "passphrase"
+    )]
+    pub passphrase_file: Option<PathBuf>,
+
+    /// How often to ping every peer [default: 20s]
+    #[arg(long, env = "INTERCESSOR_PING_INTERVAL", value_name = "DURATION")]
+    pub ping_interval: Option<Span>,
+
+    /// Close a peer from which nothing has arrived for this long [default: 60s]
+    #[arg(long, env = "INTERCESSOR_IDLE_TIMEOUT", value_name = "DURATION")]
+    pub idle_timeout: Option<Span>,
+
+    /// How long shutdown waits for peers to close [default: 10s]
+    #[arg(long, env = "INTERCESSOR_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
+    pub shutdown_timeout: Option<Span>,
+
+    /// Log line format [default: text]
+    #[arg(long, env = "INTERCESSOR_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+impl Options {
+    /// Reads a TOML options file; errors name the file and the offending key in one line.
+    pub fn from_file(path: &Path) -> anyhow::Result<Options> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --config {}", path.display()))?;
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message().trim()))
+    }
+
+    /// Fills every option not set here from `lower` (command line and environment over the file).
+    pub fn or(self, lower: Options) -> Options {
+        Options {
+            listen: self.listen.or(lower.listen),
+            allowed_origins: if self.allowed_origins.is_empty() {
+                lower.allowed_origins
+            } else {
+                self.allowed_origins
+            },
+            handshake_timeout: self.handshake_timeout.or(lower.handshake_timeout),
+            code_length: self.code_length.or(lower.code_length),
+            server_info: self.server_info.or(lower.server_info),
+            rate_limit: self.rate_limit.or(lower.rate_limit),
+            max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
+            max_clients_per_server: self.max_clients_per_server.or(lower.max_clients_per_server),
+            max_connections: self.max_connections.or(lower.max_connections),
+            send_queue_bytes: self.send_queue_bytes.or(lower.send_queue_bytes),
+            // A passphrase given higher up overrides a file given lower down, and vice versa.
+            passphrase: self
+                .passphrase
+                .clone()
+                .or(if self.passphrase_file.is_some() {
+                    None
+                } else {
+                    lower.passphrase
+                }),
+            passphrase_file: self.passphrase_file.or(if self.passphrase.is_some() {
+                None
+            } else {
+                lower.passphrase_file
+            }),
+            ping_interval: self.ping_interval.or(lower.ping_interval),
+            idle_timeout: self.idle_timeout.or(lower.idle_timeout),
+            shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            log_format: self.log_format.or(lower.log_format),
+        }
+    }
+
+    /// Validates and fills defaults. `port` is the `PORT` variable edge hosts set.
+    pub fn into_config(self, port: Option<&str>) -> anyhow::Result<Config> {
+        let defaults = Config::default();
+        let listen = match (self.listen, port) {
+            (Some(listen), _) => listen,
+            (None, Some(port)) => {
+                let port: u16 = port
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("PORT must be a port number (got {port:?})"))?;
+                SocketAddr::from(([0, 0, 0, 0], port))
+            }
+            (None, None) => defaults.listen,
+        };
+        let code_length = self.code_length.unwrap_or(defaults.code_length);
+        if !(crate::ids::MIN_CODE_LENGTH..=crate::ids::MAX_CODE_LENGTH).contains(&code_length) {
+            bail!("--code-length must be between 4 and 16 (got {code_length})");
+        }
+        let passphrase = match (self.passphrase, self.passphrase_file) {
+            (Some(passphrase), _) => Some(passphrase),
+            (None, Some(path)) => Some(read_passphrase(&path)?),
+            (None, None) => None,
+        };
+        if passphrase.as_deref() == Some("") {
+            bail!("--passphrase must not be empty");
+        }
+        let config = Config {
+            listen,
+            allowed_origins: self.allowed_origins,
+            handshake_timeout: positive(
+                "--handshake-timeout",
+                self.handshake_timeout,
+                defaults.handshake_timeout,
+            )?,
+            code_length,
+            server_info: self.server_info,
+            rate_limit: self.rate_limit.unwrap_or(defaults.rate_limit),
+            flood_window: defaults.flood_window,
+            max_message_bytes: at_least(
+                "--max-message-bytes",
+                self.max_message_bytes,
+                defaults.max_message_bytes,
+                128,
+            )?,
+            max_clients_per_server: at_least(
+                "--max-clients-per-server",
+                self.max_clients_per_server,
+                defaults.max_clients_per_server,
+                1,
+            )?,
+            max_connections: at_least(
+                "--max-connections",
+                self.max_connections,
+                defaults.max_connections,
+                1,
+            )?,
+            send_queue_bytes: self.send_queue_bytes.unwrap_or(defaults.send_queue_bytes),
+            passphrase,
+            ping_interval: positive(
+                "--ping-interval",
+                self.ping_interval,
+                defaults.ping_interval,
+            )?,
+            idle_timeout: positive("--idle-timeout", self.idle_timeout, defaults.idle_timeout)?,
+            shutdown_timeout: self
+                .shutdown_timeout
+                .map_or(defaults.shutdown_timeout, |s| s.0),
+        };
+        // A queue smaller than one largest relayed frame would evict peers for a single message.
+        let smallest_queue = config.max_message_bytes + 256;
+        if config.send_queue_bytes < smallest_queue {
+            bail!(
+                "--send-queue-bytes must be at least --max-message-bytes + 256 ({smallest_queue}), got {}",
+                config.send_queue_bytes
+            );
+        }
+        if config.idle_timeout <= config.ping_interval {
+            bail!(
+                "--idle-timeout ({:?}) must be longer than --ping-interval ({:?}), or every peer times out",
+                config.idle_timeout,
+                config.ping_interval
+            );
+        }
+        Ok(config)
+    }
+}
+
+fn positive(option: &str, value: Option<Span>, default: Duration) -> anyhow::Result<Duration> {
+    let value = value.map_or(default, |s| s.0);
+    if value.is_zero() {
+        bail!("{option} must be longer than zero");
+    }
+    Ok(value)
+}
+
+fn at_least(
+    option: &str,
+    value: Option<usize>,
+    default: usize,
+    min: usize,
+) -> anyhow::Result<usize> {
+    let value = value.unwrap_or(default);
+    if value < min {
+        bail!("{option} must be at least {min} (got {value})");
+    }
+    Ok(value)
+}
+
+fn read_passphrase(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading --passphrase-file {}", path.display()))?;
+    let passphrase = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(passphrase
+        .strip_suffix('\r')
+        .unwrap_or(passphrase)
+        .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Options {
+        let mut argv = vec!["intercessor"];
+        argv.extend_from_slice(args);
+        Options::try_parse_from(argv).expect("valid arguments")
+    }
+
+    #[test]
+    fn durations_in_seconds_or_with_units() {
+        assert_eq!("20".parse(), Ok(Span(Duration::from_secs(20))));
+        assert_eq!("500ms".parse(), Ok(Span(Duration::from_millis(500))));
+        assert_eq!("20s".parse(), Ok(Span(Duration::from_secs(20))));
+        assert_eq!("1m".parse(), Ok(Span(Duration::from_secs(60))));
+        assert!("soon".parse::<Span>().is_err());
+        assert!("-1".parse::<Span>().is_err());
+    }
+
+    #[test]
+    fn defaults_when_nothing_is_given() {
+        let config = Options::default().into_config(None).expect("valid");
+        assert_eq!(config.listen, DEFAULT_LISTEN.parse().expect("valid"));
+        assert_eq!(config.code_length, 6);
+        assert_eq!(config.rate_limit, 50);
+        assert_eq!(config.ping_interval, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn port_applies_only_without_listen() {
+        let config = Options::default().into_config(Some("9000")).expect("valid");
+        assert_eq!(config.listen, "0.0.0.0:9000".parse().expect("valid"));
+        let config = parse(&["--listen", "127.0.0.1:1"])
+            .into_config(Some("9000"))
+            .expect("valid");
+        assert_eq!(config.listen, "127.0.0.1:1".parse().expect("valid"));
+        assert!(Options::default().into_config(Some("http")).is_err());
+    }
+
+    #[test]
+    fn command_line_wins_over_the_file() {
+        let file: Options = toml::from_str(
+            "code_length = 8\nrate_limit = 7\nping_interval = \"5s\"\nidle_timeout = 30\nallowed_origin = [\"https://a\"]",
+        )
+        .expect("valid file");
+        let config = parse(&["--code-length", "10"])
+            .or(file)
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.code_length, 10);
+        assert_eq!(config.rate_limit, 7);
+        assert_eq!(config.ping_interval, Duration::from_secs(5));
+        assert_eq!(config.idle_timeout, Duration::from_secs(30));
+        assert_eq!(config.allowed_origins, ["https://a"]);
+    }
+
+    #[test]
+    fn a_passphrase_given_higher_replaces_a_file_given_lower() {
+        let file: Options =
+            toml::from_str("passphrase_file = \"/nonexistent\"").expect("valid file");
+        let config = parse(&["--passphrase", "p"])
+            .or(file)
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.passphrase.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn passphrase_file_loses_its_trailing_newline() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("pass");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let config = parse(&["--passphrase-file", path.to_str().expect("utf-8")])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(config.passphrase.as_deref(), Some("s3cret"));
+    }
+
+    #[test]
+    fn invalid_values_name_their_option() {
+        let cases: [(&[&str], &str); 5] = [
+            (&["--code-length", "3"], "--code-length"),
+            (&["--code-length", "17"], "--code-length"),
+            (&["--ping-interval", "0"], "--ping-interval"),
+            (&["--ping-interval", "2m"], "--idle-timeout"),
+            (&["--send-queue-bytes", "10"], "--send-queue-bytes"),
+        ];
+        for (args, option) in cases {
+            let error = parse(args)
+                .into_config(None)
+                .expect_err("invalid")
+                .to_string();
+            assert!(error.contains(option), "{error:?} should name {option}");
+            assert!(!error.contains('\n'), "{error:?} should be one line");
+        }
+        assert!(Options::try_parse_from(["intercessor", "--rate-limit", "x"]).is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("relay.toml");
+        std::fs::write(&path, "code_lenght = 8\n").expect("write");
+        let error = Options::from_file(&path)
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("code_lenght"), "{error}");
+        assert!(!error.contains('\n'), "{error:?}");
+    }
+}

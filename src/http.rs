@@ -1,0 +1,168 @@
+//! The hyper service: routes, plain responses, the checks made before an upgrade, and the hand-off
+//! of upgraded connections to [`peer::run`].
+
+use crate::limits::ConnectionSlots;
+use crate::outbox::Closing;
+use crate::peer::{self, Admission};
+use crate::protocol::{ErrorCode, close};
+use crate::{ids::JoinCode, upgrade};
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug};
+
+/// The response body type: every response is small and complete.
+pub type Body = Full<Bytes>;
+
+/// What the HTTP layer shares across connections.
+pub struct App {
+    /// Shared with every WebSocket session.
+    pub sessions: Arc<peer::Context>,
+    /// Live WebSocket sessions against `--max-connections`.
+    pub slots: Arc<ConnectionSlots>,
+    /// Tracks upgraded sessions, which hyper's graceful shutdown does not see.
+    pub tracker: TaskTracker,
+    /// Buffers and limits for every WebSocket.
+    pub websocket: WebSocketConfig,
+}
+
+const UNAUTHORIZED: Admission = Admission::Refused(
+    ErrorCode::Unauthorized,
+    "registering a server needs the relay's passphrase",
+    Closing {
+        code: close::UNAUTHORIZED,
+        reason: "unauthorized",
+    },
+);
+
+/// Answers one HTTP request.
+pub async fn handle(
+    app: Arc<App>,
+    mut request: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let path = request.uri().path();
+    let admission = match (request.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => return Ok(text(StatusCode::OK, "ok")),
+        (_, "/server") => {
+            if app.authorized(&request) {
+                Admission::Server
+            } else {
+                UNAUTHORIZED
+            }
+        }
+        (_, path) => match path.strip_prefix("/client/") {
+            Some(code) if !code.contains('/') => {
+                let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
+                JoinCode::parse(&code).map_or(peer::UNKNOWN_SERVER, Admission::Client)
+            }
+            _ => return Ok(text(StatusCode::NOT_FOUND, "not found")),
+        },
+    };
+    let accept_key = match upgrade::check(&request) {
+        Ok(key) => key,
+        Err(rejection) => {
+            let mut response = text(rejection.status, rejection.reason);
+            if rejection.status == StatusCode::UPGRADE_REQUIRED {
+                let headers = response.headers_mut();
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            return Ok(response);
+        }
+    };
+    if !app.origin_allowed(&request) {
+        return Ok(text(
+            StatusCode::FORBIDDEN,
+            "this origin may not open WebSockets here",
+        ));
+    }
+    let Some(slot) = app.slots.try_take() else {
+        return Ok(text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the relay is at its connection limit",
+        ));
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let session = {
+        let app = app.clone();
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let io = TokioIo::new(upgraded);
+                    let ws =
+                        WebSocketStream::from_raw_socket(io, Role::Server, Some(app.websocket))
+                            .await;
+                    peer::run(ws, app.sessions.clone(), admission, slot).await;
+                }
+                Err(error) => debug!(%error, "upgrade failed"),
+            }
+        }
+    };
+    app.tracker.spawn(session.in_current_span());
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&accept_key).expect("an accept key is base64"),
+    );
+    Ok(response)
+}
+
+impl App {
+    /// Whether the request may register a server: no passphrase is configured, or it carries the
+    /// right one as `Authorization: Bearer …` or `?passphrase=…`. Compared in constant time.
+    fn authorized<B>(&self, request: &Request<B>) -> bool {
+        let Some(expected) = self.sessions.config.passphrase.as_deref() else {
+            return true;
+        };
+        let matches = |given: &[u8]| bool::from(given.ct_eq(expected.as_bytes()));
+        let by_header = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+            .is_some_and(matches);
+        let by_query = || {
+            request.uri().query().is_some_and(|query| {
+                form_urlencoded::parse(query.as_bytes())
+                    .any(|(key, value)| key == "passphrase" && matches(value.as_bytes()))
+            })
+        };
+        by_header || by_query()
+    }
+
+    /// Browsers always send `Origin`; tools usually do not, and are let through.
+    fn origin_allowed<B>(&self, request: &Request<B>) -> bool {
+        let allowed = &self.sessions.config.allowed_origins;
+        match request.headers().get(header::ORIGIN) {
+            Some(origin) if !allowed.is_empty() => {
+                allowed.iter().any(|a| a.as_bytes() == origin.as_bytes())
+            }
+            _ => true,
+        }
+    }
+}
+
+/// A plain-text response of one line.
+fn text(status: StatusCode, line: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::new(Bytes::from_static(line.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

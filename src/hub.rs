@@ -1,0 +1,483 @@
+//! The registry of live peers and the rules of who may send to whom.
+//!
+//! One `std::sync::Mutex` guards both maps and is taken once per operation. No operation awaits
+//! while holding it: whatever must reach another peer is pushed into that peer's bounded
+//! [`Outbox`] and written by the peer's own task.
+
+use crate::ids::{ClientId, JoinCode};
+use crate::outbox::{Closing, Outbox};
+use crate::protocol::{self, close};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The close a peer gets when its send queue overflows.
+pub const TOO_SLOW: Closing = Closing {
+    code: close::POLICY,
+    reason: "too slow",
+};
+
+/// The close a client gets after its server left.
+pub const SERVER_GONE: Closing = Closing {
+    code: close::SERVER_GONE,
+    reason: "server gone",
+};
+
+/// A handle to the registry; cheap to clone, one per connection.
+#[derive(Clone)]
+pub struct Hub {
+    state: Arc<Mutex<State>>,
+    code_length: usize,
+    max_clients_per_server: usize,
+}
+
+#[derive(Default)]
+struct State {
+    servers: HashMap<JoinCode, ServerEntry>,
+    clients: HashMap<ClientId, ClientEntry>,
+}
+
+struct ServerEntry {
+    outbox: Outbox,
+    /// Never longer than `Hub::max_clients_per_server`.
+    clients: Vec<ClientId>,
+}
+
+struct ClientEntry {
+    outbox: Outbox,
+    server: JoinCode,
+}
+
+/// A live peer's id: servers are known by their join code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerId {
+    /// A server, by its join code.
+    Server(JoinCode),
+    /// A client, by its relay-issued id.
+    Client(ClientId),
+}
+
+impl PeerId {
+    /// The id as peers see it on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            PeerId::Server(code) => code.as_str(),
+            PeerId::Client(id) => id.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a client could not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    /// No live server has this code.
+    #[error("no server has this code")]
+    UnknownServer,
+    /// The server holds its maximum number of clients.
+    #[error("the server is full")]
+    ServerFull,
+}
+
+/// `to` names no peer the sender may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no such peer, or not one you may send to")]
+pub struct UnknownPeer;
+
+/// Live membership in the hub; dropping it removes the peer and tells its counterparts.
+///
+/// Holding cleanup in `Drop` means PEER_GONE goes out on every exit path, panics included.
+pub struct Membership {
+    hub: Hub,
+    id: PeerId,
+}
+
+impl Membership {
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.hub.evict(self.id, None);
+    }
+}
+
+impl Hub {
+    /// An empty registry issuing `code_length`-character codes.
+    pub fn new(code_length: usize, max_clients_per_server: usize) -> Hub {
+        Hub {
+            state: Arc::default(),
+            code_length,
+            max_clients_per_server,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every operation leaves the maps consistent before it can panic, so poison is ignored.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Registers a server under a fresh unique code; `hello` builds its first frame from the code.
+    pub fn register_server(
+        &self,
+        outbox: Outbox,
+        hello: impl FnOnce(&str) -> String,
+    ) -> Membership {
+        let mut state = self.lock();
+        let code = loop {
+            let code = JoinCode::generate(self.code_length);
+            if !state.servers.contains_key(&code) {
+                break code;
+            }
+        };
+        // A fresh queue always has room for HELLO, which the relay builds small.
+        let _ = outbox.push(hello(code.as_str()));
+        state.servers.insert(
+            code,
+            ServerEntry {
+                outbox,
+                clients: Vec::new(),
+            },
+        );
+        Membership {
+            hub: self.clone(),
+            id: PeerId::Server(code),
+        }
+    }
+
+    /// Adds a client to the server with `code` and tells that server with PEER_JOINED.
+    ///
+    /// The client's HELLO is queued before the server can learn its id, so it always comes first.
+    pub fn join(
+        &self,
+        code: JoinCode,
+        outbox: Outbox,
+        hello: impl FnOnce(&str) -> String,
+    ) -> Result<Membership, JoinError> {
+        let mut state = self.lock();
+        let id = loop {
+            let id = ClientId::generate();
+            if !state.clients.contains_key(&id) {
+                break id;
+            }
+        };
+        let server = state
+            .servers
+            .get_mut(&code)
+            .ok_or(JoinError::UnknownServer)?;
+        if server.clients.len() >= self.max_clients_per_server {
+            return Err(JoinError::ServerFull);
+        }
+        if server
+            .outbox
+            .push(protocol::peer_joined(id.as_str()))
+            .is_err()
+        {
+            Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
+            return Err(JoinError::UnknownServer);
+        }
+        server.clients.push(id);
+        let _ = outbox.push(hello(id.as_str()));
+        state.clients.insert(
+            id,
+            ClientEntry {
+                outbox,
+                server: code,
+            },
+        );
+        Ok(Membership {
+            hub: self.clone(),
+            id: PeerId::Client(id),
+        })
+    }
+
+    /// Delivers `frame` from `from` to the peer named by `to`, if `from` may reach it.
+    ///
+    /// A client may reach only its own server (any forgiving spelling of the code); a server only
+    /// its own clients. A destination whose queue is full is disconnected as too slow, and the
+    /// sender hears PEER_GONE as for any other leave.
+    pub fn route(&self, from: PeerId, to: &str, frame: String) -> Result<(), UnknownPeer> {
+        let mut state = self.lock();
+        let (destination, outbox) = match from {
+            PeerId::Client(sender) => {
+                let server = state.clients.get(&sender).ok_or(UnknownPeer)?.server;
+                if JoinCode::parse(to) != Some(server) {
+                    return Err(UnknownPeer);
+                }
+                let entry = state.servers.get(&server).ok_or(UnknownPeer)?;
+                (PeerId::Server(server), &entry.outbox)
+            }
+            PeerId::Server(sender) => {
+                let id = ClientId::parse(to).ok_or(UnknownPeer)?;
+                let entry = state.clients.get(&id).ok_or(UnknownPeer)?;
+                if entry.server != sender {
+                    return Err(UnknownPeer);
+                }
+                (PeerId::Client(id), &entry.outbox)
+            }
+        };
+        if outbox.push(frame).is_err() {
+            Self::evict_locked(&mut state, destination, Some(TOO_SLOW));
+        }
+        Ok(())
+    }
+
+    /// Numbers of live servers and clients.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.servers.len(), state.clients.len())
+    }
+
+    fn evict(&self, id: PeerId, closing: Option<Closing>) {
+        Self::evict_locked(&mut self.lock(), id, closing);
+    }
+
+    /// Removes a peer and tells its counterparts; with `closing`, also asks the peer to close.
+    ///
+    /// A counterpart whose queue cannot take PEER_GONE is too slow and is evicted in turn, so the
+    /// work is a queue, not recursion.
+    fn evict_locked(state: &mut State, id: PeerId, closing: Option<Closing>) {
+        let mut pending = vec![(id, closing)];
+        while let Some((id, closing)) = pending.pop() {
+            match id {
+                PeerId::Server(code) => {
+                    let Some(server) = state.servers.remove(&code) else {
+                        continue;
+                    };
+                    if let Some(closing) = closing {
+                        server.outbox.close(closing);
+                    }
+                    let gone = protocol::peer_gone(code.as_str());
+                    for client_id in server.clients {
+                        if let Some(client) = state.clients.remove(&client_id) {
+                            let closing = match client.outbox.push(gone.clone()) {
+                                Ok(()) => SERVER_GONE,
+                                Err(_) => TOO_SLOW,
+                            };
+                            client.outbox.close(closing);
+                        }
+                    }
+                }
+                PeerId::Client(client_id) => {
+                    let Some(client) = state.clients.remove(&client_id) else {
+                        continue;
+                    };
+                    if let Some(closing) = closing {
+                        client.outbox.close(closing);
+                    }
+                    if let Some(server) = state.servers.get_mut(&client.server) {
+                        server.clients.retain(|c| *c != client_id);
+                        let gone = protocol::peer_gone(client_id.as_str());
+                        if server.outbox.push(gone).is_err() {
+                            pending.push((PeerId::Server(client.server), Some(TOO_SLOW)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{self, Inbox};
+    use std::collections::VecDeque;
+
+    const ROOMY: usize = 1 << 20;
+
+    fn hello(id: &str) -> String {
+        format!("HELLO {id}")
+    }
+
+    /// Everything queued for a peer, and the close it was asked for, without waiting.
+    async fn drain(inbox: &Inbox) -> (Vec<String>, Option<Closing>) {
+        let mut frames = Vec::new();
+        loop {
+            let mut batch = VecDeque::new();
+            let next = tokio::time::timeout(
+                std::time::Duration::from_millis(10),
+                inbox.next_batch(&mut batch),
+            )
+            .await;
+            match next {
+                Ok(None) => frames.extend(batch),
+                Ok(Some(closing)) => return (frames, Some(closing)),
+                Err(_) => return (frames, None),
+            }
+        }
+    }
+
+    fn server(hub: &Hub) -> (Membership, Inbox, JoinCode) {
+        let (outbox, inbox) = outbox::bounded(ROOMY);
+        let membership = hub.register_server(outbox, hello);
+        let PeerId::Server(code) = membership.id() else {
+            panic!("a server gets a code")
+        };
+        (membership, inbox, code)
+    }
+
+    fn client(hub: &Hub, code: JoinCode) -> (Membership, Inbox, ClientId) {
+        let (outbox, inbox) = outbox::bounded(ROOMY);
+        let membership = hub.join(code, outbox, hello).expect("joins");
+        let PeerId::Client(id) = membership.id() else {
+            panic!("a client gets a client id")
+        };
+        (membership, inbox, id)
+    }
+
+    #[tokio::test]
+    async fn hello_first_then_peer_joined() {
+        let hub = Hub::new(6, 8);
+        let (_s, server_inbox, code) = server(&hub);
+        let (_c, client_inbox, id) = client(&hub, code);
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [hello(code.as_str()), protocol::peer_joined(id.as_str())]
+        );
+        assert_eq!(drain(&client_inbox).await.0, [hello(id.as_str())]);
+        assert_eq!(hub.counts(), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn routing_matrix() {
+        let hub = Hub::new(6, 8);
+        let (a, a_inbox, a_code) = server(&hub);
+        let (b, _b_inbox, b_code) = server(&hub);
+        let (a1, _a1_inbox, a1_id) = client(&hub, a_code);
+        let (b1, _b1_inbox, b1_id) = client(&hub, b_code);
+        drain(&a_inbox).await;
+
+        let lower = a_code.as_str().to_lowercase();
+        assert_eq!(hub.route(a1.id(), &lower, "to a".into()), Ok(()));
+        assert_eq!(drain(&a_inbox).await.0, ["to a"]);
+        assert_eq!(hub.route(a.id(), a1_id.as_str(), "to a1".into()), Ok(()));
+
+        assert_eq!(
+            hub.route(a1.id(), b_code.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+        assert_eq!(
+            hub.route(a1.id(), b1_id.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+        assert_eq!(
+            hub.route(a.id(), b1_id.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+        assert_eq!(
+            hub.route(a.id(), b_code.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+        assert_eq!(
+            hub.route(b.id(), a1_id.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+        assert_eq!(hub.route(b1.id(), "0", "x".into()), Err(UnknownPeer));
+    }
+
+    #[tokio::test]
+    async fn unknown_and_full_servers_refuse_joins() {
+        let hub = Hub::new(6, 1);
+        let (_s, _inbox, code) = server(&hub);
+        let (_c, _c_inbox, _) = client(&hub, code);
+        let (outbox, _) = outbox::bounded(ROOMY);
+        assert_eq!(
+            hub.join(code, outbox.clone(), hello).err(),
+            Some(JoinError::ServerFull)
+        );
+        let other = JoinCode::parse("ZZZZZZ").expect("valid");
+        assert_eq!(
+            hub.join(other, outbox, hello).err(),
+            Some(JoinError::UnknownServer)
+        );
+    }
+
+    #[tokio::test]
+    async fn client_leaving_tells_its_server() {
+        let hub = Hub::new(6, 8);
+        let (_s, server_inbox, code) = server(&hub);
+        let (c, _c_inbox, id) = client(&hub, code);
+        drain(&server_inbox).await;
+        drop(c);
+        assert_eq!(
+            drain(&server_inbox).await,
+            (vec![protocol::peer_gone(id.as_str())], None)
+        );
+        assert_eq!(hub.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn server_leaving_tells_and_closes_its_clients() {
+        let hub = Hub::new(6, 8);
+        let (s, _inbox, code) = server(&hub);
+        let (c1, c1_inbox, _) = client(&hub, code);
+        let (_c2, c2_inbox, _) = client(&hub, code);
+        drain(&c1_inbox).await;
+        drain(&c2_inbox).await;
+        drop(s);
+        for inbox in [&c1_inbox, &c2_inbox] {
+            assert_eq!(
+                drain(inbox).await,
+                (vec![protocol::peer_gone(code.as_str())], Some(SERVER_GONE))
+            );
+        }
+        assert_eq!(hub.counts(), (0, 0));
+        assert_eq!(
+            hub.route(c1.id(), code.as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_disconnects_the_slow_peer_not_the_sender() {
+        let hub = Hub::new(6, 8);
+        let (s, server_inbox, code) = server(&hub);
+        let (slow_outbox, slow_inbox) = outbox::bounded(64);
+        let slow = hub.join(code, slow_outbox, hello).expect("joins");
+        drain(&server_inbox).await;
+        let mut delivered = 0;
+        while hub.counts().1 == 1 {
+            hub.route(s.id(), slow.id().as_str(), "x".repeat(20))
+                .expect("routable until evicted");
+            delivered += 1;
+        }
+        assert_eq!(
+            delivered, 2,
+            "64 bytes hold the 27-byte HELLO and one 20-byte frame"
+        );
+        let (frames, closing) = drain(&slow_inbox).await;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(closing, Some(TOO_SLOW));
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [protocol::peer_gone(slow.id().as_str())]
+        );
+        assert_eq!(
+            hub.route(s.id(), slow.id().as_str(), "x".into()),
+            Err(UnknownPeer)
+        );
+    }
+
+    #[test]
+    fn codes_are_unique_among_live_servers() {
+        let hub = Hub::new(4, 8);
+        let memberships: Vec<_> = (0..2000)
+            .map(|_| hub.register_server(outbox::bounded(ROOMY).0, hello))
+            .collect();
+        let mut codes: Vec<_> = memberships.iter().map(|m| m.id().to_string()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), 2000);
+    }
+}

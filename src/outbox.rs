@@ -1,0 +1,186 @@
+//! A peer's bounded send queue: the hub pushes frames in without waiting, the peer's task drains it.
+//!
+//! The bound is in bytes. When a push would exceed it, the push is refused and the hub disconnects
+//! that peer as too slow (close `1008`) rather than waiting on it: one stuck reader must never stall
+//! the server it shares with hundreds of other clients, nor grow the relay's memory. Frames accepted
+//! for a peer that keeps reading are always delivered, in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+/// Why the relay is closing a peer: the close frame it will send once queued frames are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closing {
+    /// WebSocket close code.
+    pub code: u16,
+    /// Close reason, shown to the peer.
+    pub reason: &'static str,
+}
+
+/// The push side, held by the hub.
+#[derive(Debug, Clone)]
+pub struct Outbox(Arc<Shared>);
+
+/// The drain side, held by the peer's own task.
+#[derive(Debug)]
+pub struct Inbox(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the peer's task; a single consumer, so `notify_one`'s stored permit means no lost wake-up.
+    wake: Notify,
+    /// Most bytes of frames waiting in `queue` at once.
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<String>,
+    /// Sum of the lengths of `frames`; never above `Shared::limit`.
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// The queue was full: the frame was not accepted.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueFull;
+
+/// Makes a connected pair holding at most `limit_bytes` of queued frames.
+pub fn bounded(limit_bytes: usize) -> (Outbox, Inbox) {
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        wake: Notify::new(),
+        limit: limit_bytes,
+    });
+    (Outbox(shared.clone()), Inbox(shared))
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock cannot leave the queue inconsistent, so poison is ignored.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Outbox {
+    /// Queues a frame without waiting. Frames pushed after [`Outbox::close`] are discarded.
+    pub fn push(&self, frame: String) -> Result<(), QueueFull> {
+        let mut queue = self.0.lock();
+        if queue.closing.is_some() {
+            return Ok(());
+        }
+        if queue.bytes + frame.len() > self.0.limit {
+            return Err(QueueFull);
+        }
+        queue.bytes += frame.len();
+        queue.frames.push_back(frame);
+        drop(queue);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+
+    /// Asks the peer's task to close after writing what is already queued. The first call wins.
+    pub fn close(&self, closing: Closing) {
+        let mut queue = self.0.lock();
+        queue.closing.get_or_insert(closing);
+        drop(queue);
+        self.0.wake.notify_one();
+    }
+}
+
+impl Inbox {
+    /// Waits for frames, moving every queued one into `batch` (which must be empty).
+    ///
+    /// Returns the close request once no frames remain before it. Cancel-safe: nothing is taken
+    /// from the queue until the call returns.
+    pub async fn next_batch(&self, batch: &mut VecDeque<String>) -> Option<Closing> {
+        loop {
+            {
+                let mut queue = self.0.lock();
+                if !queue.frames.is_empty() {
+                    std::mem::swap(&mut queue.frames, batch);
+                    queue.bytes = 0;
+                    return None;
+                }
+                if let Some(closing) = queue.closing {
+                    return Some(closing);
+                }
+            }
+            self.0.wake.notified().await;
+        }
+    }
+
+    /// Resolves once a close has been requested; used to abandon a write the peer will not read.
+    pub async fn closing(&self) -> Closing {
+        loop {
+            if let Some(closing) = self.0.lock().closing {
+                return closing;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GONE: Closing = Closing {
+        code: 4410,
+        reason: "server gone",
+    };
+
+    #[tokio::test]
+    async fn delivers_in_order_in_one_batch() {
+        let (outbox, inbox) = bounded(100);
+        outbox.push("a".into()).expect("room");
+        outbox.push("bc".into()).expect("room");
+        let mut batch = VecDeque::new();
+        assert_eq!(inbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch, ["a", "bc"]);
+    }
+
+    #[tokio::test]
+    async fn refuses_past_the_byte_bound_and_frees_room_when_drained() {
+        let (outbox, inbox) = bounded(10);
+        outbox.push("x".repeat(6)).expect("room");
+        assert_eq!(outbox.push("x".repeat(5)), Err(QueueFull));
+        outbox.push("x".repeat(4)).expect("exactly at the bound");
+        let mut batch = VecDeque::new();
+        inbox.next_batch(&mut batch).await;
+        assert_eq!(batch.len(), 2);
+        outbox.push("x".repeat(10)).expect("drained");
+    }
+
+    #[tokio::test]
+    async fn close_comes_after_queued_frames_and_later_pushes_are_dropped() {
+        let (outbox, inbox) = bounded(100);
+        outbox.push("PEER_GONE".into()).expect("room");
+        outbox.close(GONE);
+        outbox.push("late".into()).expect("discarded quietly");
+        let mut batch = VecDeque::new();
+        assert_eq!(inbox.next_batch(&mut batch).await, None);
+        assert_eq!(batch, ["PEER_GONE"]);
+        batch.clear();
+        assert_eq!(inbox.next_batch(&mut batch).await, Some(GONE));
+        assert!(batch.is_empty());
+        assert_eq!(inbox.closing().await, GONE);
+    }
+
+    #[tokio::test]
+    async fn wakes_a_waiting_task() {
+        let (outbox, inbox) = bounded(100);
+        let waiter = tokio::spawn(async move {
+            let mut batch = VecDeque::new();
+            inbox.next_batch(&mut batch).await;
+            batch
+        });
+        tokio::task::yield_now().await;
+        outbox.push("hi".into()).expect("room");
+        assert_eq!(waiter.await.expect("no panic"), ["hi"]);
+    }
+}

@@ -1,0 +1,281 @@
+//! The wire protocol: envelopes peers send, frames the relay sends, error and close codes.
+//!
+//! Everything here is pure: it turns text into typed values and back, and never touches a socket.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// The relay's own peer id: frames the relay itself sends come `"from": "0"`.
+pub const RELAY_ID: &str = "0";
+
+/// Longest `type` a peer may send, in bytes.
+pub const MAX_TYPE_BYTES: usize = 64;
+
+/// WebSocket close codes the relay uses, and why.
+pub mod close {
+    /// The relay is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// The peer broke a rule it was told about: too slow a reader, or a sustained flood.
+    pub const POLICY: u16 = 1008;
+    /// A frame or message larger than `--max-message-bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Registration at `/server` without the right passphrase.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// `/client/{CODE}` names no live server.
+    pub const UNKNOWN_SERVER: u16 = 4404;
+    /// Nothing, not even a pong, arrived for `--idle-timeout`.
+    pub const IDLE: u16 = 4408;
+    /// The server already holds `--max-clients-per-server` clients.
+    pub const SERVER_FULL: u16 = 4409;
+    /// The client's server left.
+    pub const SERVER_GONE: u16 = 4410;
+}
+
+/// A message as a peer sends it: `{"to","type","message"}`.
+///
+/// `message` stays raw JSON: the relay carries it through byte for byte and never rebuilds it.
+#[derive(Debug, Deserialize)]
+pub struct Incoming<'a> {
+    /// The destination peer id (a join code may be spelled forgivingly).
+    #[serde(borrow)]
+    pub to: Cow<'a, str>,
+    /// The application's message type; any non-empty string up to [`MAX_TYPE_BYTES`].
+    #[serde(rename = "type", borrow)]
+    pub kind: Cow<'a, str>,
+    /// The payload; absent is relayed as `null`.
+    #[serde(borrow, default)]
+    pub message: Option<&'a RawValue>,
+}
+
+/// Why a text frame is not a valid envelope.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// Not JSON, not an object, or a field missing or of the wrong type.
+    #[error("expected a JSON object with string fields \"to\" and \"type\": {0}")]
+    Malformed(String),
+    /// `type` is the empty string.
+    #[error("\"type\" must not be empty")]
+    EmptyType,
+    /// `type` is longer than [`MAX_TYPE_BYTES`].
+    #[error("\"type\" is longer than {MAX_TYPE_BYTES} bytes")]
+    TypeTooLong,
+}
+
+/// Parses one text frame from a peer. A stray `"from"` field is accepted and ignored.
+pub fn parse_incoming(text: &str) -> Result<Incoming<'_>, ProtocolError> {
+    let incoming: Incoming<'_> =
+        serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    if incoming.kind.is_empty() {
+        return Err(ProtocolError::EmptyType);
+    }
+    if incoming.kind.len() > MAX_TYPE_BYTES {
+        return Err(ProtocolError::TypeTooLong);
+    }
+    Ok(incoming)
+}
+
+/// A frame as the relay sends it: `{"from","type","message"}`.
+#[derive(Serialize)]
+struct Outgoing<'a, M: Serialize + ?Sized> {
+    from: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a M,
+}
+
+fn frame<M: Serialize + ?Sized>(from: &str, kind: &str, message: &M) -> String {
+    serde_json::to_string(&Outgoing {
+        from,
+        kind,
+        message,
+    })
+    .expect("serialising strings and JSON values cannot fail")
+}
+
+/// The frame that carries a peer's message to its destination, built once per message.
+pub fn relayed(from: &str, kind: &str, message: Option<&RawValue>) -> String {
+    frame(from, kind, &message)
+}
+
+/// The first frame every peer receives.
+#[derive(Serialize)]
+pub struct Hello<'a> {
+    /// The peer's own id (a join code for servers).
+    pub id: &'a str,
+    /// `--server-info`, when configured.
+    #[serde(rename = "serverInfo", skip_serializing_if = "Option::is_none")]
+    pub server_info: Option<&'a str>,
+}
+
+/// Builds HELLO for a peer.
+pub fn hello(hello: &Hello<'_>) -> String {
+    frame(RELAY_ID, "HELLO", hello)
+}
+
+#[derive(Serialize)]
+struct PeerRef<'a> {
+    id: &'a str,
+}
+
+/// Tells a server that a client joined.
+pub fn peer_joined(id: &str) -> String {
+    frame(RELAY_ID, "PEER_JOINED", &PeerRef { id })
+}
+
+/// Tells a peer that its counterpart left.
+pub fn peer_gone(id: &str) -> String {
+    frame(RELAY_ID, "PEER_GONE", &PeerRef { id })
+}
+
+/// The codes an ERROR frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    /// Not a valid envelope, or a binary frame.
+    BadMessage,
+    /// `to` names no peer this sender may reach.
+    UnknownPeer,
+    /// Over the message rate limit.
+    RateLimited,
+    /// `/client/{CODE}` for no live server.
+    UnknownServer,
+    /// The server is at `--max-clients-per-server`.
+    ServerFull,
+    /// Wrong or missing passphrase at `/server`.
+    Unauthorized,
+}
+
+/// An ERROR frame's `message`.
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+}
+
+/// Builds an ERROR frame; `id` names the peer concerned, for `UNKNOWN_PEER`.
+pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
+    frame(RELAY_ID, "ERROR", &ErrorBody { code, reason, id })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn value(text: &str) -> Value {
+        serde_json::from_str(text).expect("frames are JSON")
+    }
+
+    #[test]
+    fn parses_an_envelope_and_keeps_the_message_raw() {
+        let text = r#"{"to":"7KQ2MX","type":"OFFER","message":{"sdp":"v=0\r\n", "n": 1.50}}"#;
+        let incoming = parse_incoming(text).expect("valid");
+        assert_eq!(incoming.to, "7KQ2MX");
+        assert_eq!(incoming.kind, "OFFER");
+        assert_eq!(
+            incoming.message.map(RawValue::get),
+            Some(r#"{"sdp":"v=0\r\n", "n": 1.50}"#)
+        );
+    }
+
+    #[test]
+    fn accepts_and_ignores_a_stray_from() {
+        let incoming = parse_incoming(r#"{"from":"x","to":"a","type":"T"}"#).expect("valid");
+        assert_eq!(incoming.to, "a");
+        assert!(incoming.message.is_none());
+    }
+
+    #[test]
+    fn unescapes_escaped_fields() {
+        let incoming = parse_incoming(r#"{"to":"\u0041BCD","type":"\"q\""}"#).expect("valid");
+        assert_eq!(incoming.to, "ABCD");
+        assert_eq!(incoming.kind, "\"q\"");
+    }
+
+    #[test]
+    fn refuses_malformed_envelopes() {
+        for text in [
+            "",
+            "not json",
+            "[]",
+            "42",
+            "null",
+            r#"{"type":"T"}"#,
+            r#"{"to":"a"}"#,
+            r#"{"to":1,"type":"T"}"#,
+            r#"{"to":"a","type":null}"#,
+            r#"{"to":"a","type":"T"} trailing"#,
+        ] {
+            assert!(
+                matches!(parse_incoming(text), Err(ProtocolError::Malformed(_))),
+                "{text:?} should be malformed"
+            );
+        }
+        assert_eq!(
+            parse_incoming(r#"{"to":"a","type":""}"#).err(),
+            Some(ProtocolError::EmptyType)
+        );
+        let long = format!(
+            r#"{{"to":"a","type":"{}"}}"#,
+            "x".repeat(MAX_TYPE_BYTES + 1)
+        );
+        assert_eq!(
+            parse_incoming(&long).err(),
+            Some(ProtocolError::TypeTooLong)
+        );
+        let longest = format!(r#"{{"to":"a","type":"{}"}}"#, "x".repeat(MAX_TYPE_BYTES));
+        assert!(parse_incoming(&longest).is_ok());
+    }
+
+    #[test]
+    fn relayed_frames_carry_the_message_unchanged() {
+        let incoming =
+            parse_incoming(r#"{"to":"a","type":"T","message":[1, {"b" :2}]}"#).expect("valid");
+        let frame = relayed("SENDER", &incoming.kind, incoming.message);
+        assert_eq!(
+            frame,
+            r#"{"from":"SENDER","type":"T","message":[1, {"b" :2}]}"#
+        );
+        assert_eq!(
+            relayed("S", "T", None),
+            r#"{"from":"S","type":"T","message":null}"#
+        );
+    }
+
+    #[test]
+    fn relay_frames_have_the_documented_shape() {
+        assert_eq!(
+            value(&hello(&Hello {
+                id: "7KQ2MX",
+                server_info: None
+            })),
+            json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX"}})
+        );
+        assert_eq!(
+            value(&hello(&Hello {
+                id: "c",
+                server_info: Some("v1")
+            })),
+            json!({"from":"0","type":"HELLO","message":{"id":"c","serverInfo":"v1"}})
+        );
+        assert_eq!(
+            value(&peer_joined("c")),
+            json!({"from":"0","type":"PEER_JOINED","message":{"id":"c"}})
+        );
+        assert_eq!(
+            value(&peer_gone("c")),
+            json!({"from":"0","type":"PEER_GONE","message":{"id":"c"}})
+        );
+        assert_eq!(
+            value(&error(ErrorCode::UnknownPeer, "gone", Some("c"))),
+            json!({"from":"0","type":"ERROR","message":{"code":"UNKNOWN_PEER","reason":"gone","id":"c"}})
+        );
+        assert_eq!(
+            value(&error(ErrorCode::RateLimited, "slow down", None)),
+            json!({"from":"0","type":"ERROR","message":{"code":"RATE_LIMITED","reason":"slow down"}})
+        );
+    }
+}

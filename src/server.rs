@@ -1,0 +1,129 @@
+//! The listening relay: the accept loop, one task per connection running hyper's HTTP/1 server,
+//! and the graceful shutdown that drains every session.
+
+use crate::config::Config;
+use crate::http::{self, App};
+use crate::hub::Hub;
+use crate::limits::ConnectionSlots;
+use crate::peer;
+use anyhow::Context as _;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// hyper's smallest allowed read buffer: signaling requests are a few hundred bytes of headers.
+const HTTP_MAX_BUFFER: usize = 8 * 1024;
+
+/// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// A bound relay, ready to [`run`](Relay::run).
+pub struct Relay {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Relay {
+    /// Binds `config.listen`; port 0 picks a free port (see [`Relay::local_addr`]).
+    pub async fn bind(config: Config) -> anyhow::Result<Relay> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding --listen {}", config.listen))?;
+        let websocket = WebSocketConfig::default()
+            .max_message_size(Some(config.max_message_bytes))
+            .max_frame_size(Some(config.max_message_bytes));
+        let app = App {
+            slots: ConnectionSlots::new(config.max_connections),
+            tracker: TaskTracker::new(),
+            websocket,
+            sessions: Arc::new(peer::Context {
+                hub: Hub::new(config.code_length, config.max_clients_per_server),
+                config: Arc::new(config),
+                shutdown: CancellationToken::new(),
+            }),
+        };
+        Ok(Relay {
+            listener,
+            app: Arc::new(app),
+        })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every session with `1001` and waits for
+    /// them, at most `--shutdown-timeout`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let Relay { listener, app } = self;
+        let config = app.sessions.config.clone();
+        info!(listen = %listener.local_addr().map_or(config.listen, |a| a), "relay listening");
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let connection = serve_connection(app.clone(), stream);
+                        app.tracker.spawn(connection.instrument(info_span!("conn", %remote)));
+                    }
+                    Err(error) => {
+                        warn!(%error, "accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        info!(live = app.slots.live(), "shutting down");
+        app.sessions.shutdown.cancel();
+        app.tracker.close();
+        if tokio::time::timeout(config.shutdown_timeout, app.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                live = app.slots.live(),
+                "shutdown timeout reached with sessions still open"
+            );
+        }
+    }
+}
+
+/// Serves HTTP on one connection until it ends, is upgraded, or the relay shuts down.
+async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+    // Signaling messages are small and latency-bound: never hold them back for coalescing.
+    let _ = stream.set_nodelay(true);
+    let shutdown = app.sessions.shutdown.clone();
+    let handshake_timeout = app.sessions.config.handshake_timeout;
+    let service = service_fn(move |request| http::handle(app.clone(), request));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout)
+        .max_buf_size(HTTP_MAX_BUFFER);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        debug!(%error, "connection ended with an error");
+    }
+}
