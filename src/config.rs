@@ -244,8 +244,17 @@ impl Options {
     pub fn from_file(path: &Path) -> anyhow::Result<Options> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading --config {}", path.display()))?;
-        toml::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("--config {}: {}", path.display(), e.message().trim()))
+        toml::from_str(&text).map_err(|e| {
+            // toml's own rendering spans several lines; name the offending line in one instead.
+            let at = e.span().map_or(0, |span| span.start);
+            let line_number = text.get(..at).unwrap_or("").matches('\n').count() + 1;
+            let line = text.lines().nth(line_number - 1).unwrap_or("").trim();
+            anyhow::anyhow!(
+                "--config {} line {line_number} `{line}`: {}",
+                path.display(),
+                e.message().trim()
+            )
+        })
     }
 
     /// Fills every option not set here from `lower` (command line and environment over the file).

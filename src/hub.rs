@@ -5,17 +5,11 @@
 //! [`Outbox`] and written by the peer's own task.
 
 use crate::ids::{ClientId, JoinCode};
-use crate::outbox::{Closing, Outbox};
+use crate::outbox::{Closing, Outbox, TOO_SLOW};
 use crate::protocol::{self, close};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The close a peer gets when its send queue overflows.
-pub const TOO_SLOW: Closing = Closing {
-    code: close::POLICY,
-    reason: "too slow",
-};
 
 /// The close a client gets after its server left.
 pub const SERVER_GONE: Closing = Closing {

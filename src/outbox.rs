@@ -18,6 +18,12 @@ pub struct Closing {
     pub reason: &'static str,
 }
 
+/// The close for a peer whose queue overflowed: what is still queued for it is abandoned.
+pub const TOO_SLOW: Closing = Closing {
+    code: crate::protocol::close::POLICY,
+    reason: "too slow",
+};
+
 /// The push side, held by the hub.
 #[derive(Debug, Clone)]
 pub struct Outbox(Arc<Shared>);
@@ -114,11 +120,12 @@ impl Inbox {
         }
     }
 
-    /// Resolves once a close has been requested; used to abandon a write the peer will not read.
-    pub async fn closing(&self) -> Closing {
+    /// Resolves once the peer has been closed as [`TOO_SLOW`]; used to abandon a write it is not
+    /// reading. Other closes wait for queued frames to be written first.
+    pub async fn overflowed(&self) {
         loop {
-            if let Some(closing) = self.0.lock().closing {
-                return closing;
+            if self.0.lock().closing == Some(TOO_SLOW) {
+                return;
             }
             self.0.wake.notified().await;
         }
@@ -168,7 +175,18 @@ mod tests {
         batch.clear();
         assert_eq!(inbox.next_batch(&mut batch).await, Some(GONE));
         assert!(batch.is_empty());
-        assert_eq!(inbox.closing().await, GONE);
+        let overflowed =
+            tokio::time::timeout(std::time::Duration::from_millis(20), inbox.overflowed());
+        assert!(
+            overflowed.await.is_err(),
+            "a server-gone close waits for queued frames"
+        );
+        outbox.close(TOO_SLOW);
+        assert_eq!(
+            inbox.next_batch(&mut batch).await,
+            Some(GONE),
+            "the first close wins"
+        );
     }
 
     #[tokio::test]

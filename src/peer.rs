@@ -5,10 +5,10 @@
 //! queued for the peer, a frame from the peer, or its ping/idle timer.
 
 use crate::config::Config;
-use crate::hub::{self, Hub, JoinError, Membership, PeerId};
+use crate::hub::{Hub, JoinError, Membership, PeerId};
 use crate::ids::JoinCode;
 use crate::limits::{RateLimiter, Slot, Verdict};
-use crate::outbox::{self, Closing, Inbox, Outbox};
+use crate::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
 use crate::protocol::{self, ErrorCode, close};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -239,8 +239,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// Writes `frames` and flushes once, unless the relay decides to close first: a peer that
-    /// stops reading must not hold its task in a write forever.
+    /// Writes `frames` and flushes once. A peer that stops reading must not hold its task in a
+    /// write forever: the write is abandoned when the peer overflows its queue, when the relay
+    /// shuts down, or when the socket has taken nothing for `--idle-timeout`.
     async fn send_all(&mut self, frames: impl Iterator<Item = Message>) -> Result<(), End> {
         let ws = &mut self.ws;
         let written = async {
@@ -250,9 +251,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ws.flush().await
         };
         tokio::select! {
+            biased;
             result = written => result.map_err(ended_by),
-            closing = self.inbox.closing() => Err(End::Closed(closing)),
+            () = self.inbox.overflowed() => Err(End::Closed(TOO_SLOW)),
             _ = self.context.shutdown.cancelled() => Err(End::Closed(SHUTTING_DOWN)),
+            _ = tokio::time::sleep(self.context.config.idle_timeout) => Err(End::Closed(IDLE)),
         }
     }
 
@@ -300,7 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn reply_error(&mut self, code: ErrorCode, reason: &str, id: Option<&str>) -> Result<(), End> {
         self.outbox
             .push(protocol::error(code, reason, id))
-            .map_err(|_| End::Closed(hub::TOO_SLOW))
+            .map_err(|_| End::Closed(TOO_SLOW))
     }
 }
 

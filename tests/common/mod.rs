@@ -1,0 +1,242 @@
+//! Test harness: a relay on 127.0.0.1:0 in this process, and a typed WebSocket peer.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use intercessor::{Config, Relay};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_util::sync::CancellationToken;
+
+/// Longest any single expectation may wait: a bug fails fast instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+/// A relay serving in the background; dropping it shuts it down.
+pub struct TestRelay {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A configuration listening on a free loopback port.
+pub fn config() -> Config {
+    Config {
+        listen: "127.0.0.1:0".parse().expect("valid address"),
+        ..Config::default()
+    }
+}
+
+impl TestRelay {
+    pub async fn start(config: Config) -> TestRelay {
+        let relay = Relay::bind(config).await.expect("relay binds");
+        let addr = relay.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(relay.run(shutdown.clone()));
+        TestRelay {
+            addr,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("ws://{}{path}", self.addr)
+    }
+
+    /// Starts shutdown and waits until `run` has returned.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .expect("relay stops within its shutdown timeout")
+                .expect("relay task does not panic");
+        }
+    }
+}
+
+impl Drop for TestRelay {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket peer with expectations that time out instead of hanging.
+pub struct TestPeer {
+    pub ws: Socket,
+    pub id: String,
+}
+
+impl TestPeer {
+    /// Connects without reading HELLO.
+    pub async fn connect_raw(url: &str) -> Socket {
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("upgrade accepted");
+        ws
+    }
+
+    /// Connects with extra request headers.
+    pub async fn connect_with(
+        url: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<Socket, WsError> {
+        let mut request = url.into_client_request().expect("valid url");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("valid header"));
+        }
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_async(request))
+            .await
+            .expect("connect in time")?;
+        Ok(ws)
+    }
+
+    /// Connects and reads HELLO, keeping the id it carries.
+    pub async fn join(url: &str) -> TestPeer {
+        let mut peer = TestPeer {
+            ws: TestPeer::connect_raw(url).await,
+            id: String::new(),
+        };
+        let hello = peer.recv().await;
+        assert_eq!(hello["from"], "0", "{hello}");
+        assert_eq!(hello["type"], "HELLO", "{hello}");
+        peer.id = hello["message"]["id"]
+            .as_str()
+            .expect("HELLO carries an id")
+            .to_owned();
+        peer
+    }
+
+    /// Registers a server on `relay`.
+    pub async fn server(relay: &TestRelay) -> TestPeer {
+        TestPeer::join(&relay.url("/server")).await
+    }
+
+    /// Joins `server` as a client and consumes the server's PEER_JOINED.
+    pub async fn client_of(relay: &TestRelay, server: &mut TestPeer) -> TestPeer {
+        let client = TestPeer::join(&relay.url(&format!("/client/{}", server.id))).await;
+        server
+            .expect_relay("PEER_JOINED", json!({"id": client.id}))
+            .await;
+        client
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text))
+            .await
+            .expect("send succeeds");
+    }
+
+    pub async fn send_to(&mut self, to: &str, kind: &str, message: Value) {
+        self.send_json(json!({"to": to, "type": kind, "message": message}))
+            .await;
+    }
+
+    /// The next text frame, parsed; pings and pongs are skipped.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame arrives in time")
+                .expect("connection still open")
+                .expect("frame is valid");
+            match message {
+                Message::Text(text) => {
+                    return serde_json::from_str(&text).expect("frames are JSON");
+                }
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Expects a frame from the relay itself.
+    pub async fn expect_relay(&mut self, kind: &str, message: Value) {
+        let frame = self.recv().await;
+        assert_eq!(
+            frame,
+            json!({"from": "0", "type": kind, "message": message})
+        );
+    }
+
+    /// Expects an ERROR with `code`, returning its whole `message`.
+    pub async fn expect_error(&mut self, code: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["from"], "0", "{frame}");
+        assert_eq!(frame["type"], "ERROR", "{frame}");
+        assert_eq!(frame["message"]["code"], code, "{frame}");
+        assert!(
+            frame["message"]["reason"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty()),
+            "{frame}"
+        );
+        frame["message"].clone()
+    }
+
+    /// Expects the relay to close with `code`, skipping other frames, and then the connection to end.
+    pub async fn expect_close(&mut self, code: u16) -> String {
+        expect_close(&mut self.ws, code).await
+    }
+}
+
+/// Reads until a close frame, asserts its code, and returns its reason.
+pub async fn expect_close(ws: &mut Socket, code: u16) -> String {
+    loop {
+        let message = tokio::time::timeout(PATIENCE, ws.next())
+            .await
+            .expect("the close arrives in time");
+        match message {
+            Some(Ok(Message::Close(Some(frame)))) => {
+                assert_eq!(
+                    frame.code,
+                    CloseCode::from(code),
+                    "close reason: {}",
+                    frame.reason
+                );
+                return frame.reason.to_string();
+            }
+            Some(Ok(Message::Close(None))) => panic!("closed without a code, expected {code}"),
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => panic!("connection failed before close {code}: {error}"),
+            None => panic!("connection ended without a close frame, expected {code}"),
+        }
+    }
+}
+
+/// Sends raw bytes over TCP and returns everything the relay answers until it closes.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    tokio::time::timeout(PATIENCE, stream.read_to_end(&mut response))
+        .await
+        .expect("response in time")
+        .expect("read");
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// Status code of an HTTP/1.1 response.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"))
+}

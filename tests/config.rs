@@ -1,0 +1,179 @@
+//! The built binary: option precedence (command line > environment > file > default), start-up
+//! errors, and SIGTERM.
+
+mod common;
+
+use common::TestPeer;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The `intercessor` binary running on a free loopback port; killed on drop if still running.
+struct RelayProcess {
+    child: Child,
+    url: String,
+}
+
+impl RelayProcess {
+    /// Starts the binary and reads its JSON log until it says where it listens.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
+        let mut child = command(args, env)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stderr = child.stderr.take().expect("piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let listen = loop {
+            let line = lines
+                .next()
+                .expect("the relay logs before exiting")
+                .expect("utf-8");
+            let entry: Value = serde_json::from_str(&line).expect("json log lines");
+            if entry["fields"]["message"] == "relay listening" {
+                break entry["fields"]["listen"]
+                    .as_str()
+                    .expect("address")
+                    .to_owned();
+            }
+        };
+        // Keep draining the log so the relay never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        RelayProcess {
+            child,
+            url: format!("ws://{listen}"),
+        }
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_intercessor"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env_remove("PORT")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("INTERCESSOR_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied());
+    command
+}
+
+/// Runs the binary expecting it to refuse to start; returns its error output.
+fn start_error(args: &[&str], env: &[(&str, &str)]) -> String {
+    let output = command(args, env).output().expect("the binary runs");
+    assert!(!output.status.success(), "should refuse to start");
+    String::from_utf8(output.stderr).expect("utf-8")
+}
+
+async fn hello(relay: &RelayProcess) -> Value {
+    let mut peer = TestPeer {
+        ws: TestPeer::connect_raw(&format!("{}/server", relay.url)).await,
+        id: String::new(),
+    };
+    peer.recv().await["message"].clone()
+}
+
+fn file(contents: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), contents).expect("write");
+    file
+}
+
+#[tokio::test]
+async fn command_line_beats_environment_beats_file_beats_default() {
+    let config = file("server_info = \"from file\"\ncode_length = 8\n");
+    let path = config.path().to_str().expect("utf-8");
+    let env = [("INTERCESSOR_SERVER_INFO", "from env")];
+
+    let relay = RelayProcess::start(&["--config", path, "--server-info", "from cli"], &env);
+    assert_eq!(hello(&relay).await["serverInfo"], "from cli");
+
+    let relay = RelayProcess::start(&["--config", path], &env);
+    let message = hello(&relay).await;
+    assert_eq!(message["serverInfo"], "from env");
+    assert_eq!(
+        message["id"].as_str().map(str::len),
+        Some(8),
+        "code_length from the file"
+    );
+
+    let relay = RelayProcess::start(&[], &[("INTERCESSOR_CONFIG", path)]);
+    assert_eq!(hello(&relay).await["serverInfo"], "from file");
+
+    let relay = RelayProcess::start(&[], &[]);
+    let message = hello(&relay).await;
+    assert!(message.get("serverInfo").is_none(), "{message}");
+    assert_eq!(message["id"].as_str().map(str::len), Some(6));
+}
+
+#[tokio::test]
+async fn passphrase_from_the_environment_and_from_a_file() {
+    let relay = RelayProcess::start(&[], &[("INTERCESSOR_PASSPHRASE", "env secret")]);
+    let mut peer = TestPeer {
+        ws: TestPeer::connect_raw(&format!("{}/server", relay.url)).await,
+        id: String::new(),
+    };
+    peer.expect_error("UNAUTHORIZED").await;
+    TestPeer::join(&format!("{}/server?passphrase=env%20secret", relay.url)).await;
+
+    let secret = file("file secret\n");
+    let relay = RelayProcess::start(
+        &["--passphrase-file", secret.path().to_str().expect("utf-8")],
+        &[],
+    );
+    TestPeer::join(&format!("{}/server?passphrase=file%20secret", relay.url)).await;
+}
+
+#[test]
+fn invalid_values_fail_at_start_with_one_line_naming_the_option() {
+    let bad_file = file("ping_interval = \"soon\"\n");
+    let bad_path = bad_file.path().to_str().expect("utf-8");
+    let refused = |args: &[&str], env: &[(&str, &str)], option: &str| {
+        let error = start_error(args, env);
+        assert_eq!(error.trim_end().lines().count(), 1, "one line: {error:?}");
+        assert!(error.contains(option), "{error:?} should name {option}");
+    };
+    refused(&["--code-length", "3"], &[], "--code-length");
+    refused(&["--rate-limit", "many"], &[], "--rate-limit");
+    refused(
+        &[],
+        &[("INTERCESSOR_IDLE_TIMEOUT", "forever")],
+        "--idle-timeout",
+    );
+    refused(&["--config", bad_path], &[], "ping_interval");
+    refused(&["--config", "/nonexistent/relay.toml"], &[], "--config");
+}
+
+#[tokio::test]
+async fn sigterm_closes_peers_with_1001_and_exits_zero() {
+    let mut relay = RelayProcess::start(&[], &[]);
+    let mut server = TestPeer::join(&format!("{}/server", relay.url)).await;
+    let status = Command::new("kill")
+        .args(["-TERM", &relay.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    assert_eq!(server.expect_close(1001).await, "going away");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exit = loop {
+        if let Some(exit) = relay.child.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "exits within --shutdown-timeout"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,188 @@
+//! The relaying itself: HELLO first, messages both ways, forgiving codes, joins and leaves.
+
+mod common;
+
+use common::{TestPeer, TestRelay, config};
+use serde_json::json;
+
+#[tokio::test]
+async fn hello_comes_first_with_a_join_code_and_server_info() {
+    let relay = TestRelay::start(intercessor::Config {
+        server_info: Some("relay v1".into()),
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer {
+        ws: TestPeer::connect_raw(&relay.url("/server")).await,
+        id: String::new(),
+    };
+    let hello = server.recv().await;
+    let code = hello["message"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        hello,
+        json!({"from":"0","type":"HELLO","message":{"id": code, "serverInfo":"relay v1"}})
+    );
+    assert_eq!(code.len(), 6);
+    assert!(
+        code.chars()
+            .all(|c| intercessor::ids::CROCKFORD.contains(&c)),
+        "{code}"
+    );
+}
+
+#[tokio::test]
+async fn client_and_server_exchange_messages_both_ways_unchanged() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    assert!(client.id.len() >= 10);
+    assert_ne!(client.id, server.id);
+
+    let offer =
+        json!({"sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n", "type": "offer", "n": [1, 2.5, null]});
+    client.send_to(&server.id, "OFFER", offer.clone()).await;
+    assert_eq!(
+        server.recv().await,
+        json!({"from": client.id, "type": "OFFER", "message": offer})
+    );
+
+    server.send_to(&client.id, "ANSWER", json!("text")).await;
+    assert_eq!(
+        client.recv().await,
+        json!({"from": server.id, "type": "ANSWER", "message": "text"})
+    );
+
+    server
+        .send_json(json!({"to": client.id, "type": "BYE"}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"from": server.id, "type": "BYE", "message": null})
+    );
+}
+
+#[tokio::test]
+async fn message_is_carried_byte_for_byte() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    let text = format!(
+        r#"{{"to":"{}","type":"T","message":{{"b" : 1.50,  "a":"\u00e9"}}}}"#,
+        server.id
+    );
+    client.send_text(&text).await;
+    let frame = tokio::time::timeout(
+        common::PATIENCE,
+        futures_util::StreamExt::next(&mut server.ws),
+    )
+    .await
+    .expect("in time")
+    .expect("open")
+    .expect("valid");
+    assert_eq!(
+        frame.to_text().expect("text"),
+        format!(
+            r#"{{"from":"{}","type":"T","message":{{"b" : 1.50,  "a":"\u00e9"}}}}"#,
+            client.id
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_stray_from_is_ignored_and_the_relay_sets_it() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    client
+        .send_json(json!({"from": "forged", "to": server.id, "type": "T", "message": 1}))
+        .await;
+    assert_eq!(server.recv().await["from"], client.id.as_str());
+}
+
+#[tokio::test]
+async fn codes_are_read_forgivingly_in_the_url_and_in_to() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let code = server.id.clone();
+    let sloppy = format!("{}-{}", code[..3].to_lowercase(), code[3..].to_lowercase())
+        .replace('0', "o")
+        .replace('1', "l");
+    let mut client = TestPeer::join(&relay.url(&format!("/client/{sloppy}"))).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    let spaced = format!("{} {}", &code[..3], &code[3..]).to_lowercase();
+    client.send_to(&spaced, "T", json!(1)).await;
+    assert_eq!(server.recv().await["from"], client.id.as_str());
+    let encoded = format!("/client/{}%20{}", &code[..3], &code[3..]);
+    let other = TestPeer::join(&relay.url(&encoded)).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": other.id}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_server_holds_several_clients_and_messages_stay_in_order() {
+    let relay = TestRelay::start(intercessor::Config {
+        rate_limit: 0,
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut first = TestPeer::client_of(&relay, &mut server).await;
+    let mut second = TestPeer::client_of(&relay, &mut server).await;
+    for n in 0..200 {
+        server.send_to(&first.id, "N", json!(n)).await;
+        server.send_to(&second.id, "N", json!(-n)).await;
+    }
+    for n in 0..200 {
+        assert_eq!(first.recv().await["message"], json!(n));
+        assert_eq!(second.recv().await["message"], json!(-n));
+    }
+}
+
+#[tokio::test]
+async fn client_leaving_tells_the_server() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let client = TestPeer::client_of(&relay, &mut server).await;
+    let id = client.id.clone();
+    drop(client);
+    server.expect_relay("PEER_GONE", json!({"id": id})).await;
+    server.send_to(&id, "T", json!(1)).await;
+    assert_eq!(server.expect_error("UNKNOWN_PEER").await["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn server_leaving_tells_each_client_then_closes_it() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut first = TestPeer::client_of(&relay, &mut server).await;
+    let mut second = TestPeer::client_of(&relay, &mut server).await;
+    let code = server.id.clone();
+    server.ws.close(None).await.expect("close");
+    for client in [&mut first, &mut second] {
+        client.expect_relay("PEER_GONE", json!({"id": code})).await;
+        assert_eq!(client.expect_close(4410).await, "server gone");
+    }
+}
+
+#[tokio::test]
+async fn healthz_answers_ok_and_other_paths_404() {
+    let relay = TestRelay::start(config()).await;
+    let ok = common::raw_http(
+        relay.addr,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(common::status_of(&ok), 200);
+    assert!(ok.ends_with("ok"), "{ok}");
+    for path in ["/", "/nope", "/client", "/client/ABCDEF/x", "/server/x"] {
+        let response = common::raw_http(
+            relay.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(common::status_of(&response), 404, "{path}");
+    }
+}
