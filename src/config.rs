@@ -3,8 +3,9 @@
 //! [`Options`] is the raw, all-optional form shared by clap and the file parser; [`Config`] is the
 //! validated result the library runs on, with every default named here.
 
+use crate::ice::{self, IceConfig};
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,10 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `--shutdown-timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `--certs-dir`, where `--dev-tls` and `gen-certs` keep development certificates.
+pub const DEFAULT_CERTS_DIR: &str = "certs";
+/// Default `--turn-ttl`: how long TURN credentials handed out in HELLO stay valid.
+pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(3600);
 /// How long a peer may exceed the rate limit without pause before it is disconnected.
 pub const DEFAULT_FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
@@ -69,6 +74,27 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long shutdown waits for sessions to close.
     pub shutdown_timeout: Duration,
+    /// Where TLS certificates come from; `None` serves plain HTTP.
+    pub tls: Option<TlsSource>,
+    /// ICE servers handed out in HELLO.
+    pub ice: IceConfig,
+}
+
+/// The certificate and key the relay serves TLS with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    /// PEM files given with `--tls-cert` and `--tls-key`.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key (PKCS#8, PKCS#1 or SEC1).
+        key: PathBuf,
+    },
+    /// Development certificates in this directory, created when missing (`--dev-tls`).
+    Dev {
+        /// The `--certs-dir`.
+        dir: PathBuf,
+    },
 }
 
 impl Default for Config {
@@ -91,6 +117,11 @@ impl Default for Config {
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            tls: None,
+            ice: IceConfig {
+                turn_ttl: DEFAULT_TURN_TTL,
+                ..IceConfig::default()
+            },
         }
     }
 }
@@ -151,6 +182,25 @@ pub struct Cli {
     /// Relay options.
     #[command(flatten)]
     pub options: Options,
+
+    /// Without a subcommand, the relay runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the binary does besides relaying.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a development CA and a certificate for localhost signed by it, for local wss://
+    GenCerts {
+        /// Directory to write dev-ca.pem, dev-ca-key.pem, dev-cert.pem and dev-key.pem to
+        #[arg(long, default_value = DEFAULT_CERTS_DIR, value_name = "DIR")]
+        dir: PathBuf,
+        /// Extra name for the certificate, a DNS name or an IP address (repeatable); localhost,
+        /// 127.0.0.1 and ::1 are always included
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+    },
 }
 
 /// Every relay option, all optional so the command line, environment and file can be layered.
@@ -234,6 +284,64 @@ pub struct Options {
     #[arg(long, env = "INTERCESSOR_SHUTDOWN_TIMEOUT", value_name = "DURATION")]
     pub shutdown_timeout: Option<Span>,
 
+    /// STUN or TURN server handed to peers in HELLO's "iceServers" (repeatable; stun:, turn: or
+    /// turns: URLs; comma-separated in the environment)
+    #[arg(
+        long = "ice-server",
+        env = "INTERCESSOR_ICE_SERVER",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    #[serde(rename = "ice_server")]
+    pub ice_servers: Vec<String>,
+
+    /// Secret shared with the TURN server (coturn's static-auth-secret), to sign time-limited
+    /// TURN credentials
+    #[arg(
+        long,
+        env = "INTERCESSOR_TURN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub turn_secret: Option<String>,
+
+    /// How long TURN credentials stay valid [default: 3600]
+    #[arg(long, env = "INTERCESSOR_TURN_TTL", value_name = "DURATION")]
+    pub turn_ttl: Option<Span>,
+
+    /// Serve HTTPS and WSS with this PEM certificate chain (needs --tls-key)
+    #[arg(
+        long,
+        env = "INTERCESSOR_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert (PKCS#8, PKCS#1 or SEC1)
+    #[arg(
+        long,
+        env = "INTERCESSOR_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve TLS with development certificates from --certs-dir, creating them when missing
+    #[arg(
+        long,
+        env = "INTERCESSOR_DEV_TLS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub dev_tls: Option<bool>,
+
+    /// Where --dev-tls keeps its certificates [default: certs]
+    #[arg(long, env = "INTERCESSOR_CERTS_DIR", value_name = "DIR")]
+    pub certs_dir: Option<PathBuf>,
+
     /// Log line format [default: text]
     #[arg(long, env = "INTERCESSOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -291,6 +399,17 @@ impl Options {
             ping_interval: self.ping_interval.or(lower.ping_interval),
             idle_timeout: self.idle_timeout.or(lower.idle_timeout),
             shutdown_timeout: self.shutdown_timeout.or(lower.shutdown_timeout),
+            ice_servers: if self.ice_servers.is_empty() {
+                lower.ice_servers
+            } else {
+                self.ice_servers
+            },
+            turn_secret: self.turn_secret.or(lower.turn_secret),
+            turn_ttl: self.turn_ttl.or(lower.turn_ttl),
+            tls_cert: self.tls_cert.or(lower.tls_cert),
+            tls_key: self.tls_key.or(lower.tls_key),
+            dev_tls: self.dev_tls.or(lower.dev_tls),
+            certs_dir: self.certs_dir.or(lower.certs_dir),
             log_format: self.log_format.or(lower.log_format),
         }
     }
@@ -321,7 +440,36 @@ impl Options {
         if passphrase.as_deref() == Some("") {
             bail!("--passphrase must not be empty");
         }
+        let tls = match (self.tls_cert, self.tls_key, self.dev_tls.unwrap_or(false)) {
+            (Some(_), Some(_), true) => {
+                bail!("--dev-tls cannot be combined with --tls-cert/--tls-key")
+            }
+            (Some(cert), Some(key), false) => Some(TlsSource::Files { cert, key }),
+            (Some(_), None, _) => bail!("--tls-cert needs --tls-key"),
+            (None, Some(_), _) => bail!("--tls-key needs --tls-cert"),
+            (None, None, true) => Some(TlsSource::Dev {
+                dir: self.certs_dir.unwrap_or_else(|| DEFAULT_CERTS_DIR.into()),
+            }),
+            (None, None, false) => None,
+        };
+        for url in &self.ice_servers {
+            if !ice::is_ice_url(url) {
+                bail!("--ice-server {url}: must start with stun:, turn: or turns:");
+            }
+            if ice::is_turn(url) && self.turn_secret.is_none() {
+                bail!(
+                    "--ice-server {url} is a TURN server: give --turn-secret to sign credentials"
+                );
+            }
+        }
+        let ice = IceConfig {
+            urls: self.ice_servers,
+            turn_secret: self.turn_secret,
+            turn_ttl: positive("--turn-ttl", self.turn_ttl, defaults.ice.turn_ttl)?,
+        };
         let config = Config {
+            ice,
+            tls,
             listen,
             allowed_origins: self.allowed_origins,
             handshake_timeout: positive(
@@ -510,6 +658,84 @@ mod tests {
             assert!(!error.contains('\n'), "{error:?} should be one line");
         }
         assert!(Options::try_parse_from(["intercessor", "--rate-limit", "x"]).is_err());
+    }
+
+    #[test]
+    fn ice_servers_are_checked() {
+        let config = parse(&[
+            "--ice-server",
+            "stun:a:3478",
+            "--ice-server",
+            "turn:b",
+            "--turn-secret",
+            "s",
+        ])
+        .into_config(None)
+        .expect("valid");
+        assert_eq!(config.ice.urls, ["stun:a:3478", "turn:b"]);
+        assert_eq!(config.ice.turn_ttl, DEFAULT_TURN_TTL);
+        let error = parse(&["--ice-server", "turn:b"])
+            .into_config(None)
+            .expect_err("no secret")
+            .to_string();
+        assert!(error.contains("--turn-secret"), "{error}");
+        let error = parse(&["--ice-server", "http://b"])
+            .into_config(None)
+            .expect_err("scheme")
+            .to_string();
+        assert!(error.contains("--ice-server"), "{error}");
+    }
+
+    #[test]
+    fn tls_sources() {
+        let config = parse(&["--dev-tls"]).into_config(None).expect("valid");
+        assert_eq!(
+            config.tls,
+            Some(TlsSource::Dev {
+                dir: "certs".into()
+            })
+        );
+        let config = parse(&["--dev-tls", "--certs-dir", "/tmp/c"])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(
+            config.tls,
+            Some(TlsSource::Dev {
+                dir: "/tmp/c".into()
+            })
+        );
+        let file: Options = toml::from_str("dev_tls = true").expect("valid file");
+        let config = parse(&["--dev-tls=false"])
+            .or(file)
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(
+            config.tls, None,
+            "the command line turns off what the file turned on"
+        );
+        let config = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem"])
+            .into_config(None)
+            .expect("valid");
+        assert_eq!(
+            config.tls,
+            Some(TlsSource::Files {
+                cert: "c.pem".into(),
+                key: "k.pem".into()
+            })
+        );
+        assert!(Options::try_parse_from(["intercessor", "--tls-cert", "c.pem"]).is_err());
+        let file: Options = toml::from_str("tls_key = \"k.pem\"").expect("valid file");
+        let error = parse(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--dev-tls"])
+            .into_config(None)
+            .expect_err("conflict")
+            .to_string();
+        assert!(error.contains("--dev-tls"), "{error}");
+        let error = parse(&[])
+            .or(file)
+            .into_config(None)
+            .expect_err("half")
+            .to_string();
+        assert!(error.contains("--tls-key needs --tls-cert"), "{error}");
     }
 
     #[test]

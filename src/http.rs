@@ -1,6 +1,7 @@
 //! The hyper service: routes, plain responses, the checks made before an upgrade, and the hand-off
 //! of upgraded connections to [`peer::run`].
 
+use crate::demo;
 use crate::limits::ConnectionSlots;
 use crate::outbox::Closing;
 use crate::peer::{self, Admission};
@@ -62,6 +63,11 @@ pub async fn handle(
             Some(code) if !code.contains('/') => {
                 let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
                 JoinCode::parse(&code).map_or(peer::UNKNOWN_SERVER, Admission::Client)
+            }
+            _ if request.method() == Method::GET || request.method() == Method::HEAD => {
+                return Ok(
+                    demo::asset(path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found"))
+                );
             }
             _ => return Ok(text(StatusCode::NOT_FOUND, "not found")),
         },

@@ -7,12 +7,16 @@
 //! The modules, from the edge inwards:
 //! - [`config`]: every option, from command line, environment and TOML file, validated.
 //! - [`server`]: [`Relay`]: the accept loop, hyper's HTTP/1 per connection, graceful shutdown.
+//! - [`tls`]: the rustls server configuration from PEM files, reloadable while serving.
+//! - [`devcert`]: a local development CA and the leaf certificate it signs, made with rcgen.
 //! - [`http`]: routes, pre-upgrade checks (origin, passphrase, connection cap), hand-off to a session.
+//! - [`demo`]: the browser demo's files, compiled in.
 //! - [`upgrade`]: the WebSocket handshake check, pure.
 //! - [`peer`]: one WebSocket session: HELLO, the event loop, rate limit, ping and idle timers.
 //! - [`hub`]: the registry of live peers and who may send to whom; no I/O.
 //! - [`outbox`]: each peer's bounded send queue, between the hub and the peer's task.
 //! - [`limits`]: the connection cap and the per-peer rate limiter.
+//! - [`ice`]: STUN/TURN servers for HELLO, with TURN REST API credentials.
 //! - [`protocol`]: wire types, error and close codes, pure.
 //! - [`ids`]: join codes and client ids.
 
@@ -20,14 +24,18 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod demo;
+pub mod devcert;
 pub mod http;
 pub mod hub;
+pub mod ice;
 pub mod ids;
 pub mod limits;
 pub mod outbox;
 pub mod peer;
 pub mod protocol;
 pub mod server;
+pub mod tls;
 pub mod upgrade;
 
 pub use config::Config;

@@ -2,9 +2,12 @@
 
 use clap::Parser;
 use intercessor::Relay;
-use intercessor::config::{Cli, LogFormat, Options};
+use intercessor::config::{Cli, Command, LogFormat, Options};
+use intercessor::devcert;
+use intercessor::tls::TlsFiles;
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +35,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::GenCerts { dir, sans }) = cli.command {
+        let (paths, outcome) = devcert::ensure(&dir, &sans)?;
+        println!("{outcome}");
+        println!("CA (trust this once):  {}", paths.ca_cert.display());
+        println!("certificate:           {}", paths.cert.display());
+        println!("key:                   {}", paths.key.display());
+        println!(
+            "serve with: intercessor --tls-cert {} --tls-key {}   (or --dev-tls --certs-dir {})",
+            paths.cert.display(),
+            paths.key.display(),
+            dir.display()
+        );
+        println!(
+            "check with: curl --cacert {} https://localhost:8080/healthz",
+            paths.ca_cert.display()
+        );
+        return Ok(());
+    }
     let file = match &cli.config {
         Some(path) => Options::from_file(path)?,
         None => Options::default(),
@@ -48,6 +69,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let relay = Relay::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(cancel_on_signal(shutdown.clone()));
+        if let Some(tls) = relay.tls() {
+            tokio::spawn(reload_on_hangup(tls));
+        }
         relay.run(shutdown).await;
         Ok(())
     })
@@ -80,4 +104,21 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
         _ = interrupt.recv() => tracing::info!("SIGINT received"),
     }
     shutdown.cancel();
+}
+
+/// Reloads the TLS certificate and key on every SIGHUP; a failed reload keeps the old ones.
+async fn reload_on_hangup(tls: Arc<TlsFiles>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; certificate reloads need a restart");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(error) => {
+                tracing::error!("TLS reload failed, keeping the old certificate: {error:#}")
+            }
+        }
+    }
 }

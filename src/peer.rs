@@ -13,7 +13,7 @@ use crate::protocol::{self, ErrorCode, close};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
@@ -114,6 +114,7 @@ pub async fn run<S>(
         protocol::hello(&protocol::Hello {
             id,
             server_info: context.config.server_info.as_deref(),
+            ice_servers: &context.config.ice.for_peer(id, SystemTime::now()),
         })
     };
     let registered = match admission {

@@ -2,6 +2,7 @@
 //!
 //! Everything here is pure: it turns text into typed values and back, and never touches a socket.
 
+use crate::ice::IceServer;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -106,6 +107,9 @@ pub struct Hello<'a> {
     /// `--server-info`, when configured.
     #[serde(rename = "serverInfo", skip_serializing_if = "Option::is_none")]
     pub server_info: Option<&'a str>,
+    /// `--ice-server` entries, ready for `new RTCPeerConnection({iceServers})`.
+    #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
+    pub ice_servers: &'a [IceServer],
 }
 
 /// Builds HELLO for a peer.
@@ -250,16 +254,22 @@ mod tests {
         assert_eq!(
             value(&hello(&Hello {
                 id: "7KQ2MX",
-                server_info: None
+                server_info: None,
+                ice_servers: &[],
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX"}})
         );
         assert_eq!(
             value(&hello(&Hello {
                 id: "c",
-                server_info: Some("v1")
+                server_info: Some("v1"),
+                ice_servers: &[IceServer {
+                    urls: "stun:s".into(),
+                    username: None,
+                    credential: None
+                }],
             })),
-            json!({"from":"0","type":"HELLO","message":{"id":"c","serverInfo":"v1"}})
+            json!({"from":"0","type":"HELLO","message":{"id":"c","serverInfo":"v1","iceServers":[{"urls":"stun:s"}]}})
         );
         assert_eq!(
             value(&peer_joined("c")),

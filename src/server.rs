@@ -1,11 +1,13 @@
 //! The listening relay: the accept loop, one task per connection running hyper's HTTP/1 server,
 //! and the graceful shutdown that drains every session.
 
-use crate::config::Config;
+use crate::config::{Config, TlsSource};
+use crate::devcert;
 use crate::http::{self, App};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlots;
 use crate::peer;
+use crate::tls::TlsFiles;
 use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -13,7 +15,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, timeout};
+use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -29,6 +34,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub struct Relay {
     listener: TcpListener,
     app: Arc<App>,
+    tls: Option<Arc<TlsFiles>>,
 }
 
 impl Relay {
@@ -37,6 +43,23 @@ impl Relay {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding --listen {}", config.listen))?;
+        let tls = match &config.tls {
+            None => None,
+            Some(TlsSource::Files { cert, key }) => Some(Arc::new(TlsFiles::load(cert, key)?)),
+            Some(TlsSource::Dev { dir }) => {
+                let (paths, outcome) = devcert::ensure(dir, &[])?;
+                let port = listener
+                    .local_addr()
+                    .map_or(config.listen.port(), |a| a.port());
+                info!(
+                    %outcome,
+                    "development TLS: trust {ca} once, e.g. `curl --cacert {ca} https://localhost:{port}/healthz`; \
+                     in a browser, import {ca} as a certificate authority (see certs/README.md)",
+                    ca = paths.ca_cert.display(),
+                );
+                Some(Arc::new(TlsFiles::load(&paths.cert, &paths.key)?))
+            }
+        };
         let websocket = WebSocketConfig::default()
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
@@ -53,7 +76,13 @@ impl Relay {
         Ok(Relay {
             listener,
             app: Arc::new(app),
+            tls,
         })
+    }
+
+    /// The TLS certificate in use, for reloading it (on SIGHUP); `None` when serving plain HTTP.
+    pub fn tls(&self) -> Option<Arc<TlsFiles>> {
+        self.tls.clone()
     }
 
     /// The address actually bound.
@@ -66,7 +95,7 @@ impl Relay {
     /// Serves until `shutdown` is cancelled, then closes every session with `1001` and waits for
     /// them, at most `--shutdown-timeout`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Relay { listener, app } = self;
+        let Relay { listener, app, tls } = self;
         let config = app.sessions.config.clone();
         info!(listen = %listener.local_addr().map_or(config.listen, |a| a), "relay listening");
         loop {
@@ -74,7 +103,8 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
-                        let connection = serve_connection(app.clone(), stream);
+                        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+                        let connection = serve_connection(app.clone(), stream, acceptor);
                         app.tracker.spawn(connection.instrument(info_span!("conn", %remote)));
                     }
                     Err(error) => {
@@ -100,17 +130,44 @@ impl Relay {
     }
 }
 
-/// Serves HTTP on one connection until it ends, is upgraded, or the relay shuts down.
-async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+/// Runs one accepted connection: TLS first when configured, then HTTP.
+///
+/// `--handshake-timeout` bounds the TLS handshake and the HTTP request together, so a client that
+/// stalls in either holds no more than its socket, and not for long.
+async fn serve_connection(app: Arc<App>, stream: TcpStream, tls: Option<TlsAcceptor>) {
     // Signaling messages are small and latency-bound: never hold them back for coalescing.
     let _ = stream.set_nodelay(true);
-    let shutdown = app.sessions.shutdown.clone();
     let handshake_timeout = app.sessions.config.handshake_timeout;
+    let Some(acceptor) = tls else {
+        return serve_http(app, stream, handshake_timeout).await;
+    };
+    let deadline = Instant::now() + handshake_timeout;
+    let shutdown = app.sessions.shutdown.clone();
+    let handshake = tokio::select! {
+        handshake = timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
+        _ = shutdown.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            serve_http(app, stream, remaining).await;
+        }
+        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake timed out"),
+    }
+}
+
+/// Serves HTTP until the connection ends, is upgraded, or the relay shuts down.
+async fn serve_http<S>(app: Arc<App>, stream: S, header_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = app.sessions.shutdown.clone();
     let service = service_fn(move |request| http::handle(app.clone(), request));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout)
+        .header_read_timeout(header_timeout)
         .max_buf_size(HTTP_MAX_BUFFER);
     let connection = builder
         .serve_connection(TokioIo::new(stream), service)

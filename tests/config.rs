@@ -3,77 +3,9 @@
 
 mod common;
 
-use common::TestPeer;
+use common::{RelayProcess, TestPeer, start_error};
 use serde_json::Value;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-/// The `intercessor` binary running on a free loopback port; killed on drop if still running.
-struct RelayProcess {
-    child: Child,
-    url: String,
-}
-
-impl RelayProcess {
-    /// Starts the binary and reads its JSON log until it says where it listens.
-    fn start(args: &[&str], env: &[(&str, &str)]) -> RelayProcess {
-        let mut child = command(args, env)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stderr = child.stderr.take().expect("piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let listen = loop {
-            let line = lines
-                .next()
-                .expect("the relay logs before exiting")
-                .expect("utf-8");
-            let entry: Value = serde_json::from_str(&line).expect("json log lines");
-            if entry["fields"]["message"] == "relay listening" {
-                break entry["fields"]["listen"]
-                    .as_str()
-                    .expect("address")
-                    .to_owned();
-            }
-        };
-        // Keep draining the log so the relay never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        RelayProcess {
-            child,
-            url: format!("ws://{listen}"),
-        }
-    }
-}
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_intercessor"));
-    command
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .env_remove("PORT")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("INTERCESSOR_")) {
-        command.env_remove(key);
-    }
-    command.envs(env.iter().copied());
-    command
-}
-
-/// Runs the binary expecting it to refuse to start; returns its error output.
-fn start_error(args: &[&str], env: &[(&str, &str)]) -> String {
-    let output = command(args, env).output().expect("the binary runs");
-    assert!(!output.status.success(), "should refuse to start");
-    String::from_utf8(output.stderr).expect("utf-8")
-}
 
 async fn hello(relay: &RelayProcess) -> Value {
     let mut peer = TestPeer {
@@ -158,11 +90,7 @@ fn invalid_values_fail_at_start_with_one_line_naming_the_option() {
 async fn sigterm_closes_peers_with_1001_and_exits_zero() {
     let mut relay = RelayProcess::start(&[], &[]);
     let mut server = TestPeer::join(&format!("{}/server", relay.url)).await;
-    let status = Command::new("kill")
-        .args(["-TERM", &relay.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
+    relay.signal("TERM");
     assert_eq!(server.expect_close(1001).await, "going away");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let exit = loop {
