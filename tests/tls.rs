@@ -132,7 +132,7 @@ async fn a_client_trusting_another_ca_fails_the_handshake() {
         trusting(&stranger.ca_cert),
     )
     .await;
-    let error = result.err().expect("the handshake fails").to_string();
+    let error = result.expect_err("the handshake fails").to_string();
     assert!(error.contains("certificate"), "{error}");
 }
 
@@ -147,8 +147,7 @@ async fn a_name_the_leaf_was_not_made_for_is_rejected() {
         .expect("a requested name");
     let error = connect_wss(relay.addr, "other.test", "/server", trust)
         .await
-        .err()
-        .expect("not valid for that name")
+        .expect_err("not valid for that name")
         .to_string();
     assert!(error.contains("certificate"), "{error}");
 }
