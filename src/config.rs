@@ -78,6 +78,8 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     /// ICE servers handed out in HELLO.
     pub ice: IceConfig,
+    /// Where to serve Prometheus metrics; `None` serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The certificate and key the relay serves TLS with.
@@ -118,6 +120,7 @@ impl Default for Config {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             tls: None,
+            metrics_listen: None,
             ice: IceConfig {
                 turn_ttl: DEFAULT_TURN_TTL,
                 ..IceConfig::default()
@@ -342,6 +345,10 @@ pub struct Options {
     #[arg(long, env = "INTERCESSOR_CERTS_DIR", value_name = "DIR")]
     pub certs_dir: Option<PathBuf>,
 
+    /// Serve Prometheus metrics (and /healthz, /readyz) at http://ADDR/metrics [default: off]
+    #[arg(long, env = "INTERCESSOR_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log line format [default: text]
     #[arg(long, env = "INTERCESSOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -410,6 +417,7 @@ impl Options {
             tls_key: self.tls_key.or(lower.tls_key),
             dev_tls: self.dev_tls.or(lower.dev_tls),
             certs_dir: self.certs_dir.or(lower.certs_dir),
+            metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             log_format: self.log_format.or(lower.log_format),
         }
     }
@@ -468,6 +476,7 @@ impl Options {
             turn_ttl: positive("--turn-ttl", self.turn_ttl, defaults.ice.turn_ttl)?,
         };
         let config = Config {
+            metrics_listen: self.metrics_listen,
             ice,
             tls,
             listen,

@@ -20,6 +20,11 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug};
 
+/// Liveness: answers `200 ok` while the process runs.
+pub const HEALTH_PATH: &str = "/healthz";
+/// Readiness: `200 ready` until shutdown begins, then `503`, so the edge routes new peers elsewhere.
+pub const READY_PATH: &str = "/readyz";
+
 /// The response body type: every response is small and complete.
 pub type Body = Full<Bytes>;
 
@@ -51,7 +56,8 @@ pub async fn handle(
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
     let admission = match (request.method(), path) {
-        (&Method::GET | &Method::HEAD, "/healthz") => return Ok(text(StatusCode::OK, "ok")),
+        (&Method::GET | &Method::HEAD, HEALTH_PATH) => return Ok(text(StatusCode::OK, "ok")),
+        (&Method::GET | &Method::HEAD, READY_PATH) => return Ok(readiness(&app.sessions.shutdown)),
         (_, "/server") => {
             if app.authorized(&request) {
                 Admission::Server
@@ -75,6 +81,13 @@ pub async fn handle(
     let accept_key = match upgrade::check(&request) {
         Ok(key) => key,
         Err(rejection) => {
+            app.sessions
+                .metrics
+                .upgrade(if rejection.status == StatusCode::UPGRADE_REQUIRED {
+                    "not_websocket"
+                } else {
+                    "bad_handshake"
+                });
             let mut response = text(rejection.status, rejection.reason);
             if rejection.status == StatusCode::UPGRADE_REQUIRED {
                 let headers = response.headers_mut();
@@ -88,17 +101,20 @@ pub async fn handle(
         }
     };
     if !app.origin_allowed(&request) {
+        app.sessions.metrics.upgrade("forbidden_origin");
         return Ok(text(
             StatusCode::FORBIDDEN,
             "this origin may not open WebSockets here",
         ));
     }
     let Some(slot) = app.slots.try_take() else {
+        app.sessions.metrics.upgrade("over_capacity");
         return Ok(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the relay is at its connection limit",
         ));
     };
+    app.sessions.metrics.upgrade("accepted");
     let on_upgrade = hyper::upgrade::on(&mut request);
     let session = {
         let app = app.clone();
@@ -162,8 +178,17 @@ impl App {
     }
 }
 
+/// `/readyz`: ready until shutdown begins.
+pub fn readiness(shutdown: &tokio_util::sync::CancellationToken) -> Response<Body> {
+    if shutdown.is_cancelled() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else {
+        text(StatusCode::OK, "ready")
+    }
+}
+
 /// A plain-text response of one line.
-fn text(status: StatusCode, line: &'static str) -> Response<Body> {
+pub fn text(status: StatusCode, line: &'static str) -> Response<Body> {
     let mut response = Response::new(Body::new(Bytes::from_static(line.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(

@@ -17,6 +17,7 @@
 //! - [`outbox`]: each peer's bounded send queue, between the hub and the peer's task.
 //! - [`limits`]: the connection cap and the per-peer rate limiter.
 //! - [`ice`]: STUN/TURN servers for HELLO, with TURN REST API credentials.
+//! - [`metrics`]: Prometheus counters and their own listener.
 //! - [`protocol`]: wire types, error and close codes, pure.
 //! - [`ids`]: join codes and client ids.
 
@@ -31,6 +32,7 @@ pub mod hub;
 pub mod ice;
 pub mod ids;
 pub mod limits;
+pub mod metrics;
 pub mod outbox;
 pub mod peer;
 pub mod protocol;

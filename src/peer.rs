@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::hub::{Hub, JoinError, Membership, PeerId};
 use crate::ids::JoinCode;
 use crate::limits::{RateLimiter, Slot, Verdict};
+use crate::metrics::Metrics;
 use crate::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
 use crate::protocol::{self, ErrorCode, close};
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -53,6 +54,11 @@ const NOT_UTF8: Closing = Closing {
     reason: "invalid UTF-8",
 };
 
+/// The code recorded for a connection that dropped without a close frame (RFC 6455 §7.1.5).
+const ABNORMAL: u16 = 1006;
+/// The code recorded for a close frame that carried no code.
+const NO_STATUS: u16 = 1005;
+
 /// What the relay shares with every session.
 pub struct Context {
     /// The validated configuration.
@@ -61,6 +67,8 @@ pub struct Context {
     pub hub: Hub,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// What the HTTP layer decided about a connection before upgrading it.
@@ -88,8 +96,8 @@ pub const UNKNOWN_SERVER: Admission = Admission::Refused(
 enum End {
     /// The relay closed it with this code.
     Closed(Closing),
-    /// The peer closed it, or its connection dropped.
-    Left,
+    /// The peer closed it with this code, or its connection dropped ([`ABNORMAL`]).
+    Left(u16),
 }
 
 enum Event {
@@ -140,6 +148,8 @@ pub async fn run<S>(
     let membership = match registered {
         Ok(membership) => membership,
         Err(Admission::Refused(code, reason, closing)) => {
+            context.metrics.error(code.as_str());
+            context.metrics.closed(closing.code);
             refuse(ws, code, reason, closing).await;
             return;
         }
@@ -173,8 +183,9 @@ pub async fn run<S>(
             close_gracefully(&mut ws, closing).await;
             closing.code
         }
-        End::Left => 1000,
+        End::Left(code) => code,
     };
+    context.metrics.closed(code);
     info!(peer = %id, role, close = code, duration_ms = started.elapsed().as_millis() as u64, "peer left");
 }
 
@@ -219,7 +230,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                 }
                 Event::Incoming(Some(Err(error))) => return ended_by(error),
-                Event::Incoming(None) => return End::Left,
+                Event::Incoming(None) => return End::Left(ABNORMAL),
                 Event::Timer => {
                     let now = Instant::now();
                     if now >= heard_at + config.idle_timeout {
@@ -268,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 "binary frames are not supported: send JSON text",
                 None,
             ),
-            Message::Close(_) => Err(End::Left),
+            Message::Close(frame) => Err(End::Left(frame.map_or(NO_STATUS, |f| f.code.into()))),
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
         }
     }
@@ -291,8 +302,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let from = self.membership.id();
         let frame = protocol::relayed(from.as_str(), &incoming.kind, incoming.message);
+        let bytes = frame.len();
         match self.context.hub.route(from, &incoming.to, frame) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.context.metrics.relayed(bytes);
+                Ok(())
+            }
             Err(unknown) => self.reply_error(
                 ErrorCode::UnknownPeer,
                 &unknown.to_string(),
@@ -302,6 +317,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply_error(&mut self, code: ErrorCode, reason: &str, id: Option<&str>) -> Result<(), End> {
+        self.context.metrics.error(code.as_str());
         self.outbox
             .push(protocol::error(code, reason, id))
             .map_err(|_| End::Closed(TOO_SLOW))
@@ -312,11 +328,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 fn ended_by(error: WsError) -> End {
     match error {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Closed(TOO_BIG),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Left(ABNORMAL),
         WsError::Capacity(_) | WsError::Protocol(_) => End::Closed(PROTOCOL_ERROR),
         WsError::Utf8(_) => End::Closed(NOT_UTF8),
         other => {
             debug!(error = %other, "connection lost");
-            End::Left
+            End::Left(ABNORMAL)
         }
     }
 }

@@ -133,8 +133,7 @@ pub fn peer_gone(id: &str) -> String {
 }
 
 /// The codes an ERROR frame carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
     /// Not a valid envelope, or a binary frame.
     BadMessage,
@@ -150,10 +149,24 @@ pub enum ErrorCode {
     Unauthorized,
 }
 
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadMessage => "BAD_MESSAGE",
+            ErrorCode::UnknownPeer => "UNKNOWN_PEER",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::UnknownServer => "UNKNOWN_SERVER",
+            ErrorCode::ServerFull => "SERVER_FULL",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+        }
+    }
+}
+
 /// An ERROR frame's `message`.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
-    code: ErrorCode,
+    code: &'a str,
     reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
@@ -161,7 +174,15 @@ struct ErrorBody<'a> {
 
 /// Builds an ERROR frame; `id` names the peer concerned, for `UNKNOWN_PEER`.
 pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
-    frame(RELAY_ID, "ERROR", &ErrorBody { code, reason, id })
+    frame(
+        RELAY_ID,
+        "ERROR",
+        &ErrorBody {
+            code: code.as_str(),
+            reason,
+            id,
+        },
+    )
 }
 
 #[cfg(test)]

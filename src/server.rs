@@ -6,6 +6,7 @@ use crate::devcert;
 use crate::http::{self, App};
 use crate::hub::Hub;
 use crate::limits::ConnectionSlots;
+use crate::metrics::{self, Metrics, Scrape};
 use crate::peer;
 use crate::tls::TlsFiles;
 use anyhow::Context as _;
@@ -33,6 +34,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     app: Arc<App>,
     tls: Option<Arc<TlsFiles>>,
 }
@@ -43,6 +45,14 @@ impl Relay {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding --listen {}", config.listen))?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding --metrics-listen {addr}"))?,
+            ),
+            None => None,
+        };
         let tls = match &config.tls {
             None => None,
             Some(TlsSource::Files { cert, key }) => Some(Arc::new(TlsFiles::load(cert, key)?)),
@@ -71,13 +81,22 @@ impl Relay {
                 hub: Hub::new(config.code_length, config.max_clients_per_server),
                 config: Arc::new(config),
                 shutdown: CancellationToken::new(),
+                metrics: Metrics::new(),
             }),
         };
         Ok(Relay {
             listener,
+            metrics_listener,
             app: Arc::new(app),
             tls,
         })
+    }
+
+    /// The address metrics are served on, when `--metrics-listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The TLS certificate in use, for reloading it (on SIGHUP); `None` when serving plain HTTP.
@@ -95,8 +114,20 @@ impl Relay {
     /// Serves until `shutdown` is cancelled, then closes every session with `1001` and waits for
     /// them, at most `--shutdown-timeout`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Relay { listener, app, tls } = self;
+        let Relay {
+            listener,
+            metrics_listener,
+            app,
+            tls,
+        } = self;
         let config = app.sessions.config.clone();
+        let metrics_task = metrics_listener.map(|listener| {
+            let scrape = Arc::new(Scrape {
+                sessions: app.sessions.clone(),
+                slots: app.slots.clone(),
+            });
+            tokio::spawn(metrics::serve(listener, scrape))
+        });
         info!(listen = %listener.local_addr().map_or(config.listen, |a| a), "relay listening");
         loop {
             tokio::select! {
@@ -127,6 +158,9 @@ impl Relay {
                 "shutdown timeout reached with sessions still open"
             );
         }
+        if let Some(task) = metrics_task {
+            task.abort();
+        }
     }
 }
 
@@ -152,8 +186,14 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream, tls: Option<TlsAccep
             let remaining = deadline.saturating_duration_since(Instant::now());
             serve_http(app, stream, remaining).await;
         }
-        Ok(Err(error)) => debug!(%error, "TLS handshake failed"),
-        Err(_) => debug!("TLS handshake timed out"),
+        Ok(Err(error)) => {
+            app.sessions.metrics.tls_failure();
+            debug!(%error, "TLS handshake failed");
+        }
+        Err(_) => {
+            app.sessions.metrics.tls_failure();
+            debug!("TLS handshake timed out");
+        }
     }
 }
 

@@ -93,16 +93,6 @@ impl TlsFiles {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = config;
         Ok(())
     }
-
-    /// The certificate chain file.
-    pub fn cert_path(&self) -> &Path {
-        &self.cert
-    }
-
-    /// The private key file.
-    pub fn key_path(&self) -> &Path {
-        &self.key
-    }
 }
 
 /// The crypto provider every TLS configuration in the relay uses.

@@ -22,6 +22,8 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 /// A relay serving in the background; dropping it shuts it down.
 pub struct TestRelay {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when the config asked for it.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -38,10 +40,12 @@ impl TestRelay {
     pub async fn start(config: Config) -> TestRelay {
         let relay = Relay::bind(config).await.expect("relay binds");
         let addr = relay.local_addr();
+        let metrics_addr = relay.metrics_addr();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(relay.run(shutdown.clone()));
         TestRelay {
             addr,
+            metrics_addr,
             shutdown,
             task: Some(task),
         }
