@@ -26,6 +26,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CLIENTS_PER_SERVER: usize = 256;
 /// Default `--max-connections`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default `--max-connections-per-ip`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: u32 = 256;
+/// Default `--max-failed-attempts-per-minute`.
+pub const DEFAULT_MAX_FAILED_ATTEMPTS_PER_MINUTE: u32 = 30;
 /// Default `--send-queue-bytes`.
 pub const DEFAULT_SEND_QUEUE_BYTES: usize = 1024 * 1024;
 /// Default `--ping-interval`: under the 60 s idle cut of common proxies and load balancers.
@@ -64,6 +68,12 @@ pub struct Config {
     pub max_clients_per_server: usize,
     /// Live WebSocket sessions the relay accepts.
     pub max_connections: usize,
+    /// Live WebSocket sessions per client address; `0` turns the bound off.
+    pub max_connections_per_ip: u32,
+    /// Failed joins and registrations per client address per minute; `0` turns the bound off.
+    pub max_failed_attempts_per_minute: u32,
+    /// Header holding the client address, set by a trusted proxy; otherwise the socket address.
+    pub client_ip_header: Option<http::HeaderName>,
     /// Bytes of frames that may wait for one peer before it is disconnected as too slow.
     pub send_queue_bytes: usize,
     /// Passphrase required to register at `/server`.
@@ -114,6 +124,9 @@ impl Default for Config {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_clients_per_server: DEFAULT_MAX_CLIENTS_PER_SERVER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_failed_attempts_per_minute: DEFAULT_MAX_FAILED_ATTEMPTS_PER_MINUTE,
+            client_ip_header: None,
             send_queue_bytes: DEFAULT_SEND_QUEUE_BYTES,
             passphrase: None,
             ping_interval: DEFAULT_PING_INTERVAL,
@@ -253,6 +266,25 @@ pub struct Options {
     #[arg(long, env = "INTERCESSOR_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
 
+    /// Live WebSocket sessions per client address; beyond it ERROR RATE_LIMITED and close 4429;
+    /// 0 turns it off [default: 256]
+    #[arg(long, env = "INTERCESSOR_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    pub max_connections_per_ip: Option<u32>,
+
+    /// Failed joins (unknown code) and registrations (wrong passphrase) per client address per
+    /// minute; beyond it ERROR RATE_LIMITED and close 4429; 0 turns it off [default: 30]
+    #[arg(
+        long,
+        env = "INTERCESSOR_MAX_FAILED_ATTEMPTS_PER_MINUTE",
+        value_name = "N"
+    )]
+    pub max_failed_attempts_per_minute: Option<u32>,
+
+    /// Take the client address from this request header (e.g. Fly-Client-IP), set by a proxy you
+    /// trust; without it the socket address is used, which cannot be spoofed
+    #[arg(long, env = "INTERCESSOR_CLIENT_IP_HEADER", value_name = "NAME")]
+    pub client_ip_header: Option<String>,
+
     /// Bytes that may wait for one peer before it is closed as too slow [default: 1048576]
     #[arg(long, env = "INTERCESSOR_SEND_QUEUE_BYTES", value_name = "BYTES")]
     pub send_queue_bytes: Option<usize>,
@@ -388,6 +420,11 @@ impl Options {
             max_message_bytes: self.max_message_bytes.or(lower.max_message_bytes),
             max_clients_per_server: self.max_clients_per_server.or(lower.max_clients_per_server),
             max_connections: self.max_connections.or(lower.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(lower.max_connections_per_ip),
+            max_failed_attempts_per_minute: self
+                .max_failed_attempts_per_minute
+                .or(lower.max_failed_attempts_per_minute),
+            client_ip_header: self.client_ip_header.or(lower.client_ip_header),
             send_queue_bytes: self.send_queue_bytes.or(lower.send_queue_bytes),
             // A passphrase given higher up overrides a file given lower down, and vice versa.
             passphrase: self
@@ -475,7 +512,20 @@ impl Options {
             turn_secret: self.turn_secret,
             turn_ttl: positive("--turn-ttl", self.turn_ttl, defaults.ice.turn_ttl)?,
         };
+        let client_ip_header = match self.client_ip_header {
+            Some(name) => Some(http::HeaderName::try_from(name.trim()).map_err(|_| {
+                anyhow::anyhow!("--client-ip-header {name:?} is not a header name")
+            })?),
+            None => None,
+        };
         let config = Config {
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+            max_failed_attempts_per_minute: self
+                .max_failed_attempts_per_minute
+                .unwrap_or(defaults.max_failed_attempts_per_minute),
+            client_ip_header,
             metrics_listen: self.metrics_listen,
             ice,
             tls,

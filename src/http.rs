@@ -2,7 +2,7 @@
 //! of upgraded connections to [`peer::run`].
 
 use crate::demo;
-use crate::limits::ConnectionSlots;
+use crate::limits::{ConnectionSlots, IpVerdict};
 use crate::outbox::Closing;
 use crate::peer::{self, Admission};
 use crate::protocol::{ErrorCode, close};
@@ -13,7 +13,9 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 use subtle::ConstantTimeEq;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -52,6 +54,7 @@ const UNAUTHORIZED: Admission = Admission::Refused(
 /// Answers one HTTP request.
 pub async fn handle(
     app: Arc<App>,
+    remote: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path();
@@ -107,12 +110,18 @@ pub async fn handle(
             "this origin may not open WebSockets here",
         ));
     }
-    let Some(slot) = app.slots.try_take() else {
+    let client_ip = app.client_ip(&request, remote);
+    let Some((slot, verdict)) = app.slots.admit(client_ip, Instant::now()) else {
         app.sessions.metrics.upgrade("over_capacity");
         return Ok(text(
             StatusCode::SERVICE_UNAVAILABLE,
             "the relay is at its connection limit",
         ));
+    };
+    let admission = match verdict {
+        IpVerdict::Allowed => admission,
+        IpVerdict::TooManyConnections => TOO_MANY_CONNECTIONS,
+        IpVerdict::TooManyFailures => TOO_MANY_FAILURES,
     };
     app.sessions.metrics.upgrade("accepted");
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -144,7 +153,40 @@ pub async fn handle(
     Ok(response)
 }
 
+const TOO_MANY_CONNECTIONS: Admission = Admission::Refused(
+    ErrorCode::RateLimited,
+    "too many connections from your address",
+    Closing {
+        code: close::RATE_LIMITED,
+        reason: "too many connections",
+    },
+);
+
+const TOO_MANY_FAILURES: Admission = Admission::Refused(
+    ErrorCode::RateLimited,
+    "too many failed attempts from your address: wait a minute",
+    Closing {
+        code: close::RATE_LIMITED,
+        reason: "too many failed attempts",
+    },
+);
+
 impl App {
+    /// The client's address: from `--client-ip-header` when set and parseable (the last entry,
+    /// the one the nearest proxy added), else the socket's.
+    fn client_ip<B>(&self, request: &Request<B>, remote: SocketAddr) -> IpAddr {
+        let from_header = self
+            .sessions
+            .config
+            .client_ip_header
+            .as_ref()
+            .and_then(|name| request.headers().get(name))
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.rsplit(',').next())
+            .and_then(|last| last.trim().parse().ok());
+        from_header.unwrap_or(remote.ip())
+    }
+
     /// Whether the request may register a server: no passphrase is configured, or it carries the
     /// right one as `Authorization: Bearer …` or `?passphrase=…`. Compared in constant time.
     fn authorized<B>(&self, request: &Request<B>) -> bool {

@@ -1,48 +1,205 @@
-//! The bounds a peer can run into: the relay's connection cap and each peer's message rate.
+//! The bounds a peer can run into: connection caps in all and per address, failed attempts per
+//! address, and each peer's message rate.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// Counts live WebSocket sessions against `--max-connections`.
+/// Failed join and registration attempts are counted per address over windows this long.
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// The connection bounds: `--max-connections` in all, `--max-connections-per-ip`, and
+/// `--max-failed-attempts-per-minute` per address (0 turns a per-address bound off).
 #[derive(Debug)]
 pub struct ConnectionSlots {
     max: usize,
     live: AtomicUsize,
+    max_per_ip: u32,
+    max_failures: u32,
+    by_ip: Mutex<AddressBook>,
 }
 
-/// One taken slot; dropping it frees the slot.
+/// Per-address counts. It holds an entry only for an address with a live session or a failure
+/// in its current window, so it stays as small as the traffic that is actually there.
+#[derive(Debug, Default)]
+struct AddressBook {
+    entries: HashMap<IpKey, AddressEntry>,
+    /// Sweep expired entries once the book has grown past this size…
+    sweep_at: usize,
+    /// …or a window after the last sweep.
+    swept_at: Option<Instant>,
+}
+
 #[derive(Debug)]
-pub struct Slot(Arc<ConnectionSlots>);
+struct AddressEntry {
+    live: u32,
+    failures: u32,
+    window_started: Instant,
+}
+
+/// A client address as the limits see it: IPv4 whole, IPv6 by its /64, since one host is
+/// usually handed a whole /64 and could otherwise pick a fresh address per attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IpKey(IpAddr);
+
+impl From<IpAddr> for IpKey {
+    fn from(ip: IpAddr) -> IpKey {
+        match ip.to_canonical() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !(u128::from(u64::MAX));
+                IpKey(IpAddr::V6(Ipv6Addr::from(prefix)))
+            }
+            v4 => IpKey(v4),
+        }
+    }
+}
+
+/// What the per-address bounds say about a new session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpVerdict {
+    /// Within bounds.
+    Allowed,
+    /// The address already holds `--max-connections-per-ip` sessions.
+    TooManyConnections,
+    /// The address failed `--max-failed-attempts-per-minute` times in this window.
+    TooManyFailures,
+}
+
+/// One taken slot; dropping it frees the slot and the address's share.
+#[derive(Debug)]
+pub struct Slot {
+    slots: Arc<ConnectionSlots>,
+    /// Set when the session counts against its address's bound.
+    ip: Option<IpKey>,
+}
 
 impl ConnectionSlots {
-    /// Room for `max` sessions at once.
-    pub fn new(max: usize) -> Arc<ConnectionSlots> {
+    /// Room for `max` sessions at once, `max_per_ip` per address, and `max_failures` failed
+    /// attempts per address per minute.
+    pub fn new(max: usize, max_per_ip: u32, max_failures: u32) -> Arc<ConnectionSlots> {
         Arc::new(ConnectionSlots {
             max,
             live: AtomicUsize::new(0),
+            max_per_ip,
+            max_failures,
+            by_ip: Mutex::default(),
         })
     }
 
-    /// Takes a slot, or `None` when all are in use.
-    pub fn try_take(self: &Arc<Self>) -> Option<Slot> {
+    fn book(&self) -> MutexGuard<'_, AddressBook> {
+        // Every update leaves the counts consistent before anything can panic.
+        self.by_ip
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for a session from `ip`, or `None` when all slots are in use. A refused
+    /// address still gets a slot, so that its refusal (a WebSocket ERROR and close) is bounded
+    /// too, but not a share of its address's bound.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Option<(Slot, IpVerdict)> {
         self.live
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |live| {
                 (live < self.max).then_some(live + 1)
             })
-            .ok()
-            .map(|_| Slot(self.clone()))
+            .ok()?;
+        let key = IpKey::from(ip);
+        let mut book = self.book();
+        book.sweep(now);
+        let entry = book.entries.entry(key).or_insert(AddressEntry {
+            live: 0,
+            failures: 0,
+            window_started: now,
+        });
+        entry.expire_window(now);
+        let verdict = if self.max_failures > 0 && entry.failures >= self.max_failures {
+            IpVerdict::TooManyFailures
+        } else if self.max_per_ip > 0 && entry.live >= self.max_per_ip {
+            IpVerdict::TooManyConnections
+        } else {
+            entry.live += 1;
+            IpVerdict::Allowed
+        };
+        let registered = verdict == IpVerdict::Allowed;
+        if !registered && entry.is_idle() {
+            book.entries.remove(&key);
+        }
+        let slot = Slot {
+            slots: self.clone(),
+            ip: registered.then_some(key),
+        };
+        Some((slot, verdict))
     }
 
     /// Sessions live now.
     pub fn live(&self) -> usize {
         self.live.load(Ordering::Acquire)
     }
+
+    /// Addresses the book holds entries for (for tests and metrics).
+    pub fn tracked_addresses(&self) -> usize {
+        self.book().entries.len()
+    }
+}
+
+impl AddressEntry {
+    fn expire_window(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.window_started) >= FAILURE_WINDOW {
+            self.failures = 0;
+            self.window_started = now;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.live == 0 && self.failures == 0
+    }
+}
+
+impl AddressBook {
+    /// Drops entries with no session and an expired window, once per doubling of size or per
+    /// window, so the cost stays amortised and stale entries do not outlive a window by much.
+    fn sweep(&mut self, now: Instant) {
+        let window_passed = self
+            .swept_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= FAILURE_WINDOW);
+        if self.entries.len() < self.sweep_at && !window_passed {
+            return;
+        }
+        self.swept_at = Some(now);
+        self.entries.retain(|_, entry| {
+            entry.expire_window(now);
+            !entry.is_idle()
+        });
+        self.sweep_at = (2 * self.entries.len()).max(1024);
+    }
+}
+
+impl Slot {
+    /// Counts a failed join or registration (unknown code, wrong passphrase) against the
+    /// session's address.
+    pub fn record_failure(&self, now: Instant) {
+        let Some(key) = self.ip else { return };
+        let mut book = self.slots.book();
+        if let Some(entry) = book.entries.get_mut(&key) {
+            entry.expire_window(now);
+            entry.failures = entry.failures.saturating_add(1);
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
+        self.slots.live.fetch_sub(1, Ordering::AcqRel);
+        let Some(key) = self.ip else { return };
+        let mut book = self.slots.book();
+        if let Some(entry) = book.entries.get_mut(&key) {
+            entry.live = entry.live.saturating_sub(1);
+            entry.expire_window(Instant::now());
+            if entry.is_idle() {
+                book.entries.remove(&key);
+            }
+        }
     }
 }
 
@@ -168,14 +325,107 @@ mod tests {
         }
     }
 
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("valid address")
+    }
+
     #[test]
     fn slots_are_bounded_and_returned() {
-        let slots = ConnectionSlots::new(2);
-        let a = slots.try_take().expect("free");
-        let _b = slots.try_take().expect("free");
-        assert!(slots.try_take().is_none());
+        let slots = ConnectionSlots::new(2, 0, 0);
+        let now = Instant::now();
+        let (a, _) = slots.admit(ip("10.0.0.1"), now).expect("free");
+        let _b = slots.admit(ip("10.0.0.2"), now).expect("free");
+        assert!(slots.admit(ip("10.0.0.3"), now).is_none());
         drop(a);
         assert_eq!(slots.live(), 1);
-        assert!(slots.try_take().is_some());
+        assert!(slots.admit(ip("10.0.0.3"), now).is_some());
+    }
+
+    #[test]
+    fn per_address_connections_are_bounded() {
+        let slots = ConnectionSlots::new(100, 2, 0);
+        let now = Instant::now();
+        let first = slots.admit(ip("10.0.0.1"), now).expect("room");
+        let _second = slots.admit(ip("10.0.0.1"), now).expect("room");
+        let (refused, verdict) = slots.admit(ip("10.0.0.1"), now).expect("room");
+        assert_eq!(verdict, IpVerdict::TooManyConnections);
+        assert_eq!(
+            slots.admit(ip("10.0.0.2"), now).map(|s| s.1),
+            Some(IpVerdict::Allowed)
+        );
+        drop(refused);
+        drop(first);
+        assert_eq!(
+            slots.admit(ip("10.0.0.1"), now).map(|s| s.1),
+            Some(IpVerdict::Allowed)
+        );
+    }
+
+    #[test]
+    fn failures_lock_an_address_out_for_the_rest_of_the_minute() {
+        let slots = ConnectionSlots::new(100, 0, 3);
+        let start = Instant::now();
+        for _ in 0..3 {
+            let (slot, verdict) = slots.admit(ip("10.0.0.1"), start).expect("room");
+            assert_eq!(verdict, IpVerdict::Allowed);
+            slot.record_failure(start);
+        }
+        let refused = slots.admit(ip("10.0.0.1"), start).map(|s| s.1);
+        assert_eq!(refused, Some(IpVerdict::TooManyFailures));
+        assert_eq!(
+            slots.admit(ip("10.0.0.2"), start).map(|s| s.1),
+            Some(IpVerdict::Allowed)
+        );
+        let later = start + FAILURE_WINDOW;
+        assert_eq!(
+            slots.admit(ip("10.0.0.1"), later).map(|s| s.1),
+            Some(IpVerdict::Allowed)
+        );
+    }
+
+    #[test]
+    fn ipv6_is_counted_by_its_64_prefix_and_mapped_ipv4_as_ipv4() {
+        assert_eq!(
+            IpKey::from(ip("2001:db8::1")),
+            IpKey::from(ip("2001:db8::ffff:2"))
+        );
+        assert_ne!(
+            IpKey::from(ip("2001:db8::1")),
+            IpKey::from(ip("2001:db8:0:1::1"))
+        );
+        assert_eq!(
+            IpKey::from(ip("::ffff:10.0.0.1")),
+            IpKey::from(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
+    fn the_book_forgets_addresses_without_sessions_or_failures() {
+        let slots = ConnectionSlots::new(10_000, 0, 5);
+        let now = Instant::now();
+        for n in 0..3000u32 {
+            let (slot, _) = slots
+                .admit(IpAddr::from(n.to_be_bytes()), now)
+                .expect("room");
+            drop(slot);
+        }
+        assert_eq!(slots.tracked_addresses(), 0);
+        for n in 0..3000u32 {
+            let (slot, _) = slots
+                .admit(IpAddr::from(n.to_be_bytes()), now)
+                .expect("room");
+            slot.record_failure(now);
+        }
+        assert_eq!(
+            slots.tracked_addresses(),
+            3000,
+            "failures are remembered for the window"
+        );
+        let later = now + FAILURE_WINDOW;
+        let _ = slots.admit(ip("10.9.9.9"), later);
+        assert!(
+            slots.tracked_addresses() < 3000,
+            "expired windows are swept"
+        );
     }
 }

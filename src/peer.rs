@@ -107,13 +107,9 @@ enum Event {
     Timer,
 }
 
-/// Runs one peer's session until it ends. `_slot` holds its place under `--max-connections`.
-pub async fn run<S>(
-    ws: WebSocketStream<S>,
-    context: Arc<Context>,
-    admission: Admission,
-    _slot: Slot,
-) where
+/// Runs one peer's session until it ends. `slot` holds its place under the connection bounds.
+pub async fn run<S>(ws: WebSocketStream<S>, context: Arc<Context>, admission: Admission, slot: Slot)
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
@@ -148,6 +144,10 @@ pub async fn run<S>(
     let membership = match registered {
         Ok(membership) => membership,
         Err(Admission::Refused(code, reason, closing)) => {
+            // Guessing codes or passphrases is what the per-address failure bound slows down.
+            if matches!(code, ErrorCode::UnknownServer | ErrorCode::Unauthorized) {
+                slot.record_failure(std::time::Instant::now());
+            }
             context.metrics.error(code.as_str());
             context.metrics.closed(closing.code);
             refuse(ws, code, reason, closing).await;

@@ -31,6 +31,8 @@ pub mod close {
     pub const SERVER_FULL: u16 = 4409;
     /// The client's server left.
     pub const SERVER_GONE: u16 = 4410;
+    /// Too many connections or failed attempts from the client's address.
+    pub const RATE_LIMITED: u16 = 4429;
 }
 
 /// A message as a peer sends it: `{"to","type","message"}`.

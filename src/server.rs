@@ -74,7 +74,11 @@ impl Relay {
             .max_message_size(Some(config.max_message_bytes))
             .max_frame_size(Some(config.max_message_bytes));
         let app = App {
-            slots: ConnectionSlots::new(config.max_connections),
+            slots: ConnectionSlots::new(
+                config.max_connections,
+                config.max_connections_per_ip,
+                config.max_failed_attempts_per_minute,
+            ),
             tracker: TaskTracker::new(),
             websocket,
             sessions: Arc::new(peer::Context {
@@ -135,7 +139,7 @@ impl Relay {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
                         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-                        let connection = serve_connection(app.clone(), stream, acceptor);
+                        let connection = serve_connection(app.clone(), stream, remote, acceptor);
                         app.tracker.spawn(connection.instrument(info_span!("conn", %remote)));
                     }
                     Err(error) => {
@@ -168,12 +172,17 @@ impl Relay {
 ///
 /// `--handshake-timeout` bounds the TLS handshake and the HTTP request together, so a client that
 /// stalls in either holds no more than its socket, and not for long.
-async fn serve_connection(app: Arc<App>, stream: TcpStream, tls: Option<TlsAcceptor>) {
+async fn serve_connection(
+    app: Arc<App>,
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+) {
     // Signaling messages are small and latency-bound: never hold them back for coalescing.
     let _ = stream.set_nodelay(true);
     let handshake_timeout = app.sessions.config.handshake_timeout;
     let Some(acceptor) = tls else {
-        return serve_http(app, stream, handshake_timeout).await;
+        return serve_http(app, stream, remote, handshake_timeout).await;
     };
     let deadline = Instant::now() + handshake_timeout;
     let shutdown = app.sessions.shutdown.clone();
@@ -184,7 +193,7 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream, tls: Option<TlsAccep
     match handshake {
         Ok(Ok(stream)) => {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            serve_http(app, stream, remaining).await;
+            serve_http(app, stream, remote, remaining).await;
         }
         Ok(Err(error)) => {
             app.sessions.metrics.tls_failure();
@@ -198,12 +207,12 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream, tls: Option<TlsAccep
 }
 
 /// Serves HTTP until the connection ends, is upgraded, or the relay shuts down.
-async fn serve_http<S>(app: Arc<App>, stream: S, header_timeout: Duration)
+async fn serve_http<S>(app: Arc<App>, stream: S, remote: SocketAddr, header_timeout: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = app.sessions.shutdown.clone();
-    let service = service_fn(move |request| http::handle(app.clone(), request));
+    let service = service_fn(move |request| http::handle(app.clone(), remote, request));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())

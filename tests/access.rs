@@ -157,3 +157,120 @@ async fn a_valid_handshake_gets_101_with_the_accept_key() {
         "{response}"
     );
 }
+
+/// Expects a refusal for the client's address: ERROR RATE_LIMITED, then close 4429.
+async fn expect_address_refused(ws: common::Socket) -> String {
+    let mut peer = TestPeer {
+        ws,
+        id: String::new(),
+    };
+    peer.expect_error("RATE_LIMITED").await;
+    peer.expect_close(4429).await
+}
+
+async fn hello_from(source: &str, url: &str, headers: &[(&'static str, &str)]) {
+    let ws = TestPeer::connect_from(source, url, headers).await;
+    let mut peer = TestPeer {
+        ws,
+        id: String::new(),
+    };
+    assert_eq!(peer.recv().await["type"], "HELLO");
+}
+
+#[tokio::test]
+async fn sessions_per_address_are_bounded_and_other_addresses_unaffected() {
+    let relay = TestRelay::start(Config {
+        max_connections_per_ip: 2,
+        ..config()
+    })
+    .await;
+    let url = relay.url("/server");
+    let first = TestPeer::connect_from("127.0.0.1", &url, &[]).await;
+    let _second = TestPeer::connect_from("127.0.0.1", &url, &[]).await;
+    let third = TestPeer::connect_from("127.0.0.1", &url, &[]).await;
+    assert_eq!(expect_address_refused(third).await, "too many connections");
+    hello_from("127.0.0.2", &url, &[]).await;
+    drop(first);
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    hello_from("127.0.0.1", &url, &[]).await;
+}
+
+#[tokio::test]
+async fn failed_joins_lock_the_address_out_for_a_minute() {
+    let relay = TestRelay::start(Config {
+        max_failed_attempts_per_minute: 3,
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::join(&relay.url("/server")).await;
+    let good = relay.url(&format!("/client/{}", server.id));
+    for guess in ["ZZZZZZ", "YYYYYY", "not-a-code"] {
+        let ws =
+            TestPeer::connect_from("127.0.0.1", &relay.url(&format!("/client/{guess}")), &[]).await;
+        let mut peer = TestPeer {
+            ws,
+            id: String::new(),
+        };
+        peer.expect_error("UNKNOWN_SERVER").await;
+        peer.expect_close(4404).await;
+    }
+    let locked = TestPeer::connect_from("127.0.0.1", &good, &[]).await;
+    assert_eq!(
+        expect_address_refused(locked).await,
+        "too many failed attempts"
+    );
+    hello_from("127.0.0.2", &good, &[]).await;
+    server.recv().await;
+}
+
+#[tokio::test]
+async fn wrong_passphrases_count_as_failed_attempts() {
+    let relay = TestRelay::start(Config {
+        max_failed_attempts_per_minute: 2,
+        ..guarded()
+    })
+    .await;
+    for _ in 0..2 {
+        let ws =
+            TestPeer::connect_from("127.0.0.1", &relay.url("/server?passphrase=guess"), &[]).await;
+        let mut peer = TestPeer {
+            ws,
+            id: String::new(),
+        };
+        peer.expect_error("UNAUTHORIZED").await;
+    }
+    let right = relay.url("/server?passphrase=open%20sesame");
+    let locked = TestPeer::connect_from("127.0.0.1", &right, &[]).await;
+    expect_address_refused(locked).await;
+}
+
+#[tokio::test]
+async fn the_client_ip_header_is_trusted_only_when_configured() {
+    let spoofed = [("x-client-ip", "203.0.113.9")];
+    let relay = TestRelay::start(Config {
+        max_connections_per_ip: 1,
+        ..config()
+    })
+    .await;
+    let url = relay.url("/server");
+    let _held = TestPeer::connect_from("127.0.0.1", &url, &[("x-client-ip", "203.0.113.1")]).await;
+    let ws = TestPeer::connect_from("127.0.0.1", &url, &spoofed).await;
+    expect_address_refused(ws).await;
+
+    let relay = TestRelay::start(Config {
+        max_connections_per_ip: 1,
+        client_ip_header: Some(http::HeaderName::from_static("x-client-ip")),
+        ..config()
+    })
+    .await;
+    let url = relay.url("/server");
+    let _held = TestPeer::connect_from(
+        "127.0.0.1",
+        &url,
+        &[("x-client-ip", "10.1.1.1, 203.0.113.1")],
+    )
+    .await;
+    hello_from("127.0.0.1", &url, &spoofed).await;
+    let ws = TestPeer::connect_from("127.0.0.1", &url, &[("x-client-ip", "203.0.113.1")]).await;
+    expect_address_refused(ws).await;
+}

@@ -202,3 +202,65 @@ async fn beyond_max_connections_upgrades_get_503() {
     server.recv().await;
     TestPeer::server(&relay).await;
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_closed_too_slow_and_its_server_hears_peer_gone() {
+    let relay = TestRelay::start(Config {
+        rate_limit: 0,
+        max_message_bytes: 16 * 1024,
+        send_queue_bytes: 64 * 1024,
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let stalled = TestPeer::client_of(&relay, &mut server).await;
+    let mut reader = TestPeer::client_of(&relay, &mut server).await;
+    let chunk = "x".repeat(15 * 1024);
+    // The stalled client never reads: its socket buffers fill, then its queue, and it is cut off.
+    let mut gone = None;
+    for n in 0..10_000 {
+        server.send_to(&stalled.id, "BULK", json!(chunk)).await;
+        if n % 16 == 0 {
+            server.send_to(&reader.id, "N", json!(n)).await;
+            assert_eq!(
+                reader.recv().await["message"],
+                json!(n),
+                "the reading client is served throughout"
+            );
+        }
+        if let Ok(Some(Ok(Message::Text(text)))) = tokio::time::timeout(
+            Duration::from_millis(1),
+            futures_util::StreamExt::next(&mut server.ws),
+        )
+        .await
+        {
+            gone = Some(serde_json::from_str::<serde_json::Value>(&text).expect("json"));
+            break;
+        }
+    }
+    let gone = gone.expect("the relay gave up on the stalled client");
+    assert_eq!(
+        gone,
+        json!({"from": "0", "type": "PEER_GONE", "message": {"id": stalled.id}})
+    );
+    server.send_to(&stalled.id, "LATE", json!(1)).await;
+    server.expect_error("UNKNOWN_PEER").await;
+
+    // The close frame queues behind megabytes the client never read: it gets through only if
+    // the client drains them within the relay's one-second close grace. Either way the
+    // connection ends.
+    let mut stalled = stalled;
+    let ending = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut stalled.ws).await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the relay ends the stalled connection");
+    if let Some(close) = ending {
+        assert_eq!(close, (1008, "too slow".to_owned()));
+    }
+}

@@ -1,1 +1,947 @@
+// The Intercessor demo: host a room or join one with a code, then chat and call peer-to-peer.
+//
+// Signaling goes through the relay's WebSocket (/server for the host, /client/CODE for a guest);
+// everything else goes over WebRTC. The host keeps one RTCPeerConnection per guest and opens the
+// "chat" data channel; both sides renegotiate with the "perfect negotiation" pattern, the guest
+// being the polite peer. Signaling messages keep to the exact shapes an operator's JSON Schema may
+// enforce: OFFER/ANSWER {type, sdp}, CANDIDATE RTCIceCandidate.toJSON(), BYE {}.
 
+import { qrSvg } from './qr.js';
+
+const RELAY_ID = '0';
+const HELLO_TIMEOUT_MS = 15000;
+const ERROR_SHOWN_MS = 8000;
+const COPIED_SHOWN_MS = 2000;
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  status: $('status'),
+  start: $('start'),
+  hostForm: $('host-form'),
+  hostButton: $('host-button'),
+  passphraseRow: $('passphrase-row'),
+  passphrase: $('passphrase'),
+  joinForm: $('join-form'),
+  joinCode: $('join-code'),
+  joinButton: $('join-button'),
+  session: $('session'),
+  share: $('share'),
+  code: $('code'),
+  qr: $('qr'),
+  shareLink: $('share-link'),
+  copyLink: $('copy-link'),
+  shareNative: $('share-native'),
+  roomTitle: $('room-title'),
+  peerCount: $('peer-count'),
+  chatLog: $('chat-log'),
+  chatForm: $('chat-form'),
+  chatInput: $('chat-input'),
+  chatSend: $('chat-send'),
+  videos: $('videos'),
+  selfTile: $('self-tile'),
+  selfVideo: $('self-video'),
+  call: $('call'),
+  leave: $('leave'),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+/** The code as the relay reads it: upper case, no dashes or spaces, O as 0, I and L as 1. */
+function canonicalCode(typed) {
+  return typed.toUpperCase().replace(/[\s-]+/g, '').replace(/O/g, '0').replace(/[IL]/g, '1');
+}
+
+/** `7KQ2MX` → `7KQ-2MX`: groups of three (or four) are easier to read aloud. */
+function groupCode(code) {
+  if (code.length <= 5) return code;
+  const group = code.length % 3 !== 0 && code.length % 4 === 0 ? 4 : 3;
+  return code.match(new RegExp(`.{1,${group}}`, 'g')).join('-');
+}
+
+function plural(count, word) {
+  return `${count} ${word}${count === 1 ? '' : 's'}`;
+}
+
+/** A WebSocket URL on this page's origin: ws: for http:, wss: for https:. */
+function relayUrl(path) {
+  const url = new URL(path, location.href);
+  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  url.hash = '';
+  return url;
+}
+
+let statusTimer = 0;
+
+/** Shows `text` in the status line; tone is info, ok, warn or error. */
+function setStatus(text, tone = 'info') {
+  clearTimeout(statusTimer);
+  ui.status.textContent = text;
+  ui.status.dataset.tone = tone;
+}
+
+/** Shows a passing problem, then goes back to what `restore` says after a while. */
+function flashProblem(text, restore) {
+  setStatus(text, 'error');
+  statusTimer = setTimeout(restore, ERROR_SHOWN_MS);
+}
+
+function addChatLine(who, text, kind) {
+  const item = document.createElement('li');
+  item.className = `line ${kind}`;
+  if (who) {
+    const name = document.createElement('span');
+    name.className = 'who';
+    name.textContent = who;
+    item.append(name);
+  }
+  const body = document.createElement('span');
+  body.className = 'text';
+  body.textContent = text;
+  item.append(body);
+  ui.chatLog.append(item);
+  ui.chatLog.scrollTop = ui.chatLog.scrollHeight;
+}
+
+function addNote(text) {
+  addChatLine('', text, 'note');
+}
+
+/** What the relay's ERROR codes mean, in plain words. */
+function describeRelayError(session, code, reason) {
+  const room = session.code ? groupCode(session.code) : '';
+  const detail = reason ? ` (${reason})` : '';
+  switch (code) {
+    case 'UNAUTHORIZED':
+      return session.usedPassphrase
+        ? 'The relay did not accept that passphrase. Check it and press Start hosting again.'
+        : 'This relay needs a passphrase to host a room. Type it in and press Start hosting again.';
+    case 'UNKNOWN_SERVER':
+      return `There is no host with code ${room}. Check the code and try again.`;
+    case 'SERVER_FULL':
+      return `The room with code ${room} is full. Ask the host, or try again later.`;
+    case 'BAD_MESSAGE':
+      return `The relay could not read a message from this page${detail}.`;
+    case 'UNKNOWN_PEER':
+      return session.role === 'host'
+        ? 'A message was not delivered: that guest has already left.'
+        : 'A message was not delivered: the host is no longer there.';
+    case 'RATE_LIMITED':
+      return session.ready
+        ? 'Too many messages too fast: the relay dropped one. Slow down a little.'
+        : 'The relay is turning this address away for now (too many attempts or connections). Wait a minute and try again.';
+    case 'INVALID_MESSAGE':
+      return `The relay refused a message that breaks its rules${detail}.`;
+    default:
+      return `The relay reported a problem: ${code || 'unknown'}${detail}.`;
+  }
+}
+
+/** Why the relay closed the WebSocket, in plain words (for closes with no ERROR before them). */
+function describeClose(session, event) {
+  const reason = event.reason ? ` (${event.reason})` : '';
+  switch (event.code) {
+    case 4410:
+      return 'Session over: the host left.';
+    case 4401:
+      return 'This relay needs a passphrase to host a room.';
+    case 4404:
+      return `There is no host with code ${groupCode(session.code || '')}.`;
+    case 4409:
+      return 'That room is full.';
+    case 4429:
+      return 'The relay is turning this address away for now (too many attempts or connections). Wait a minute and try again.';
+    case 1001:
+      return 'The relay is shutting down.';
+    case 4408:
+      return 'The relay closed the connection after a long silence.';
+    case 1008:
+      return `The relay closed the connection${reason || ': too many messages'}.`;
+    case 1009:
+      return 'The relay closed the connection: a message was too large.';
+    case 1006:
+      return session.ready
+        ? 'Lost the connection to the relay.'
+        : `Can’t reach the relay at ${session.relayHost}. Check that it is running and that you are online, then try again.`;
+    default:
+      return `The relay closed the connection (code ${event.code})${reason}.`;
+  }
+}
+
+function describeMediaError(error) {
+  switch (error && error.name) {
+    case 'NotAllowedError':
+      return 'permission was denied. Allow camera access in the browser and try again.';
+    case 'NotFoundError':
+    case 'OverconstrainedError':
+      return 'no camera was found.';
+    case 'NotReadableError':
+      return 'the camera is busy in another app.';
+    default:
+      return error && error.message ? error.message : 'unknown error.';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Local camera and microphone
+
+let localStream = null;
+
+function stopLocalMedia() {
+  if (localStream) for (const track of localStream.getTracks()) track.stop();
+  localStream = null;
+  ui.selfVideo.srcObject = null;
+  ui.selfTile.hidden = true;
+  ui.call.textContent = 'Start camera';
+  ui.call.classList.remove('active');
+}
+
+async function getCameraStream() {
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    throw new Error('this page needs https:// (or localhost) to use the camera.');
+  }
+  try {
+    return await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
+  } catch (withAudio) {
+    // No microphone, or it was refused: video alone is still a call.
+    const stream = await navigator.mediaDevices.getUserMedia({ video: true });
+    addNote('Microphone unavailable: sharing video only.');
+    return stream;
+  }
+}
+
+async function toggleCall() {
+  const current = session;
+  if (!current || current.over) return;
+  if (localStream) {
+    for (const peer of current.peers.values()) peer.removeLocalMedia();
+    stopLocalMedia();
+    return;
+  }
+  ui.call.disabled = true;
+  let stream = null;
+  try {
+    stream = await getCameraStream();
+  } catch (error) {
+    flashProblem(`Couldn’t start the camera: ${describeMediaError(error)}`, () => current.showStatus());
+  } finally {
+    ui.call.disabled = current.over;
+  }
+  if (!stream) return;
+  if (session !== current || current.over) {
+    for (const track of stream.getTracks()) track.stop();
+    return;
+  }
+  localStream = stream;
+  ui.selfVideo.srcObject = stream;
+  ui.selfTile.hidden = false;
+  ui.call.textContent = 'Stop camera';
+  ui.call.classList.add('active');
+  for (const peer of current.peers.values()) peer.addLocalMedia(stream);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One WebRTC connection to one remote peer
+
+/** A signaling description as the schema wants it, or null when `message` is not one. */
+function parseDescription(type, message) {
+  const expected = type === 'OFFER' ? 'offer' : 'answer';
+  if (!message || message.type !== expected || typeof message.sdp !== 'string') return null;
+  return { type: expected, sdp: message.sdp };
+}
+
+function parseCandidate(message) {
+  if (!message || typeof message.candidate !== 'string') return null;
+  const optional = (value, kind) => (typeof value === kind ? value : null);
+  return {
+    candidate: message.candidate,
+    sdpMid: optional(message.sdpMid, 'string'),
+    sdpMLineIndex: Number.isInteger(message.sdpMLineIndex) ? message.sdpMLineIndex : null,
+    usernameFragment: optional(message.usernameFragment, 'string'),
+  };
+}
+
+class Peer {
+  constructor(session, id, { polite, label }) {
+    this.session = session;
+    this.id = id;
+    this.label = label;
+    this.polite = polite;
+    this.closed = false;
+    this.channel = null;
+    this.channelOpen = false;
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.queue = Promise.resolve();
+    this.senders = [];
+    this.remoteStream = null;
+    this.tile = null;
+
+    const pc = new RTCPeerConnection({ iceServers: session.iceServers });
+    this.pc = pc;
+    pc.onnegotiationneeded = () => this.negotiate();
+    pc.onicecandidate = ({ candidate }) => {
+      // A null candidate marks the end of gathering; there is nothing to send for it.
+      if (!candidate || !candidate.candidate) return;
+      this.session.send(this.id, 'CANDIDATE', {
+        candidate: candidate.candidate,
+        sdpMid: candidate.sdpMid ?? null,
+        sdpMLineIndex: candidate.sdpMLineIndex ?? null,
+        usernameFragment: candidate.usernameFragment ?? null,
+      });
+    };
+    pc.ondatachannel = ({ channel }) => {
+      if (channel.label === 'chat') this.attachChannel(channel);
+    };
+    pc.ontrack = (event) => this.showRemoteTrack(event);
+    pc.onconnectionstatechange = () => {
+      if (!this.closed && pc.connectionState === 'failed') this.session.peerFailed(this);
+    };
+    if (localStream) this.addLocalMedia(localStream);
+  }
+
+  openChannel() {
+    this.attachChannel(this.pc.createDataChannel('chat'));
+  }
+
+  attachChannel(channel) {
+    this.channel = channel;
+    channel.onopen = () => {
+      this.channelOpen = true;
+      this.session.channelOpened(this);
+    };
+    channel.onclose = () => {
+      const wasOpen = this.channelOpen;
+      this.channelOpen = false;
+      if (!this.closed && wasOpen) this.session.channelClosed(this);
+    };
+    channel.onmessage = ({ data }) => {
+      if (typeof data === 'string') addChatLine(this.label, data, 'theirs');
+    };
+  }
+
+  sendChat(text) {
+    if (this.channelOpen) this.channel.send(text);
+  }
+
+  async negotiate() {
+    try {
+      this.makingOffer = true;
+      await this.pc.setLocalDescription();
+      this.sendLocalDescription();
+    } catch (error) {
+      this.problem(error);
+    } finally {
+      this.makingOffer = false;
+    }
+  }
+
+  sendLocalDescription() {
+    const description = this.pc.localDescription;
+    if (this.closed || !description) return;
+    const type = description.type === 'offer' ? 'OFFER' : 'ANSWER';
+    this.session.send(this.id, type, { type: description.type, sdp: description.sdp });
+  }
+
+  /** A signaling message from this peer, handled one at a time in arrival order. */
+  receive(type, message) {
+    if (this.closed) return;
+    if (type === 'OFFER' || type === 'ANSWER') {
+      const description = parseDescription(type, message);
+      if (description) this.enqueue(() => this.takeDescription(description));
+    } else if (type === 'CANDIDATE') {
+      const candidate = parseCandidate(message);
+      if (candidate) this.enqueue(() => this.takeCandidate(candidate));
+    } else if (type === 'BYE') {
+      this.session.peerSaidBye(this);
+    }
+  }
+
+  enqueue(task) {
+    this.queue = this.queue.then(task).catch((error) => this.problem(error));
+  }
+
+  // Perfect negotiation: on colliding offers the impolite side (the host) ignores the other's
+  // offer, and the polite side (the guest) rolls its own back and answers.
+  async takeDescription(description) {
+    const pc = this.pc;
+    if (this.closed) return;
+    const readyForOffer =
+      !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
+    const collision = description.type === 'offer' && !readyForOffer;
+    this.ignoreOffer = !this.polite && collision;
+    if (this.ignoreOffer) return;
+    this.settingRemoteAnswer = description.type === 'answer';
+    try {
+      await pc.setRemoteDescription(description);
+    } finally {
+      this.settingRemoteAnswer = false;
+    }
+    if (description.type === 'offer') {
+      await pc.setLocalDescription();
+      this.sendLocalDescription();
+    }
+  }
+
+  async takeCandidate(candidate) {
+    try {
+      await this.pc.addIceCandidate(candidate);
+    } catch (error) {
+      // Candidates of an offer we ignored are expected to fail.
+      if (!this.ignoreOffer) throw error;
+    }
+  }
+
+  problem(error) {
+    if (this.closed) return;
+    console.warn(`WebRTC problem with ${this.label}:`, error);
+    this.session.peerProblem(this, error);
+  }
+
+  addLocalMedia(stream) {
+    for (const track of stream.getTracks()) this.senders.push(this.pc.addTrack(track, stream));
+  }
+
+  removeLocalMedia() {
+    if (this.closed) return;
+    for (const sender of this.senders) this.pc.removeTrack(sender);
+    this.senders = [];
+  }
+
+  showRemoteTrack({ track, streams }) {
+    if (this.closed) return;
+    if (streams[0]) {
+      this.remoteStream = streams[0];
+    } else {
+      this.remoteStream ??= new MediaStream();
+      this.remoteStream.addTrack(track);
+    }
+    const stream = this.remoteStream;
+    stream.onremovetrack = () => {
+      if (stream.getTracks().length === 0) this.removeTile();
+    };
+    this.ensureTile().video.srcObject = stream;
+    this.tile.video.play().catch(() => {});
+  }
+
+  ensureTile() {
+    if (this.tile) return this.tile;
+    const figure = document.createElement('figure');
+    figure.className = 'tile remote';
+    const video = document.createElement('video');
+    video.dataset.testid = 'remote-video';
+    video.autoplay = true;
+    video.playsInline = true;
+    // Muted so that autoplay is never blocked; the button below turns the sound on.
+    video.muted = true;
+    video.setAttribute('autoplay', '');
+    video.setAttribute('playsinline', '');
+    video.setAttribute('muted', '');
+    const caption = document.createElement('figcaption');
+    caption.textContent = this.label;
+    const sound = document.createElement('button');
+    sound.type = 'button';
+    sound.className = 'sound';
+    sound.textContent = 'Unmute';
+    sound.setAttribute('aria-label', `Unmute ${this.label}`);
+    sound.addEventListener('click', () => {
+      video.muted = !video.muted;
+      sound.textContent = video.muted ? 'Unmute' : 'Mute';
+      sound.setAttribute('aria-label', `${video.muted ? 'Unmute' : 'Mute'} ${this.label}`);
+      video.play().catch(() => {});
+    });
+    figure.append(video, caption, sound);
+    ui.videos.append(figure);
+    this.tile = { figure, video };
+    return this.tile;
+  }
+
+  removeTile() {
+    if (!this.tile) return;
+    this.tile.video.srcObject = null;
+    this.tile.figure.remove();
+    this.tile = null;
+  }
+
+  close() {
+    if (this.closed) return;
+    this.closed = true;
+    this.channelOpen = false;
+    if (this.channel) this.channel.close();
+    this.pc.close();
+    this.removeTile();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A session: one WebSocket to the relay, as host or guest, and its peers
+
+let session = null;
+
+class Session {
+  constructor(role) {
+    this.role = role; // 'host' or 'guest'
+    this.code = null; // the host's join code (canonical)
+    this.selfId = null;
+    this.ws = null;
+    this.relayHost = location.host;
+    this.ready = false; // HELLO arrived
+    this.over = false;
+    this.relayLost = false;
+    this.relayError = null; // an ERROR that a close will follow
+    this.usedPassphrase = false;
+    this.needsPassphrase = false;
+    this.iceServers = [];
+    this.peers = new Map();
+    this.hostPeer = null;
+    this.guestsSoFar = 0;
+    this.helloTimer = 0;
+  }
+
+  connect(path) {
+    const url = relayUrl(path);
+    this.relayHost = url.host;
+    try {
+      this.ws = new WebSocket(url);
+    } catch (error) {
+      this.end(`Can’t open a connection to the relay: ${error.message}`);
+      return;
+    }
+    this.helloTimer = setTimeout(() => {
+      if (!this.ready) this.end('The relay did not answer in time. Check your connection and try again.');
+    }, HELLO_TIMEOUT_MS);
+    this.ws.onmessage = ({ data }) => this.onFrame(data);
+    this.ws.onclose = (event) => this.onClose(event);
+    // An error is always followed by a close, which says what happened.
+    this.ws.onerror = () => {};
+  }
+
+  send(to, type, message) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify({ to, type, message }));
+    }
+  }
+
+  onFrame(data) {
+    if (this.over || typeof data !== 'string') return;
+    let frame;
+    try {
+      frame = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (!frame || typeof frame !== 'object' || typeof frame.type !== 'string') return;
+    if (frame.from === RELAY_ID) {
+      this.onRelayFrame(frame.type, frame.message ?? {});
+    } else if (this.ready && typeof frame.from === 'string') {
+      this.onPeerFrame(frame.from, frame.type, frame.message);
+    }
+  }
+
+  onRelayFrame(type, message) {
+    switch (type) {
+      case 'HELLO':
+        this.onHello(message);
+        break;
+      case 'PEER_JOINED':
+        if (this.role === 'host' && typeof message.id === 'string') this.addGuest(message.id);
+        break;
+      case 'PEER_GONE':
+        if (this.role === 'host') this.guestGone(message.id, 'left');
+        else this.end('Session over: the host left.', 'warn');
+        break;
+      case 'ERROR':
+        this.onRelayError(message);
+        break;
+      default:
+        break;
+    }
+  }
+
+  onHello(message) {
+    if (this.ready) return;
+    clearTimeout(this.helloTimer);
+    this.ready = true;
+    this.selfId = message.id;
+    this.iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
+    if (this.role === 'host') {
+      this.code = String(message.id);
+      showHostSession(this);
+    } else {
+      showGuestSession(this);
+      this.hostPeer = new Peer(this, this.code, { polite: true, label: 'Host' });
+      this.peers.set(this.code, this.hostPeer);
+    }
+    this.showStatus();
+  }
+
+  onRelayError(message) {
+    const code = typeof message.code === 'string' ? message.code : '';
+    const reason = typeof message.reason === 'string' ? message.reason : '';
+    const text = describeRelayError(this, code, reason);
+    if (code === 'UNAUTHORIZED') {
+      revealPassphrase();
+      this.needsPassphrase = true;
+    }
+    if (['UNAUTHORIZED', 'UNKNOWN_SERVER', 'SERVER_FULL'].includes(code) || !this.ready) {
+      // A close follows; it ends the session with this message.
+      this.relayError = text;
+      return;
+    }
+    flashProblem(text, () => this.showStatus());
+  }
+
+  onClose(event) {
+    clearTimeout(this.helloTimer);
+    if (this.over) return;
+    const text = this.relayError ?? describeClose(this, event);
+    if (event.code === 4410 || this.relayError || !this.ready) {
+      this.end(text, event.code === 4410 ? 'warn' : 'error');
+      return;
+    }
+    // The relay is gone, but direct connections live on without it.
+    this.relayLost = true;
+    if (this.openPeers().length > 0) {
+      this.showStatus();
+    } else {
+      this.end(text);
+    }
+  }
+
+  onPeerFrame(from, type, message) {
+    let peer;
+    if (this.role === 'guest') {
+      // The relay lets only our host write to us; its id is the code in its canonical spelling.
+      peer = this.hostPeer;
+      if (peer) peer.id = from;
+    } else {
+      peer = this.peers.get(from);
+    }
+    if (peer) peer.receive(type, message);
+  }
+
+  addGuest(id) {
+    if (this.peers.has(id)) return;
+    this.guestsSoFar += 1;
+    const peer = new Peer(this, id, { polite: false, label: `Guest ${this.guestsSoFar}` });
+    this.peers.set(id, peer);
+    // Creating the channel triggers negotiationneeded, which sends the first OFFER.
+    peer.openChannel();
+    this.showStatus();
+  }
+
+  guestGone(id, how) {
+    const peer = this.peers.get(id);
+    if (!peer) return;
+    const wasOpen = peer.channelOpen;
+    peer.close();
+    this.peers.delete(id);
+    if (wasOpen) addNote(`${peer.label} ${how}.`);
+    if (this.relayLost && this.peers.size === 0) {
+      this.end('Lost the connection to the relay, and no guests are left.');
+      return;
+    }
+    this.showStatus();
+    updateChatControls(this);
+  }
+
+  openPeers() {
+    return [...this.peers.values()].filter((peer) => peer.channelOpen);
+  }
+
+  channelOpened(peer) {
+    if (this.role === 'host') {
+      addNote(`${peer.label} joined.`);
+    } else {
+      addNote('You’re in. Say hello!');
+    }
+    this.showStatus();
+    updateChatControls(this);
+    if (ui.chatInput.disabled === false && document.activeElement === document.body) ui.chatInput.focus();
+  }
+
+  channelClosed(peer) {
+    if (this.over) return;
+    if (this.role === 'host') {
+      // The guest's page went away without a BYE; PEER_GONE will follow from the relay.
+      this.guestGone(peer.id, 'left');
+    } else {
+      updateChatControls(this);
+      if (this.relayLost) this.end('Session over: the host left.', 'warn');
+      else setStatus('The direct connection to the host closed.', 'warn');
+    }
+  }
+
+  peerSaidBye(peer) {
+    if (this.role === 'host') this.guestGone(peer.id, 'left');
+    else this.end('Session over: the host left.', 'warn');
+  }
+
+  peerFailed(peer) {
+    const hint = this.iceServers.length
+      ? 'A firewall may be blocking it.'
+      : 'A firewall or a different network may be blocking it; this relay offers no TURN server.';
+    const text =
+      this.role === 'host'
+        ? `Could not connect directly to ${peer.label}. ${hint}`
+        : `Could not connect directly to the host. ${hint}`;
+    if (this.role === 'host') {
+      addNote(text);
+      flashProblem(text, () => this.showStatus());
+    } else {
+      setStatus(text, 'error');
+    }
+  }
+
+  peerProblem(peer, error) {
+    if (this.over) return;
+    flashProblem(`Something went wrong with the connection to ${peer.label}: ${error.message || error}`, () =>
+      this.showStatus(),
+    );
+  }
+
+  /** The status line for where the session is now. */
+  showStatus() {
+    if (this.over || session !== this) return;
+    const room = groupCode(this.code || '');
+    const lost = this.relayLost ? ' The relay connection dropped, so nobody new can join.' : '';
+    if (this.role === 'host') {
+      const open = this.openPeers().length;
+      const joining = this.peers.size - open;
+      ui.peerCount.textContent = plural(open, 'guest');
+      if (open > 0) {
+        const more = joining > 0 ? ` (${joining} more joining…)` : '';
+        setStatus(`You’re connected with ${plural(open, 'guest')}${more}.${lost}`, 'ok');
+      } else if (joining > 0) {
+        setStatus(`Someone is joining room ${room}…`);
+      } else {
+        setStatus(`Hosting room ${room}. Share the code; waiting for someone to join…`);
+      }
+    } else if (this.hostPeer && this.hostPeer.channelOpen) {
+      ui.peerCount.textContent = 'with the host';
+      setStatus(`You’re connected to ${room}.${lost}`, 'ok');
+    } else {
+      ui.peerCount.textContent = '';
+      setStatus(`Found host ${room}; setting up a direct connection…`);
+    }
+  }
+
+  /** Ends the session; `text` says why (null when the user left). */
+  end(text, tone = 'error') {
+    if (this.over) return;
+    this.over = true;
+    clearTimeout(this.helloTimer);
+    for (const peer of this.peers.values()) peer.close();
+    this.peers.clear();
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'bye');
+    if (session !== this) return;
+    stopLocalMedia();
+    if (this.ready && text) {
+      showEnded();
+    } else {
+      session = null;
+      showStart();
+      if (this.needsPassphrase) ui.passphrase.focus();
+    }
+    if (text) setStatus(text, tone);
+  }
+
+  /** The user leaves: say BYE to every peer, then close everything. */
+  leave() {
+    if (!this.over) {
+      for (const peer of this.peers.values()) this.send(peer.id, 'BYE', {});
+      this.end(null);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Screens
+
+function setBusy(busy) {
+  for (const control of [ui.hostButton, ui.joinButton, ui.joinCode, ui.passphrase]) control.disabled = busy;
+}
+
+function showStart() {
+  setBusy(false);
+  ui.session.hidden = true;
+  ui.start.hidden = false;
+  document.body.dataset.screen = 'start';
+}
+
+function resetRoom() {
+  ui.chatLog.replaceChildren();
+  ui.chatInput.value = '';
+  for (const tile of ui.videos.querySelectorAll('.tile.remote')) tile.remove();
+  ui.call.disabled = false;
+  ui.leave.textContent = 'Leave';
+  ui.peerCount.textContent = '';
+  ui.qr.replaceChildren();
+  updateChatControls(null);
+}
+
+function showHostSession(current) {
+  resetRoom();
+  const link = `${location.origin}${location.pathname}?code=${encodeURIComponent(current.code)}`;
+  ui.code.textContent = groupCode(current.code);
+  ui.shareLink.value = link;
+  ui.qr.replaceChildren(qrSvg(document, link, { label: `QR code of the join link ${link}` }));
+  ui.shareNative.hidden = typeof navigator.share !== 'function';
+  ui.share.hidden = false;
+  ui.roomTitle.textContent = 'Your room';
+  addNote(`Room ${groupCode(current.code)} is open. Guests you let in appear here.`);
+  showSessionScreen();
+}
+
+function showGuestSession(current) {
+  resetRoom();
+  ui.share.hidden = true;
+  ui.roomTitle.textContent = `Room ${groupCode(current.code)}`;
+  showSessionScreen();
+}
+
+function showSessionScreen() {
+  setBusy(false);
+  ui.start.hidden = true;
+  ui.session.hidden = false;
+  document.body.dataset.screen = 'session';
+  document.body.dataset.role = session ? session.role : '';
+}
+
+/** The session is over but its chat stays readable until the user goes back. */
+function showEnded() {
+  updateChatControls(null);
+  ui.call.disabled = true;
+  ui.leave.textContent = 'Back to start';
+  ui.peerCount.textContent = 'ended';
+}
+
+function updateChatControls(current) {
+  const canChat = Boolean(current && !current.over && current.openPeers().length > 0);
+  ui.chatInput.disabled = !canChat;
+  ui.chatSend.disabled = !canChat;
+}
+
+function revealPassphrase() {
+  ui.passphraseRow.hidden = false;
+}
+
+function readyText() {
+  return 'Host a room, or join one with a code.';
+}
+
+// ---------------------------------------------------------------------------------------------
+// Actions
+
+function startHosting() {
+  if (session) return;
+  const passphrase = ui.passphraseRow.hidden ? '' : ui.passphrase.value;
+  const current = new Session('host');
+  current.usedPassphrase = passphrase !== '';
+  session = current;
+  setBusy(true);
+  setStatus('Connecting to the relay…');
+  current.connect(passphrase ? `server?passphrase=${encodeURIComponent(passphrase)}` : 'server');
+}
+
+function join() {
+  if (session) return;
+  const typed = ui.joinCode.value.trim();
+  if (!typed) {
+    setStatus('Type the code the host gave you, then press Join.', 'error');
+    ui.joinCode.focus();
+    return;
+  }
+  const current = new Session('guest');
+  current.code = canonicalCode(typed);
+  session = current;
+  setBusy(true);
+  setStatus(`Looking for the host with code ${groupCode(current.code)}…`);
+  // The relay reads codes forgivingly, so it gets what the user typed.
+  current.connect(`client/${encodeURIComponent(typed)}`);
+}
+
+function leave() {
+  const current = session;
+  if (!current) return;
+  const wasOver = current.over;
+  current.leave();
+  session = null;
+  stopLocalMedia();
+  showStart();
+  setStatus(wasOver ? readyText() : `You left the room. ${readyText()}`);
+}
+
+function sendChat() {
+  const current = session;
+  const text = ui.chatInput.value;
+  if (!current || current.over || text.trim() === '') return;
+  const open = current.openPeers();
+  if (open.length === 0) return;
+  for (const peer of open) peer.sendChat(text);
+  addChatLine('You', text, 'mine');
+  ui.chatInput.value = '';
+  ui.chatInput.focus();
+}
+
+async function copyLink() {
+  const link = ui.shareLink.value;
+  let copied = false;
+  try {
+    await navigator.clipboard.writeText(link);
+    copied = true;
+  } catch {
+    // No clipboard API (plain http on a LAN address): copy the selected text instead.
+    ui.shareLink.select();
+    try {
+      copied = document.execCommand('copy');
+    } catch {
+      copied = false;
+    }
+  }
+  ui.copyLink.textContent = copied ? 'Copied!' : 'Select & copy';
+  setTimeout(() => {
+    ui.copyLink.textContent = 'Copy';
+  }, COPIED_SHOWN_MS);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wiring
+
+ui.hostForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  startHosting();
+});
+ui.joinForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  join();
+});
+ui.chatForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  sendChat();
+});
+ui.call.addEventListener('click', () => toggleCall());
+ui.leave.addEventListener('click', () => leave());
+ui.copyLink.addEventListener('click', () => copyLink());
+ui.shareLink.addEventListener('focus', () => ui.shareLink.select());
+ui.shareNative.addEventListener('click', () => {
+  navigator.share({ title: 'Join my Intercessor room', url: ui.shareLink.value }).catch(() => {});
+});
+
+// Closing the tab says goodbye, so the other side learns at once.
+window.addEventListener('pagehide', () => {
+  if (session) session.leave();
+});
+
+(function init() {
+  const code = new URLSearchParams(location.search).get('code');
+  if (code && code.trim()) {
+    ui.joinCode.value = code.trim();
+    ui.joinButton.focus();
+    setStatus(`Press Join to enter room ${groupCode(canonicalCode(code.trim()))}.`);
+  } else {
+    setStatus(readyText());
+  }
+  document.body.dataset.screen = 'start';
+})();

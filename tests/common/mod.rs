@@ -108,6 +108,38 @@ impl TestPeer {
         Ok(ws)
     }
 
+    /// Connects from a chosen loopback address (all of 127.0.0.0/8 is local), with extra headers.
+    pub async fn connect_from(source: &str, url: &str, headers: &[(&'static str, &str)]) -> Socket {
+        let mut request = url.into_client_request().expect("valid url");
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, value.parse().expect("valid header"));
+        }
+        let host = request
+            .uri()
+            .authority()
+            .expect("url has a host")
+            .as_str()
+            .to_owned();
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("valid source"))
+            .expect("bind source address");
+        let stream = socket
+            .connect(host.parse().expect("ip:port"))
+            .await
+            .expect("connect");
+        let (ws, _) = tokio::time::timeout(
+            PATIENCE,
+            tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted");
+        ws
+    }
+
     /// Connects and reads HELLO, keeping the id it carries.
     pub async fn join(url: &str) -> TestPeer {
         let mut peer = TestPeer {
