@@ -4,12 +4,14 @@
 //! validated result the library runs on, with every default named here.
 
 use crate::ice::{self, IceConfig};
+use crate::schema::MessageSchemas;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default `--listen` when neither it nor `PORT` is set.
@@ -90,6 +92,8 @@ pub struct Config {
     pub ice: IceConfig,
     /// Where to serve Prometheus metrics; `None` serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// Schemas every message must satisfy, by type; `None` checks nothing and costs nothing.
+    pub message_schemas: Option<Arc<MessageSchemas>>,
 }
 
 /// The certificate and key the relay serves TLS with.
@@ -134,6 +138,7 @@ impl Default for Config {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             tls: None,
             metrics_listen: None,
+            message_schemas: None,
             ice: IceConfig {
                 turn_ttl: DEFAULT_TURN_TTL,
                 ..IceConfig::default()
@@ -381,6 +386,11 @@ pub struct Options {
     #[arg(long, env = "INTERCESSOR_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// JSON file mapping message types to JSON Schemas (draft 2020-12) for their "message";
+    /// "*" covers types not listed, which are otherwise refused [default: no validation]
+    #[arg(long, env = "INTERCESSOR_MESSAGE_SCHEMA", value_name = "FILE")]
+    pub message_schema: Option<PathBuf>,
+
     /// Log line format [default: text]
     #[arg(long, env = "INTERCESSOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -455,6 +465,7 @@ impl Options {
             dev_tls: self.dev_tls.or(lower.dev_tls),
             certs_dir: self.certs_dir.or(lower.certs_dir),
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
+            message_schema: self.message_schema.or(lower.message_schema),
             log_format: self.log_format.or(lower.log_format),
         }
     }
@@ -518,7 +529,12 @@ impl Options {
             })?),
             None => None,
         };
+        let message_schemas = match &self.message_schema {
+            Some(path) => Some(Arc::new(MessageSchemas::load(path)?)),
+            None => None,
+        };
         let config = Config {
+            message_schemas,
             max_connections_per_ip: self
                 .max_connections_per_ip
                 .unwrap_or(defaults.max_connections_per_ip),

@@ -19,6 +19,7 @@
 //! - [`ice`]: STUN/TURN servers for HELLO, with TURN REST API credentials.
 //! - [`metrics`]: Prometheus counters and their own listener.
 //! - [`protocol`]: wire types, error and close codes, pure.
+//! - [`schema`]: optional JSON Schema checks per message type.
 //! - [`ids`]: join codes and client ids.
 
 #![forbid(unsafe_code)]
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod peer;
 pub mod protocol;
+pub mod schema;
 pub mod server;
 pub mod tls;
 pub mod upgrade;

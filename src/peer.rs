@@ -300,6 +300,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(incoming) => incoming,
             Err(error) => return self.reply_error(ErrorCode::BadMessage, &error.to_string(), None),
         };
+        if let Some(schemas) = &self.context.config.message_schemas
+            && let Err(invalid) = schemas.check(&incoming.kind, incoming.message)
+        {
+            self.context
+                .metrics
+                .error(ErrorCode::InvalidMessage.as_str());
+            let error = protocol::invalid_message(&incoming.kind, &invalid.path, &invalid.reason);
+            return self.outbox.push(error).map_err(|_| End::Closed(TOO_SLOW));
+        }
         let from = self.membership.id();
         let frame = protocol::relayed(from.as_str(), &incoming.kind, incoming.message);
         let bytes = frame.len();

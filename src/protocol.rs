@@ -149,6 +149,8 @@ pub enum ErrorCode {
     ServerFull,
     /// Wrong or missing passphrase at `/server`.
     Unauthorized,
+    /// Refused by the `--message-schema` for its type.
+    InvalidMessage,
 }
 
 impl ErrorCode {
@@ -161,6 +163,7 @@ impl ErrorCode {
             ErrorCode::UnknownServer => "UNKNOWN_SERVER",
             ErrorCode::ServerFull => "SERVER_FULL",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
         }
     }
 }
@@ -172,6 +175,10 @@ struct ErrorBody<'a> {
     reason: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<&'a str>,
 }
 
 /// Builds an ERROR frame; `id` names the peer concerned, for `UNKNOWN_PEER`.
@@ -183,6 +190,23 @@ pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
             code: code.as_str(),
             reason,
             id,
+            kind: None,
+            path: None,
+        },
+    )
+}
+
+/// Builds the ERROR for a message its type's schema refused: `path` is a JSON pointer into it.
+pub fn invalid_message(kind: &str, path: &str, reason: &str) -> String {
+    frame(
+        RELAY_ID,
+        "ERROR",
+        &ErrorBody {
+            code: ErrorCode::InvalidMessage.as_str(),
+            reason,
+            id: None,
+            kind: Some(kind),
+            path: Some(path),
         },
     )
 }
@@ -305,6 +329,10 @@ mod tests {
         assert_eq!(
             value(&error(ErrorCode::UnknownPeer, "gone", Some("c"))),
             json!({"from":"0","type":"ERROR","message":{"code":"UNKNOWN_PEER","reason":"gone","id":"c"}})
+        );
+        assert_eq!(
+            value(&invalid_message("OFFER", "/sdp", "too long")),
+            json!({"from":"0","type":"ERROR","message":{"code":"INVALID_MESSAGE","reason":"too long","type":"OFFER","path":"/sdp"}})
         );
         assert_eq!(
             value(&error(ErrorCode::RateLimited, "slow down", None)),

@@ -31,6 +31,8 @@ const ui = {
   shareLink: $('share-link'),
   copyLink: $('copy-link'),
   shareNative: $('share-native'),
+  localHint: $('local-hint'),
+  localHost: $('local-host'),
   roomTitle: $('room-title'),
   peerCount: $('peer-count'),
   chatLog: $('chat-log'),
@@ -108,7 +110,7 @@ function addNote(text) {
 }
 
 /** What the relay's ERROR codes mean, in plain words. */
-function describeRelayError(session, code, reason) {
+function describeRelayError(session, code, reason, kind) {
   const room = session.code ? groupCode(session.code) : '';
   const detail = reason ? ` (${reason})` : '';
   switch (code) {
@@ -131,7 +133,7 @@ function describeRelayError(session, code, reason) {
         ? 'Too many messages too fast: the relay dropped one. Slow down a little.'
         : 'The relay is turning this address away for now (too many attempts or connections). Wait a minute and try again.';
     case 'INVALID_MESSAGE':
-      return `The relay refused a message that breaks its rules${detail}.`;
+      return `The relay refused a ${kind || 'signaling'} message that breaks its rules${detail}.`;
     default:
       return `The relay reported a problem: ${code || 'unknown'}${detail}.`;
   }
@@ -579,7 +581,8 @@ class Session {
   onRelayError(message) {
     const code = typeof message.code === 'string' ? message.code : '';
     const reason = typeof message.reason === 'string' ? message.reason : '';
-    const text = describeRelayError(this, code, reason);
+    const kind = typeof message.type === 'string' ? message.type : '';
+    const text = describeRelayError(this, code, reason, kind);
     if (code === 'UNAUTHORIZED') {
       revealPassphrase();
       this.needsPassphrase = true;
@@ -705,7 +708,13 @@ class Session {
   showStatus() {
     if (this.over || session !== this) return;
     const room = groupCode(this.code || '');
-    const lost = this.relayLost ? ' The relay connection dropped, so nobody new can join.' : '';
+    let lost = '';
+    if (this.relayLost) {
+      lost =
+        this.role === 'host'
+          ? ' The relay connection dropped, so nobody new can join.'
+          : ' The relay connection dropped; the chat goes on directly.';
+    }
     if (this.role === 'host') {
       const open = this.openPeers().length;
       const joining = this.peers.size - open;
@@ -738,6 +747,7 @@ class Session {
     if (session !== this) return;
     stopLocalMedia();
     if (this.ready && text) {
+      addNote(text);
       showEnded();
     } else {
       session = null;
@@ -775,7 +785,10 @@ function resetRoom() {
   ui.chatInput.value = '';
   for (const tile of ui.videos.querySelectorAll('.tile.remote')) tile.remove();
   ui.call.disabled = false;
+  ui.call.hidden = false;
+  ui.session.classList.remove('ended');
   ui.leave.textContent = 'Leave';
+  ui.leave.classList.replace('primary', 'danger');
   ui.peerCount.textContent = '';
   ui.qr.replaceChildren();
   updateChatControls(null);
@@ -788,9 +801,12 @@ function showHostSession(current) {
   ui.shareLink.value = link;
   ui.qr.replaceChildren(qrSvg(document, link, { label: `QR code of the join link ${link}` }));
   ui.shareNative.hidden = typeof navigator.share !== 'function';
+  const loopback = /^(localhost|127(\.\d+){3}|\[::1\])$/.test(location.hostname);
+  ui.localHint.hidden = !loopback;
+  ui.localHost.textContent = location.hostname;
   ui.share.hidden = false;
   ui.roomTitle.textContent = 'Your room';
-  addNote(`Room ${groupCode(current.code)} is open. Guests you let in appear here.`);
+  addNote(`Room ${groupCode(current.code)} is open. Guests appear here when they join.`);
   showSessionScreen();
 }
 
@@ -806,14 +822,15 @@ function showSessionScreen() {
   ui.start.hidden = true;
   ui.session.hidden = false;
   document.body.dataset.screen = 'session';
-  document.body.dataset.role = session ? session.role : '';
 }
 
 /** The session is over but its chat stays readable until the user goes back. */
 function showEnded() {
   updateChatControls(null);
-  ui.call.disabled = true;
+  ui.session.classList.add('ended');
+  ui.call.hidden = true;
   ui.leave.textContent = 'Back to start';
+  ui.leave.classList.replace('danger', 'primary');
   ui.peerCount.textContent = 'ended';
 }
 
@@ -845,9 +862,23 @@ function startHosting() {
   current.connect(passphrase ? `server?passphrase=${encodeURIComponent(passphrase)}` : 'server');
 }
 
+/** The code in what the user typed or pasted: a code, or a whole join link. */
+function typedCode() {
+  const typed = ui.joinCode.value.trim();
+  if (/^https?:\/\//i.test(typed)) {
+    try {
+      const code = new URL(typed).searchParams.get('code');
+      if (code) return code.trim();
+    } catch {
+      // not a URL after all: use it as typed
+    }
+  }
+  return typed;
+}
+
 function join() {
   if (session) return;
-  const typed = ui.joinCode.value.trim();
+  const typed = typedCode();
   if (!typed) {
     setStatus('Type the code the host gave you, then press Join.', 'error');
     ui.joinCode.focus();
