@@ -33,6 +33,7 @@ const ui = {
   shareNative: $('share-native'),
   localHint: $('local-hint'),
   localHost: $('local-host'),
+  serverInfo: $('server-info'),
   roomTitle: $('room-title'),
   peerCount: $('peer-count'),
   chatLog: $('chat-log'),
@@ -567,6 +568,10 @@ class Session {
     this.ready = true;
     this.selfId = message.id;
     this.iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
+    if (typeof message.serverInfo === 'string' && message.serverInfo.trim()) {
+      ui.serverInfo.textContent = ` (${message.serverInfo.trim()})`;
+      ui.serverInfo.hidden = false;
+    }
     if (this.role === 'host') {
       this.code = String(message.id);
       showHostSession(this);

@@ -1,0 +1,135 @@
+// Starts the Intercessor relay for a test and stops it again.
+//
+// The binary is ../../target/debug/intercessor (or $INTERCESSOR_BIN). When that default binary is
+// missing, or older than the demo files it compiles in, it is built with `cargo build`.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '..', '..', '..');
+const defaultBinary = path.join(repoRoot, 'target', 'debug', 'intercessor');
+const demoDir = path.join(repoRoot, 'src', 'demo');
+
+const START_TIMEOUT_MS = 20000;
+const STOP_TIMEOUT_MS = 5000;
+
+let binaryChecked = null;
+
+function newestDemoChange() {
+  return Math.max(...readdirSync(demoDir).map((name) => statSync(path.join(demoDir, name)).mtimeMs));
+}
+
+/** The relay binary to run, built first when needed. */
+export function relayBinary() {
+  if (binaryChecked) return binaryChecked;
+  if (process.env.INTERCESSOR_BIN) {
+    const bin = path.resolve(process.env.INTERCESSOR_BIN);
+    if (!existsSync(bin)) throw new Error(`INTERCESSOR_BIN=${bin} does not exist`);
+    binaryChecked = bin;
+    return bin;
+  }
+  let why = null;
+  if (!existsSync(defaultBinary)) why = 'is missing';
+  else if (statSync(defaultBinary).mtimeMs < newestDemoChange()) why = 'is older than src/demo/*, which it compiles in';
+  if (why) {
+    console.log(`# ${path.relative(repoRoot, defaultBinary)} ${why}: running cargo build in ${repoRoot}`);
+    const build = spawnSync('cargo', ['build'], { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
+    if (build.error) throw new Error(`cargo build could not start: ${build.error.message}`);
+    if (build.status !== 0) throw new Error(`cargo build failed with status ${build.status}`);
+  }
+  if (!existsSync(defaultBinary)) throw new Error(`${defaultBinary} is still missing after cargo build`);
+  binaryChecked = defaultBinary;
+  return defaultBinary;
+}
+
+// The relay reads INTERCESSOR_* variables as options: a developer's own settings (a passphrase,
+// say) must not leak into the tests.
+function cleanEnvironment() {
+  const env = { ...process.env, RUST_LOG: 'info' };
+  for (const key of Object.keys(env)) if (key.startsWith('INTERCESSOR_')) delete env[key];
+  return env;
+}
+
+/**
+ * Starts the relay on 127.0.0.1 with an ephemeral port and waits for its "relay listening" log line.
+ * Resolves to { origin, listen, logs, stop() }; `origin` is http:// or, with `tls`, https://.
+ */
+export async function startRelay({ args = [], tls = null } = {}) {
+  const bin = relayBinary();
+  const fullArgs = ['--listen', '127.0.0.1:0', '--log-format', 'json', ...args];
+  if (tls) fullArgs.push('--tls-cert', tls.cert, '--tls-key', tls.key);
+  const child = spawn(bin, fullArgs, { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnvironment() });
+  const logs = [];
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+
+  const listen = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(new Error(`the relay did not log "relay listening" within ${START_TIMEOUT_MS} ms:\n${logs.join('\n')}`));
+    }, START_TIMEOUT_MS);
+    createInterface({ input: child.stderr }).on('line', (line) => {
+      logs.push(line);
+      let entry;
+      try {
+        entry = JSON.parse(line);
+      } catch {
+        return;
+      }
+      if (entry.fields && entry.fields.message === 'relay listening') {
+        clearTimeout(timer);
+        resolve(entry.fields.listen);
+      }
+    });
+    child.once('error', (error) => {
+      clearTimeout(timer);
+      reject(error);
+    });
+    exited.then(({ code, signal }) => {
+      clearTimeout(timer);
+      reject(new Error(`the relay exited (${code ?? signal}) before listening:\n${logs.join('\n')}`));
+    });
+  }).catch((error) => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    throw error;
+  });
+
+  return {
+    origin: `${tls ? 'https' : 'http'}://${listen}`,
+    listen,
+    logs,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      // Only this child, by its own PID.
+      process.kill(child.pid, 'SIGTERM');
+      const timer = setTimeout(() => {
+        if (child.exitCode === null) process.kill(child.pid, 'SIGKILL');
+      }, STOP_TIMEOUT_MS);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Development certificates from `intercessor gen-certs` in a fresh temporary directory. */
+export function generateCertificates() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'intercessor-certs-'));
+  const result = spawnSync(relayBinary(), ['gen-certs', '--dir', dir], {
+    env: cleanEnvironment(),
+    encoding: 'utf8',
+  });
+  if (result.status !== 0) {
+    rmSync(dir, { recursive: true, force: true });
+    throw new Error(`intercessor gen-certs failed (${result.status}): ${result.stderr || result.stdout}`);
+  }
+  return {
+    dir,
+    ca: path.join(dir, 'dev-ca.pem'),
+    cert: path.join(dir, 'dev-cert.pem'),
+    key: path.join(dir, 'dev-key.pem'),
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
+}
