@@ -4,7 +4,7 @@
 use crate::demo;
 use crate::limits::{ConnectionSlots, IpVerdict};
 use crate::outbox::Closing;
-use crate::peer::{self, Admission};
+use crate::peer::{self, Admission, Refusal};
 use crate::protocol::{ErrorCode, close};
 use crate::{ids::JoinCode, upgrade};
 use bytes::Bytes;
@@ -42,14 +42,14 @@ pub struct App {
     pub websocket: WebSocketConfig,
 }
 
-const UNAUTHORIZED: Admission = Admission::Refused(
-    ErrorCode::Unauthorized,
-    "registering a server needs the relay's passphrase",
-    Closing {
+const UNAUTHORIZED: Refusal = Refusal {
+    code: ErrorCode::Unauthorized,
+    reason: "registering a server needs the relay's passphrase",
+    closing: Closing {
         code: close::UNAUTHORIZED,
         reason: "unauthorized",
     },
-);
+};
 
 /// Answers one HTTP request.
 pub async fn handle(
@@ -65,13 +65,14 @@ pub async fn handle(
             if app.authorized(&request) {
                 Admission::Server
             } else {
-                UNAUTHORIZED
+                Admission::Refused(UNAUTHORIZED)
             }
         }
         (_, path) => match path.strip_prefix("/client/") {
             Some(code) if !code.contains('/') => {
                 let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
-                JoinCode::parse(&code).map_or(peer::UNKNOWN_SERVER, Admission::Client)
+                JoinCode::parse(&code)
+                    .map_or(Admission::Refused(peer::UNKNOWN_SERVER), Admission::Client)
             }
             _ if request.method() == Method::GET || request.method() == Method::HEAD => {
                 return Ok(
@@ -120,8 +121,8 @@ pub async fn handle(
     };
     let admission = match verdict {
         IpVerdict::Allowed => admission,
-        IpVerdict::TooManyConnections => TOO_MANY_CONNECTIONS,
-        IpVerdict::TooManyFailures => TOO_MANY_FAILURES,
+        IpVerdict::TooManyConnections => Admission::Refused(TOO_MANY_CONNECTIONS),
+        IpVerdict::TooManyFailures => Admission::Refused(TOO_MANY_FAILURES),
     };
     app.sessions.metrics.upgrade("accepted");
     let on_upgrade = hyper::upgrade::on(&mut request);
@@ -153,23 +154,23 @@ pub async fn handle(
     Ok(response)
 }
 
-const TOO_MANY_CONNECTIONS: Admission = Admission::Refused(
-    ErrorCode::RateLimited,
-    "too many connections from your address",
-    Closing {
+const TOO_MANY_CONNECTIONS: Refusal = Refusal {
+    code: ErrorCode::RateLimited,
+    reason: "too many connections from your address",
+    closing: Closing {
         code: close::RATE_LIMITED,
         reason: "too many connections",
     },
-);
+};
 
-const TOO_MANY_FAILURES: Admission = Admission::Refused(
-    ErrorCode::RateLimited,
-    "too many failed attempts from your address: wait a minute",
-    Closing {
+const TOO_MANY_FAILURES: Refusal = Refusal {
+    code: ErrorCode::RateLimited,
+    reason: "too many failed attempts from your address: wait a minute",
+    closing: Closing {
         code: close::RATE_LIMITED,
         reason: "too many failed attempts",
     },
-);
+};
 
 impl App {
     /// The client's address: from `--client-ip-header` when set and parseable (the last entry,

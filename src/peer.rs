@@ -78,19 +78,49 @@ pub enum Admission {
     Server,
     /// Join the server with this code.
     Client(JoinCode),
-    /// Upgrade only to say why not: an ERROR frame, then a close.
-    Refused(ErrorCode, &'static str, Closing),
+    /// Upgrade only to say why not.
+    Refused(Refusal),
+}
+
+/// Why a peer is turned away after the upgrade: an ERROR frame, then a close.
+#[derive(Debug, Clone, Copy)]
+pub struct Refusal {
+    /// The ERROR's code.
+    pub code: ErrorCode,
+    /// The ERROR's reason.
+    pub reason: &'static str,
+    /// The close that follows.
+    pub closing: Closing,
+}
+
+impl Refusal {
+    /// Whether the refusal is a failed guess, which the per-address failure bound counts.
+    fn is_failed_attempt(&self) -> bool {
+        matches!(
+            self.code,
+            ErrorCode::UnknownServer | ErrorCode::Unauthorized
+        )
+    }
 }
 
 /// The refusal for a code that cannot name a live server.
-pub const UNKNOWN_SERVER: Admission = Admission::Refused(
-    ErrorCode::UnknownServer,
-    "no server has this code",
-    Closing {
+pub const UNKNOWN_SERVER: Refusal = Refusal {
+    code: ErrorCode::UnknownServer,
+    reason: "no server has this code",
+    closing: Closing {
         code: close::UNKNOWN_SERVER,
         reason: "unknown server",
     },
-);
+};
+
+const SERVER_FULL: Refusal = Refusal {
+    code: ErrorCode::ServerFull,
+    reason: "the server holds its maximum number of clients",
+    closing: Closing {
+        code: close::SERVER_FULL,
+        reason: "server full",
+    },
+};
 
 /// How a session ended, for the log line.
 enum End {
@@ -123,37 +153,26 @@ where
     };
     let registered = match admission {
         Admission::Server => Ok(context.hub.register_server(outbox.clone(), hello)),
-        Admission::Client(code) => {
-            context
-                .hub
-                .join(code, outbox.clone(), hello)
-                .map_err(|e| match e {
-                    JoinError::UnknownServer => UNKNOWN_SERVER,
-                    JoinError::ServerFull => Admission::Refused(
-                        ErrorCode::ServerFull,
-                        "the server holds its maximum number of clients",
-                        Closing {
-                            code: close::SERVER_FULL,
-                            reason: "server full",
-                        },
-                    ),
-                })
-        }
-        refused => Err(refused),
+        Admission::Client(code) => context
+            .hub
+            .join(code, outbox.clone(), hello)
+            .map_err(|error| match error {
+                JoinError::UnknownServer => UNKNOWN_SERVER,
+                JoinError::ServerFull => SERVER_FULL,
+            }),
+        Admission::Refused(refusal) => Err(refusal),
     };
     let membership = match registered {
         Ok(membership) => membership,
-        Err(Admission::Refused(code, reason, closing)) => {
-            // Guessing codes or passphrases is what the per-address failure bound slows down.
-            if matches!(code, ErrorCode::UnknownServer | ErrorCode::Unauthorized) {
+        Err(refusal) => {
+            if refusal.is_failed_attempt() {
                 slot.record_failure(std::time::Instant::now());
             }
-            context.metrics.error(code.as_str());
-            context.metrics.closed(closing.code);
-            refuse(ws, code, reason, closing).await;
+            context.metrics.error(refusal.code.as_str());
+            context.metrics.closed(refusal.closing.code);
+            refuse(ws, refusal).await;
             return;
         }
-        Err(_) => unreachable!("registration fails only with a refusal"),
     };
     let id = membership.id();
     let role = match id {
@@ -225,7 +244,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
                 Event::Incoming(Some(Ok(message))) => {
                     heard_at = Instant::now();
-                    if let Err(end) = self.on_message(message) {
+                    if let Err(end) = self.on_message(message, heard_at.into_std()) {
                         return end;
                     }
                 }
@@ -271,9 +290,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn on_message(&mut self, message: Message) -> Result<(), End> {
+    fn on_message(&mut self, message: Message, now: std::time::Instant) -> Result<(), End> {
         match message {
-            Message::Text(text) => self.on_text(&text),
+            Message::Text(text) => self.on_text(&text, now),
             Message::Binary(_) => self.reply_error(
                 ErrorCode::BadMessage,
                 "binary frames are not supported: send JSON text",
@@ -284,8 +303,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    fn on_text(&mut self, text: &str) -> Result<(), End> {
-        match self.limiter.check(std::time::Instant::now()) {
+    fn on_text(&mut self, text: &str, now: std::time::Instant) -> Result<(), End> {
+        match self.limiter.check(now) {
             Verdict::Allowed => {}
             Verdict::Dropped => {
                 return self.reply_error(
@@ -348,15 +367,19 @@ fn ended_by(error: WsError) -> End {
 }
 
 /// Answers a refused upgrade with one ERROR frame and the matching close.
-async fn refuse<S>(mut ws: WebSocketStream<S>, code: ErrorCode, reason: &str, closing: Closing)
+async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = Message::text(protocol::error(code, reason, None));
+    let frame = Message::text(protocol::error(refusal.code, refusal.reason, None));
     if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(frame)).await {
-        close_gracefully(&mut ws, closing).await;
+        close_gracefully(&mut ws, refusal.closing).await;
     }
-    info!(close = closing.code, reason, "peer refused");
+    info!(
+        close = refusal.closing.code,
+        reason = refusal.reason,
+        "peer refused"
+    );
 }
 
 /// Sends a close frame and waits briefly for the peer's reply; either way the socket is dropped

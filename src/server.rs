@@ -31,6 +31,26 @@ const HTTP_MAX_BUFFER: usize = 8 * 1024;
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Initial read buffer per WebSocket. tungstenite fills its whole capacity on every read, so this
+/// is memory each idle peer really holds; signaling frames are a few hundred bytes, and a larger
+/// message grows the buffer for its own length only.
+pub const WS_READ_BUFFER: usize = 2 * 1024;
+/// Frames written are collected up to this size before tungstenite writes them out; a flush
+/// after each batch sends the rest.
+pub const WS_WRITE_BUFFER: usize = 16 * 1024;
+
+/// WebSocket buffers and limits sized for signaling rather than tungstenite's bulk-transfer
+/// defaults (128 KiB buffers, 64 MiB messages).
+pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
+        // Past this tungstenite refuses to buffer more; writes wait for the socket long before.
+        .max_write_buffer_size(WS_WRITE_BUFFER + 2 * max_message_bytes)
+        .max_message_size(Some(max_message_bytes))
+        .max_frame_size(Some(max_message_bytes))
+}
+
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     listener: TcpListener,
@@ -70,9 +90,7 @@ impl Relay {
                 Some(Arc::new(TlsFiles::load(&paths.cert, &paths.key)?))
             }
         };
-        let websocket = WebSocketConfig::default()
-            .max_message_size(Some(config.max_message_bytes))
-            .max_frame_size(Some(config.max_message_bytes));
+        let websocket = websocket_config(config.max_message_bytes);
         let app = App {
             slots: ConnectionSlots::new(
                 config.max_connections,
