@@ -186,3 +186,40 @@ async fn healthz_answers_ok_and_other_paths_404() {
         assert_eq!(common::status_of(&response), 404, "{path}");
     }
 }
+
+#[tokio::test]
+async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
+    let relay = TestRelay::start(intercessor::Config {
+        ice: intercessor::ice::IceConfig {
+            urls: vec!["stun:stun.example:3478".into(), "turns:turn.example:5349".into()],
+            turn_secret: Some("north-wind".into()),
+            turn_ttl: std::time::Duration::from_secs(600),
+        },
+        ..config()
+    })
+    .await;
+    let server = TestPeer::server(&relay).await;
+    let mut client = TestPeer {
+        ws: TestPeer::connect_raw(&relay.url(&format!("/client/{}", server.id))).await,
+        id: String::new(),
+    };
+    let hello = client.recv().await;
+    let id = hello["message"]["id"].as_str().expect("id").to_owned();
+    let servers = hello["message"]["iceServers"].as_array().expect("iceServers").clone();
+    assert_eq!(servers[0], json!({"urls": "stun:stun.example:3478"}));
+    let turn = &servers[1];
+    assert_eq!(turn["urls"], "turns:turn.example:5349");
+    let username = turn["username"].as_str().expect("username");
+    let (expiry, peer_id) = username.split_once(':').expect("expiry:id");
+    assert_eq!(peer_id, id);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let expiry: u64 = expiry.parse().expect("unix time");
+    assert!((now + 590..=now + 610).contains(&expiry), "{expiry} vs {now}");
+    assert_eq!(
+        turn["credential"],
+        intercessor::ice::turn_credential("north-wind", username).as_str()
+    );
+}
