@@ -1,7 +1,27 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and integration tests over real sockets and real TLS, then the
-# browser tests of the demo in headless Chromium (tests/browser/run.sh; needs /usr/bin/chromium).
+# browser tests of the demo in headless Chromium.
+#
+# Needs, besides Rust: openssl (one TLS test makes an RSA key with it), Node.js 20+ with npm, and
+# Debian's chromium. Missing Debian packages are installed when running as root with apt-get;
+# otherwise the script says what to install and stops.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+missing=()
+command -v openssl >/dev/null || missing+=(openssl)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "test.sh: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "test.sh: please install ${missing[*]} (e.g. sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+fi
+command -v npm >/dev/null || { echo "test.sh: Node.js 20+ with npm is needed for the browser tests" >&2; exit 1; }
+
 cargo test --locked --workspace --all-targets
 tests/browser/run.sh
