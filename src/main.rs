@@ -1,5 +1,6 @@
 //! The `intercessor` binary: read the configuration, set up logging, run until SIGTERM or SIGINT.
 
+use anyhow::Context as _;
 use clap::Parser;
 use intercessor::Relay;
 use intercessor::config::{Cli, Command, LogFormat, Options};
@@ -8,6 +9,7 @@ use intercessor::tls::TlsFiles;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -66,15 +68,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Signal handlers go in before the listener exists, so that no SIGTERM can arrive while
+        // the relay listens but would still die of the default action.
+        let stop_signals = StopSignals::install()?;
+        let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        raise_open_file_limit(config.max_connections);
         let relay = Relay::bind(config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(cancel_on_signal(shutdown.clone()));
+        tokio::spawn(stop_signals.cancel_on_first(shutdown.clone()));
         if let Some(tls) = relay.tls() {
-            tokio::spawn(reload_on_hangup(tls));
+            tokio::spawn(reload_on_hangup(hangup, tls));
         }
         relay.run(shutdown).await;
         Ok(())
     })
+}
+
+/// Every peer holds a socket, so `--max-connections` needs as many open files, and more for
+/// connections still in their handshake. Raise the soft limit to the hard one, and say so if even
+/// that is short, rather than failing accepts quietly later.
+fn raise_open_file_limit(max_connections: usize) {
+    let needed = max_connections as u64 + 64;
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-file limit is below --max-connections: accepts will fail beyond about {limit} \
+             peers; raise `ulimit -n` or lower --max-connections"
+        ),
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -89,30 +113,32 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Cancels `shutdown` on the first SIGTERM or SIGINT.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for signals; stop the relay with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = terminate.recv() => tracing::info!("SIGTERM received"),
-        _ = interrupt.recv() => tracing::info!("SIGINT received"),
+/// The SIGTERM and SIGINT handlers, installed early.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    shutdown.cancel();
+
+    /// Cancels `shutdown` on the first SIGTERM or SIGINT.
+    async fn cancel_on_first(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = self.interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+        shutdown.cancel();
+    }
 }
 
 /// Reloads the TLS certificate and key on every SIGHUP; a failed reload keeps the old ones.
-async fn reload_on_hangup(tls: Arc<TlsFiles>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; certificate reloads need a restart");
-        return;
-    };
+async fn reload_on_hangup(mut hangup: Signal, tls: Arc<TlsFiles>) {
     while hangup.recv().await.is_some() {
         match tls.reload() {
             Ok(()) => tracing::info!("TLS certificate reloaded"),

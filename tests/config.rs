@@ -105,3 +105,35 @@ async fn sigterm_closes_peers_with_1001_and_exits_zero() {
     };
     assert!(exit.success(), "{exit:?}");
 }
+
+#[test]
+fn the_readme_documents_every_option_and_variable() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_intercessor"))
+        .arg("--help")
+        .output()
+        .expect("--help runs");
+    let help = String::from_utf8(help.stdout).expect("utf-8");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut checked = 0;
+    for line in help.lines().map(str::trim).filter(|l| l.starts_with("--")) {
+        let option = line.split([' ', '=', '[']).next().expect("an option name");
+        if option == "--help" || option == "--version" {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("`{option}")),
+            "README lacks {option}"
+        );
+        let variable = format!(
+            "INTERCESSOR_{}",
+            option
+                .trim_start_matches("--")
+                .replace('-', "_")
+                .to_uppercase()
+        );
+        assert!(readme.contains(&variable), "README lacks {variable}");
+        checked += 1;
+    }
+    assert!(checked >= 25, "only {checked} options found in --help");
+}

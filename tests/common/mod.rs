@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 /// Longest any single expectation may wait: a bug fails fast instead of hanging.
@@ -84,7 +84,7 @@ pub struct TestPeer {
 impl TestPeer {
     /// Connects without reading HELLO.
     pub async fn connect_raw(url: &str) -> Socket {
-        let (ws, _) = tokio::time::timeout(PATIENCE, connect_async(url))
+        let (ws, _) = tokio::time::timeout(PATIENCE, connect_async_with_config(url, None, true))
             .await
             .expect("connect in time")
             .expect("upgrade accepted");
@@ -102,9 +102,10 @@ impl TestPeer {
                 .headers_mut()
                 .insert(*name, value.parse().expect("valid header"));
         }
-        let (ws, _) = tokio::time::timeout(PATIENCE, connect_async(request))
-            .await
-            .expect("connect in time")?;
+        let (ws, _) =
+            tokio::time::timeout(PATIENCE, connect_async_with_config(request, None, true))
+                .await
+                .expect("connect in time")?;
         Ok(ws)
     }
 
@@ -130,6 +131,7 @@ impl TestPeer {
             .connect(host.parse().expect("ip:port"))
             .await
             .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
         let (ws, _) = tokio::time::timeout(
             PATIENCE,
             tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(stream)),
