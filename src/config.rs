@@ -509,12 +509,13 @@ impl Options {
             (None, None, false) => None,
         };
         for url in &self.ice_servers {
-            if !ice::is_ice_url(url) {
-                bail!("--ice-server {url}: must start with stun:, turn: or turns:");
+            if !ice::is_ice_url(url) || url.contains(|c: char| c.is_whitespace() || c.is_control())
+            {
+                bail!("--ice-server {url:?}: must be a stun:, turn: or turns: URL");
             }
             if ice::is_turn(url) && self.turn_secret.is_none() {
                 bail!(
-                    "--ice-server {url} is a TURN server: give --turn-secret to sign credentials"
+                    "--ice-server {url:?} is a TURN server: give --turn-secret to sign credentials"
                 );
             }
         }
@@ -628,7 +629,7 @@ fn at_least(
 
 fn read_passphrase(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading --passphrase-file {}", path.display()))?;
+        .with_context(|| format!("reading --passphrase-file {path:?}"))?;
     let passphrase = text.strip_suffix('\n').unwrap_or(&text);
     Ok(passphrase
         .strip_suffix('\r')

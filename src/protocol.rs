@@ -67,6 +67,13 @@ pub enum ProtocolError {
 
 /// Parses one text frame from a peer. A stray `"from"` field is accepted and ignored.
 pub fn parse_incoming(text: &str) -> Result<Incoming<'_>, ProtocolError> {
+    // serde's derived structs also read from arrays (`["to","type"]`); the envelope is an object.
+    if !text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+    {
+        return Err(ProtocolError::Malformed("not a JSON object".to_owned()));
+    }
     let incoming: Incoming<'_> =
         serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if incoming.kind.is_empty() {
@@ -252,6 +259,8 @@ mod tests {
             "",
             "not json",
             "[]",
+            r#"["7KQ2MX","OFFER"]"#,
+            r#"["7KQ2MX","OFFER",{"sdp":"v=0"}]"#,
             "42",
             "null",
             r#"{"type":"T"}"#,
