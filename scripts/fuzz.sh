@@ -28,7 +28,11 @@ if ! command -v c++ >/dev/null && ! command -v clang++ >/dev/null; then
 fi
 
 # Debug assertions and overflow checks on, so arithmetic slips crash too, not only panics.
-flags=(--debug-assertions)
+# FUZZ_BUILD adds cargo-fuzz build options; CI uses "--sanitizer none --dev" to skip the
+# AddressSanitizer rebuild of every dependency (the relay forbids unsafe code) and still fuzzes
+# with coverage guidance.
+read -r -a extra <<<"${FUZZ_BUILD:-}"
+flags=(--debug-assertions "${extra[@]}")
 cargo fuzz build "${flags[@]}"
 
 logs=fuzz/target/logs

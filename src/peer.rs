@@ -202,7 +202,17 @@ where
             close_gracefully(&mut ws, closing).await;
             closing.code
         }
-        End::Left(code) => code,
+        End::Left(code) => {
+            // tungstenite queued the reply to the peer's close frame; reading sends it and then
+            // sees the end of the stream, so the peer gets a clean close rather than a reset.
+            if code != ABNORMAL {
+                let _ = timeout(CLOSE_GRACE, async {
+                    while let Some(Ok(_)) = ws.next().await {}
+                })
+                .await;
+            }
+            code
+        }
     };
     context.metrics.closed(code);
     info!(peer = %id, role, close = code, duration_ms = started.elapsed().as_millis() as u64, "peer left");

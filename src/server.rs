@@ -34,7 +34,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Initial read buffer per WebSocket. tungstenite fills its whole capacity on every read, so this
 /// is memory each idle peer really holds; signaling frames are a few hundred bytes, and a larger
 /// message grows the buffer for its own length only.
-pub const WS_READ_BUFFER: usize = 2 * 1024;
+pub const WS_READ_BUFFER: usize = 1024;
 /// Frames written are collected up to this size before tungstenite writes them out; a flush
 /// after each batch sends the rest.
 pub const WS_WRITE_BUFFER: usize = 16 * 1024;

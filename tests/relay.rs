@@ -191,7 +191,10 @@ async fn healthz_answers_ok_and_other_paths_404() {
 async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
     let relay = TestRelay::start(intercessor::Config {
         ice: intercessor::ice::IceConfig {
-            urls: vec!["stun:stun.example:3478".into(), "turns:turn.example:5349".into()],
+            urls: vec![
+                "stun:stun.example:3478".into(),
+                "turns:turn.example:5349".into(),
+            ],
             turn_secret: Some("north-wind".into()),
             turn_ttl: std::time::Duration::from_secs(600),
         },
@@ -205,7 +208,10 @@ async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
     };
     let hello = client.recv().await;
     let id = hello["message"]["id"].as_str().expect("id").to_owned();
-    let servers = hello["message"]["iceServers"].as_array().expect("iceServers").clone();
+    let servers = hello["message"]["iceServers"]
+        .as_array()
+        .expect("iceServers")
+        .clone();
     assert_eq!(servers[0], json!({"urls": "stun:stun.example:3478"}));
     let turn = &servers[1];
     assert_eq!(turn["urls"], "turns:turn.example:5349");
@@ -217,9 +223,35 @@ async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
         .expect("after 1970")
         .as_secs();
     let expiry: u64 = expiry.parse().expect("unix time");
-    assert!((now + 590..=now + 610).contains(&expiry), "{expiry} vs {now}");
+    assert!(
+        (now + 590..=now + 610).contains(&expiry),
+        "{expiry} vs {now}"
+    );
     assert_eq!(
         turn["credential"],
         intercessor::ice::turn_credential("north-wind", username).as_str()
     );
+}
+
+#[tokio::test]
+async fn a_peer_closing_gets_the_close_frame_answered() {
+    let relay = TestRelay::start(config()).await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    futures_util::SinkExt::send(
+        &mut client.ws,
+        tokio_tungstenite::tungstenite::Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "bye".into(),
+            },
+        )),
+    )
+    .await
+    .expect("close sent");
+    // The relay echoes the close (RFC 6455 §5.5.1), so the client sees a clean close, not a reset.
+    assert_eq!(client.expect_close(1000).await, "bye");
+    server
+        .expect_relay("PEER_GONE", json!({"id": client.id}))
+        .await;
 }

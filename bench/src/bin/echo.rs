@@ -1,0 +1,152 @@
+//! `intercessor-echo`: the cost floor for the relay. A bare WebSocket echo server on the relay's own
+//! stack (tokio, hyper 1 HTTP/1 with upgrades, tokio-tungstenite `from_raw_socket`, one task per
+//! connection, no split) that writes every text frame back: no JSON, no routing, no queues.
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Empty;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// The relay's hyper read buffer (`HTTP_MAX_BUFFER` in src/server.rs).
+const HTTP_MAX_BUFFER: usize = 8 * 1024;
+
+/// The relay's `--handshake-timeout` default, applied the same way (hyper's header read timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bare WebSocket echo server: the floor the relay's per-message cost is compared with.
+#[derive(Parser)]
+#[command(name = "intercessor-echo", version)]
+struct Cli {
+    /// Address to listen on; the port actually bound is printed as `listening on ADDR`
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Worker threads [default: the cores this process may run on, as the relay]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+}
+
+/// The relay's own WebSocket buffers and limits, so the comparison is like for like.
+fn websocket_config() -> WebSocketConfig {
+    intercessor::server::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.threads {
+        builder.worker_threads(threads.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(cli.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Accepts connections forever, like the relay's accept loop, on the runtime's main task.
+async fn serve(listen: SocketAddr) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    eprintln!("listening on {}", listener.local_addr()?);
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve_connection(stream));
+            }
+            Err(error) => {
+                eprintln!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// HTTP/1 on one connection, with the relay's builder settings, until it is upgraded or ends.
+async fn serve_connection(stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .max_buf_size(HTTP_MAX_BUFFER);
+    let _ = builder
+        .serve_connection(TokioIo::new(stream), service_fn(upgrade))
+        .with_upgrades()
+        .await;
+}
+
+/// Answers any WebSocket upgrade on any path; anything else gets `400`.
+async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let is_websocket = request
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let key = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let (true, Some(key)) = (is_websocket, key) else {
+        let mut response = Response::new(Empty::new());
+        *response.status_mut() = StatusCode::BAD_REQUEST;
+        return Ok(response);
+    };
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(websocket_config()),
+            )
+            .await;
+            echo(ws).await;
+        }
+    });
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("an accept key is base64"),
+    );
+    Ok(response)
+}
+
+/// Writes every text frame back. Pings are answered and a close is returned by tungstenite
+/// itself on the next read, which then ends the stream.
+async fn echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(message) = ws.next().await {
+        match message {
+            Ok(Message::Text(text)) => {
+                if ws.send(Message::Text(text)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+    }
+}

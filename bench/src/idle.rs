@@ -1,0 +1,314 @@
+//! `idle`: what each connected but silent peer costs the relay in resident memory, and whether
+//! idle connections stay up while pings run.
+
+use crate::net::{self, Dialer, Ws};
+use crate::procfs::{self, Watched};
+use crate::report::{Report, round, thousands};
+use anyhow::{Result, bail};
+use futures_util::{StreamExt, stream};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Pairs being set up at once.
+const SETUP_CONCURRENCY: usize = 200;
+
+/// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
+const SPARE_FDS: u64 = 64;
+
+/// Least time to let the relay's RSS settle before reading it.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// How to run.
+pub struct Params {
+    /// Pairs to open and hold (two sockets each).
+    pub pairs: usize,
+    /// How long to keep them open after measuring, pings running.
+    pub hold: Duration,
+    /// Open and close a batch first, so the base reading includes warmed-up allocator arenas and
+    /// runtime structures rather than charging them to the peers.
+    pub base_rss_after_warmup: bool,
+}
+
+/// What a run found.
+pub struct Outcome {
+    /// Pairs fully set up.
+    pub set_up: u64,
+    /// Pairs whose set-up failed.
+    pub failed: u64,
+    /// Time to set up all pairs.
+    pub setup_elapsed: Duration,
+    /// The relay's RSS before and after, with `--pid`.
+    pub rss: Option<(u64, u64)>,
+    /// Connections that ended on their own before the end of the hold.
+    pub drops: u64,
+    /// Text frames that arrived on idle connections.
+    pub unexpected: u64,
+    /// The first few problems.
+    pub samples: Vec<String>,
+}
+
+impl Outcome {
+    /// Whether every pair came up and stayed up.
+    pub fn clean(&self) -> bool {
+        self.failed == 0 && self.drops == 0 && self.unexpected == 0
+    }
+}
+
+/// How one held connection ended.
+struct Kept {
+    /// Why it ended before being told to, if it did.
+    dropped: Option<String>,
+    unexpected: u64,
+    /// The first unexpected frame, for the report.
+    first_unexpected: Option<String>,
+}
+
+/// Opens the pairs, measures, holds, and closes them.
+pub async fn measure(
+    params: &Params,
+    dialer: Arc<Dialer>,
+    watched: Option<&Watched>,
+) -> Result<Outcome> {
+    let need = 2 * params.pairs as u64 + SPARE_FDS;
+    if let Some(limit) = procfs::open_files_limit()
+        && need > limit
+    {
+        bail!(
+            "{} pairs need about {need} open files but this process may have {limit}; run several \
+             generator processes, each with a share of --pairs",
+            params.pairs
+        );
+    }
+    if params.base_rss_after_warmup {
+        let warmup = params.pairs.min(SETUP_CONCURRENCY);
+        eprintln!("idle: warm-up with {warmup} pairs…");
+        let pairs: Vec<_> = stream::iter((0..warmup).map(|_| net::open_pair(&dialer)))
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .collect()
+            .await;
+        let closes = pairs.into_iter().flatten().map(|mut pair| async move {
+            net::close(&mut pair.client).await;
+            net::close(&mut pair.server).await;
+        });
+        stream::iter(closes)
+            .buffer_unordered(SETUP_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+    }
+    let before = match watched {
+        Some(watched) => Some(procfs::settled_rss(watched, SETTLE).await?),
+        None => None,
+    };
+
+    eprintln!(
+        "idle: opening {} pairs, {SETUP_CONCURRENCY} at a time…",
+        params.pairs
+    );
+    let (stop, stopped) = watch::channel(false);
+    let mut keepers: Vec<JoinHandle<Kept>> = Vec::with_capacity(2 * params.pairs);
+    let mut set_up = 0;
+    let mut failed = 0;
+    let mut samples = Vec::new();
+    let started = Instant::now();
+    let mut opening =
+        stream::iter((0..params.pairs).map(|_| timeout(net::PATIENCE, net::open_pair(&dialer))))
+            .buffer_unordered(SETUP_CONCURRENCY);
+    while let Some(result) = opening.next().await {
+        match result {
+            Ok(Ok(pair)) => {
+                set_up += 1;
+                keepers.push(tokio::spawn(keep(pair.server, stopped.clone())));
+                keepers.push(tokio::spawn(keep(pair.client, stopped.clone())));
+            }
+            Ok(Err(error)) => {
+                failed += 1;
+                if samples.len() < 8 {
+                    samples.push(format!("set-up failed: {error:#}"));
+                }
+            }
+            Err(_) => {
+                failed += 1;
+                if samples.len() < 8 {
+                    samples.push(format!("set-up took over {:?}", net::PATIENCE));
+                }
+            }
+        }
+    }
+    drop(opening);
+    let setup_elapsed = started.elapsed();
+    eprintln!(
+        "idle: {set_up} pairs open in {:.2} s; waiting for the relay's RSS to settle…",
+        setup_elapsed.as_secs_f64()
+    );
+    let rss = match (watched, before) {
+        (Some(watched), Some(before)) => {
+            Some((before, procfs::settled_rss(watched, SETTLE).await?))
+        }
+        _ => None,
+    };
+    if !params.hold.is_zero() {
+        eprintln!("idle: holding for {:?}…", params.hold);
+        tokio::time::sleep(params.hold).await;
+    }
+
+    let _ = stop.send(true);
+    let mut drops = 0;
+    let mut unexpected = 0;
+    for keeper in keepers {
+        let kept = keeper.await?;
+        unexpected += kept.unexpected;
+        if let Some(frame) = kept.first_unexpected
+            && samples.len() < 8
+        {
+            samples.push(format!("unexpected frame on an idle connection: {frame}"));
+        }
+        if let Some(why) = kept.dropped {
+            drops += 1;
+            if samples.len() < 8 {
+                samples.push(format!("connection dropped: {why}"));
+            }
+        }
+    }
+    Ok(Outcome {
+        set_up,
+        failed,
+        setup_elapsed,
+        rss,
+        drops,
+        unexpected,
+        samples,
+    })
+}
+
+/// Reads a held connection until told to stop, so the relay's pings get their pongs.
+///
+/// Once stop is set, whatever arrives is teardown (PEER_GONE as partners close, a `4410` when a
+/// client's server went first) and is not held against the relay. The stop flag is read directly
+/// as well as awaited: with TLS a frame may already sit decrypted in a buffer while `changed()`
+/// yields to tokio's cooperative budget, so the read branch can win after stop was sent.
+async fn keep(mut ws: Ws, mut stop: watch::Receiver<bool>) -> Kept {
+    let mut kept = Kept {
+        dropped: None,
+        unexpected: 0,
+        first_unexpected: None,
+    };
+    loop {
+        if *stop.borrow() {
+            net::close(&mut ws).await;
+            return kept;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => {}
+            message = ws.next() => {
+                if *stop.borrow() {
+                    continue;
+                }
+                match message {
+                    Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                        kept.unexpected += 1;
+                        if kept.first_unexpected.is_none() {
+                            kept.first_unexpected = Some(format!("{message:?}"));
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        kept.dropped = Some(frame.map_or("closed without a code".to_owned(), |f| {
+                            format!("closed {} {}", f.code, f.reason)
+                        }));
+                        return kept;
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(error)) => {
+                        kept.dropped = Some(error.to_string());
+                        return kept;
+                    }
+                    None => {
+                        kept.dropped = Some("connection ended".to_owned());
+                        return kept;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The table and JSON for a run.
+pub fn report(
+    params: &Params,
+    url: &str,
+    outcome: &Outcome,
+    pid: Option<u32>,
+    tls: bool,
+) -> Report {
+    let peers = 2 * outcome.set_up;
+    let rss = outcome.rss.map(|(before, after)| {
+        let delta = after as i64 - before as i64;
+        (before, after, delta, delta as f64 / peers.max(1) as f64)
+    });
+    let mut report = Report::new(
+        format!(
+            "idle → {url}: {} pairs ({} peers), held {:?}",
+            params.pairs,
+            2 * params.pairs,
+            params.hold
+        ),
+        json!({
+            "command": "idle",
+            "url": url,
+            "tls": tls,
+            "pairs": params.pairs,
+            "peers": peers,
+            "set_up": outcome.set_up,
+            "failed": outcome.failed,
+            "setup_s": round(outcome.setup_elapsed.as_secs_f64(), 3),
+            "hold_s": params.hold.as_secs_f64(),
+            "base_rss_after_warmup": params.base_rss_after_warmup,
+            "pid": pid,
+            "rss_before": rss.map(|r| r.0),
+            "rss_after": rss.map(|r| r.1),
+            "rss_delta": rss.map(|r| r.2),
+            "bytes_per_peer": rss.map(|r| round(r.3, 0)),
+            "drops": outcome.drops,
+            "unexpected": outcome.unexpected,
+            "problems": outcome.samples,
+        }),
+    );
+    report.row(
+        "pairs set up / failed",
+        format!(
+            "{} / {} in {:.2} s",
+            outcome.set_up,
+            outcome.failed,
+            outcome.setup_elapsed.as_secs_f64()
+        ),
+    );
+    match (rss, pid) {
+        (Some((before, after, delta, per_peer)), Some(pid)) => {
+            report.row(
+                format!("RSS of PID {pid} before → after"),
+                format!(
+                    "{:.1} MiB → {:.1} MiB",
+                    before as f64 / 1048576.0,
+                    after as f64 / 1048576.0
+                ),
+            );
+            report.row("RSS delta", format!("{:.2} MiB", delta as f64 / 1048576.0));
+            report.row("bytes per connected peer", thousands(per_peer));
+        }
+        _ => report.row("memory", "not measured (give --pid)"),
+    }
+    report.row(
+        "dropped connections / unexpected frames",
+        format!("{} / {}", outcome.drops, outcome.unexpected),
+    );
+    for sample in &outcome.samples {
+        report.row("problem", sample.clone());
+    }
+    report.passed = outcome.clean();
+    report
+}

@@ -1,0 +1,266 @@
+//! `intercessor-bench`: a load generator that drives the relay (or the bare echo server) over real
+//! sockets and reports throughput, latency, the target's CPU cost and its memory per peer.
+//!
+//! Exit codes: 0 when every check held, 1 when one failed (a lost, reordered or corrupted
+//! message, a failed set-up, a dropped connection), 2 when the run could not be made at all.
+
+mod connect;
+mod idle;
+mod net;
+mod pingpong;
+mod procfs;
+mod report;
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use net::Dialer;
+use procfs::Watched;
+use report::{Report, thousands};
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "intercessor-bench", version, about)]
+/// Load generator for the Intercessor relay, and for the bare echo server it is compared with.
+struct Cli {
+    /// Generator worker threads [default: the cores this process may run on]
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+    /// After the table, print every figure as one JSON line (the last line of output)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to connect.
+#[derive(Args)]
+struct Endpoint {
+    /// The relay or echo server: ws://HOST:PORT or wss://HOST:PORT
+    #[arg(long)]
+    url: String,
+    /// CA certificate (PEM) that wss:// servers must chain to; nothing else is trusted
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Timed round trips with W messages in flight per pair; checks order and integrity
+    Pingpong {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Pairs (relay: a server peer and its client) or connections (echo)
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Payload bytes per message
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Messages in flight per pair
+        #[arg(long, default_value_t = 1)]
+        window: usize,
+        /// Measured interval
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Unmeasured interval before it
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        /// The relay (two relayed messages per round trip) or the echo server (one echo)
+        #[arg(long, value_enum, default_value_t = pingpong::Target::Relay)]
+        target: pingpong::Target,
+        /// PID of the target process, to charge its CPU time to each message
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Sets up pairs (HELLO, HELLO, PEER_JOINED) and tears them down, C at a time
+    Connect {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Pairs to set up and tear down
+        #[arg(long, default_value_t = 2000)]
+        pairs: usize,
+        /// Pairs in progress at once
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// PID of the relay, to charge its CPU time to each pair
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Opens N idle pairs and reports the relay's resident memory per peer; checks none drop.
+    ///
+    /// This process needs two file descriptors per pair; with a 20,000 open-file limit one
+    /// process holds at most about 9,950 pairs, so spread larger counts over several processes.
+    Idle {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Pairs to open in this process (two peers, two sockets each)
+        #[arg(long, default_value_t = 4000)]
+        pairs: usize,
+        /// PID of the relay, to read its RSS
+        #[arg(long)]
+        pid: Option<u32>,
+        /// How long to hold the pairs open after measuring, answering the relay's pings
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        hold: Duration,
+        /// Open and close a batch of pairs before the base reading, so warm-up costs are not
+        /// charged to the peers
+        #[arg(long)]
+        base_rss_after_warmup: bool,
+    },
+    /// A quick correctness check (10 pairs of pingpong, 200 pairs of connect); never fails on timing
+    Smoke {
+        #[command(flatten)]
+        endpoint: Endpoint,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let threads = cli.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(report) => {
+            report.print(cli.json);
+            if report.passed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Opens the dialer and, when a PID is given, the watched process.
+fn prepare(endpoint: &Endpoint, pid: Option<u32>) -> Result<(Arc<Dialer>, Option<Watched>)> {
+    let dialer = Arc::new(Dialer::new(&endpoint.url, endpoint.ca.as_deref())?);
+    let watched = pid.map(Watched::new).transpose()?;
+    if let Some(note) = watched.as_ref().and_then(Watched::clk_tck_note) {
+        eprintln!("note: {note}");
+    }
+    Ok((dialer, watched))
+}
+
+async fn run(command: Command) -> Result<Report> {
+    match command {
+        Command::Pingpong {
+            endpoint,
+            pairs,
+            size,
+            window,
+            duration,
+            warmup,
+            target,
+            pid,
+        } => {
+            let (dialer, watched) = prepare(&endpoint, pid)?;
+            let params = pingpong::Params {
+                pairs,
+                size,
+                window,
+                duration,
+                warmup,
+                target,
+            };
+            let outcome = pingpong::measure(&params, dialer, watched.as_ref()).await?;
+            Ok(pingpong::report(&params, &endpoint.url, &outcome, pid))
+        }
+        Command::Connect {
+            endpoint,
+            pairs,
+            concurrency,
+            pid,
+        } => {
+            let (dialer, watched) = prepare(&endpoint, pid)?;
+            let params = connect::Params { pairs, concurrency };
+            let outcome = connect::measure(&params, dialer, watched.as_ref()).await?;
+            Ok(connect::report(&params, &endpoint.url, &outcome, pid))
+        }
+        Command::Idle {
+            endpoint,
+            pairs,
+            pid,
+            hold,
+            base_rss_after_warmup,
+        } => {
+            let (dialer, watched) = prepare(&endpoint, pid)?;
+            let tls = dialer.is_tls();
+            let params = idle::Params {
+                pairs,
+                hold,
+                base_rss_after_warmup,
+            };
+            let outcome = idle::measure(&params, dialer, watched.as_ref()).await?;
+            Ok(idle::report(&params, &endpoint.url, &outcome, pid, tls))
+        }
+        Command::Smoke { endpoint } => smoke(&endpoint).await,
+    }
+}
+
+/// Short pingpong and connect runs whose only verdict is correctness.
+async fn smoke(endpoint: &Endpoint) -> Result<Report> {
+    let (dialer, _) = prepare(endpoint, None)?;
+    let ping = pingpong::Params {
+        pairs: 10,
+        size: 512,
+        window: 4,
+        duration: Duration::from_millis(1500),
+        warmup: Duration::from_millis(500),
+        target: pingpong::Target::Relay,
+    };
+    let pinged = pingpong::measure(&ping, dialer.clone(), None).await?;
+    let conn = connect::Params {
+        pairs: 200,
+        concurrency: 50,
+    };
+    let connected = connect::measure(&conn, dialer, None).await?;
+    let checks = &pinged.checks;
+    let passed = checks.clean() && connected.clean();
+    let summary = format!(
+        "smoke {}: pingpong 10 pairs, window 4: {} round trips, {} lost, {} reordered, {} corrupted, \
+         {} unexpected, {} failed connections; connect: {}/{} pairs set up, {} PEER_GONE missing",
+        if passed { "PASS" } else { "FAIL" },
+        thousands(pinged.round_trips as f64),
+        checks.lost,
+        checks.reordered,
+        checks.corrupted,
+        checks.unexpected,
+        checks.failed_connections,
+        connected.set_up,
+        conn.pairs,
+        connected.peer_gone_missing,
+    );
+    let mut report = Report::new(
+        summary,
+        json!({
+            "command": "smoke",
+            "url": endpoint.url,
+            "pingpong": pingpong::report(&ping, &endpoint.url, &pinged, None).json,
+            "connect": connect::report(&conn, &endpoint.url, &connected, None).json,
+        }),
+    );
+    for sample in checks.samples.iter().chain(&connected.samples) {
+        report.row("problem", sample.clone());
+    }
+    report.passed = passed;
+    report.compact = true;
+    Ok(report)
+}

@@ -1,0 +1,630 @@
+//! `pingpong`: timed round trips through the relay (client → server → client) or through the bare
+//! echo server, checking that every message comes back in order and intact.
+
+use crate::net::{self, Dialer, Ws};
+use crate::procfs::{CpuSpent, Watched};
+use crate::report::{self, Report, latency_json, latency_text, round, thousands};
+use anyhow::{Context as _, Result, bail};
+use clap::ValueEnum;
+use futures_util::{SinkExt, StreamExt, stream};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_tungstenite::tungstenite::Message;
+
+/// With messages in flight and nothing arriving this long, the rest are counted lost.
+const STALL: Duration = Duration::from_secs(5);
+
+/// Connections opened at once while setting up.
+const SETUP_CONCURRENCY: usize = 50;
+
+/// `NNNNNN-SSSSSSSSSSSS-`: pair number and sequence number at the start of every payload.
+const HEADER_LEN: usize = 20;
+
+/// Largest pair number the payload header can carry.
+const MAX_PAIRS: usize = 999_999;
+
+/// The code echo frames are addressed to: the same length as the relay's default join code, so
+/// an echo frame is as long as the frame a relay client sends.
+const ECHO_CODE: &str = "ECHO00";
+
+/// What the round trips go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// Client → relay → server peer → relay → client: two relayed messages per round trip.
+    Relay,
+    /// Connection → echo server → connection: one echo per round trip.
+    Echo,
+}
+
+impl Target {
+    fn name(self) -> &'static str {
+        match self {
+            Target::Relay => "relay",
+            Target::Echo => "echo",
+        }
+    }
+
+    /// Messages the target reads and writes per round trip, the unit CPU cost is divided by.
+    fn messages_per_round_trip(self) -> u64 {
+        match self {
+            Target::Relay => 2,
+            Target::Echo => 1,
+        }
+    }
+}
+
+/// How to run.
+pub struct Params {
+    /// Pairs (relay) or connections (echo).
+    pub pairs: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages in flight per pair.
+    pub window: usize,
+    /// Measured interval.
+    pub duration: Duration,
+    /// Unmeasured interval before it.
+    pub warmup: Duration,
+    /// Relay or echo server.
+    pub target: Target,
+}
+
+/// What a run found.
+pub struct Outcome {
+    /// Round trips completed inside the measured interval.
+    pub round_trips: u64,
+    /// Length of the measured interval as actually sampled.
+    pub measured: Duration,
+    /// Round-trip latency of those round trips, µs.
+    pub rtt: Histogram<u64>,
+    /// Integrity counters over the whole run, warm-up included.
+    pub checks: Checks,
+    /// The target's CPU time over the measured interval, with `--pid`.
+    pub cpu: Option<CpuSpent>,
+}
+
+/// Integrity counters: any non-zero one fails the run.
+#[derive(Debug, Default, Clone)]
+pub struct Checks {
+    /// Messages sent that never came back.
+    pub lost: u64,
+    /// Messages that came back after a later one.
+    pub reordered: u64,
+    /// Frames whose payload or envelope was not what was sent.
+    pub corrupted: u64,
+    /// Frames from the relay itself (ERROR, PEER_GONE...) in the middle of the run.
+    pub unexpected: u64,
+    /// Connections that failed mid-run.
+    pub failed_connections: u64,
+    /// Our closes at the end that got no close frame back (reported, not a failure).
+    pub close_unanswered: u64,
+    /// The first few problems, described.
+    pub samples: Vec<String>,
+}
+
+impl Checks {
+    fn note(&mut self, what: String) {
+        if self.samples.len() < 8 {
+            self.samples.push(what);
+        }
+    }
+
+    fn merge(&mut self, other: Checks) {
+        self.lost += other.lost;
+        self.reordered += other.reordered;
+        self.corrupted += other.corrupted;
+        self.unexpected += other.unexpected;
+        self.failed_connections += other.failed_connections;
+        self.close_unanswered += other.close_unanswered;
+        for sample in other.samples {
+            self.note(sample);
+        }
+    }
+
+    /// Whether every check held.
+    pub fn clean(&self) -> bool {
+        self.lost == 0
+            && self.reordered == 0
+            && self.corrupted == 0
+            && self.unexpected == 0
+            && self.failed_connections == 0
+    }
+}
+
+/// The frames one pair sends and expects back; the payload is a function of (pair, sequence).
+struct Frames {
+    /// Everything before the payload in what the sender writes.
+    out_prefix: String,
+    /// Everything before the payload in what comes back.
+    in_prefix: String,
+    /// The payload's pair-specific tail after the header, fixed for the run.
+    filler: String,
+    pair: usize,
+}
+
+/// Closes the payload string and the envelope.
+const SUFFIX: &str = "\"}";
+
+impl Frames {
+    fn new(pair: usize, size: usize, out_prefix: String, in_prefix: String) -> Frames {
+        let filler = (HEADER_LEN..size)
+            .map(|i| char::from(b'a' + ((pair * 7 + i) % 26) as u8))
+            .collect();
+        Frames {
+            out_prefix,
+            in_prefix,
+            filler,
+            pair,
+        }
+    }
+
+    fn push_payload(&self, buf: &mut String, seq: u64) {
+        write!(buf, "{:06}-{seq:012}-", self.pair).expect("writing to a String cannot fail");
+        buf.push_str(&self.filler);
+    }
+
+    fn outgoing(&self, seq: u64) -> String {
+        let mut frame = String::with_capacity(
+            self.out_prefix.len() + HEADER_LEN + self.filler.len() + SUFFIX.len(),
+        );
+        frame.push_str(&self.out_prefix);
+        self.push_payload(&mut frame, seq);
+        frame.push_str(SUFFIX);
+        frame
+    }
+
+    fn expected(&self, buf: &mut String, seq: u64) {
+        buf.clear();
+        buf.push_str(&self.in_prefix);
+        self.push_payload(buf, seq);
+        buf.push_str(SUFFIX);
+    }
+
+    /// The sequence number of a frame that is an intact echo of one of this pair's messages.
+    fn sequence_of(&self, frame: &str) -> Option<u64> {
+        let payload = frame.strip_prefix(&self.in_prefix)?.strip_suffix(SUFFIX)?;
+        let (header, filler) = payload.split_at_checked(HEADER_LEN)?;
+        if filler != self.filler {
+            return None;
+        }
+        let (pair, seq) = header.strip_suffix('-')?.split_once('-')?;
+        (pair.parse::<usize>().ok()? == self.pair)
+            .then(|| seq.parse().ok())
+            .flatten()
+    }
+}
+
+/// When to measure, shared by every task.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    end: Instant,
+}
+
+/// One pair's sender's result.
+struct Sent {
+    round_trips: u64,
+    rtt: Histogram<u64>,
+    checks: Checks,
+}
+
+/// Runs the round trips and gathers the figures.
+pub async fn measure(
+    params: &Params,
+    dialer: Arc<Dialer>,
+    watched: Option<&Watched>,
+) -> Result<Outcome> {
+    if params.size < HEADER_LEN + 4 {
+        bail!("--size must be at least {} bytes", HEADER_LEN + 4);
+    }
+    if params.pairs == 0 || params.pairs > MAX_PAIRS {
+        bail!("--pairs must be between 1 and {MAX_PAIRS}");
+    }
+    if params.window == 0 {
+        bail!("--window must be at least 1");
+    }
+    eprintln!(
+        "pingpong: setting up {} {}…",
+        params.pairs,
+        if params.target == Target::Relay {
+            "pairs"
+        } else {
+            "connections"
+        }
+    );
+    let setups = (0..params.pairs).map(|pair| {
+        let dialer = dialer.clone();
+        async move {
+            match params.target {
+                Target::Relay => net::open_pair(&dialer)
+                    .await
+                    .map(|p| (pair, p.client, Some((p.server, p.code, p.client_id)))),
+                Target::Echo => dialer.open("/echo").await.map(|ws| (pair, ws, None)),
+            }
+        }
+    });
+    let links: Vec<_> = stream::iter(setups)
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_>>()
+        .context("setting up connections")?;
+
+    // A short lead so every task is running before the warm-up clock starts.
+    let began = Instant::now() + Duration::from_millis(100);
+    let schedule = Schedule {
+        start: began + params.warmup,
+        end: began + params.warmup + params.duration,
+    };
+    eprintln!(
+        "pingpong: running {:?} warm-up + {:?} measured…",
+        params.warmup, params.duration
+    );
+    let mut senders = Vec::with_capacity(links.len());
+    let mut reflectors = Vec::new();
+    for (pair, sender, server) in links {
+        let frames = match &server {
+            Some((_, code, _)) => Frames::new(
+                pair,
+                params.size,
+                format!(r#"{{"to":"{code}","type":"P","message":""#),
+                format!(r#"{{"from":"{code}","type":"P","message":""#),
+            ),
+            None => {
+                let prefix = format!(r#"{{"to":"{ECHO_CODE}","type":"P","message":""#);
+                Frames::new(pair, params.size, prefix.clone(), prefix)
+            }
+        };
+        if let Some((server, _, client_id)) = server {
+            let deadline = schedule.end + STALL + Duration::from_secs(5);
+            reflectors.push(tokio::spawn(reflect(server, client_id, deadline)));
+        }
+        senders.push(tokio::spawn(drive(
+            sender,
+            frames,
+            params.window,
+            began,
+            schedule,
+        )));
+    }
+
+    let cpu = match watched {
+        Some(watched) => {
+            sleep_until(schedule.start).await;
+            let before = watched.cpu()?;
+            let started = Instant::now();
+            sleep_until(schedule.end).await;
+            let after = watched.cpu()?;
+            Some((before.until(&after)?, started.elapsed()))
+        }
+        None => None,
+    };
+
+    let mut rtt = report::histogram();
+    let mut round_trips = 0;
+    let mut checks = Checks::default();
+    for sender in senders {
+        let sent = sender.await.context("a sender task failed")?;
+        round_trips += sent.round_trips;
+        rtt.add(&sent.rtt).expect("histograms share their bounds");
+        checks.merge(sent.checks);
+    }
+    for reflector in reflectors {
+        checks.merge(reflector.await.context("a server-peer task failed")?);
+    }
+    Ok(Outcome {
+        round_trips,
+        measured: cpu.map_or(params.duration, |(_, measured)| measured),
+        rtt,
+        checks,
+        cpu: cpu.map(|(spent, _)| spent),
+    })
+}
+
+/// Keeps `window` messages in flight from `began` until the schedule ends, then waits for the
+/// last ones; checks each echo against what was sent, in order.
+async fn drive(
+    mut ws: Ws,
+    frames: Frames,
+    window: usize,
+    began: Instant,
+    schedule: Schedule,
+) -> Sent {
+    let mut sent = Sent {
+        round_trips: 0,
+        rtt: report::histogram(),
+        checks: Checks::default(),
+    };
+    let checks = &mut sent.checks;
+    sleep_until(began).await;
+    let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::with_capacity(window);
+    // Sequence numbers skipped over as lost, in case they turn up late.
+    let mut missing: VecDeque<u64> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut expected = String::new();
+    loop {
+        if Instant::now() < schedule.end && in_flight.len() < window {
+            let mut result = Ok(());
+            while in_flight.len() < window && result.is_ok() {
+                let frame = frames.outgoing(next_seq);
+                in_flight.push_back((next_seq, Instant::now()));
+                next_seq += 1;
+                result = ws.feed(Message::text(frame)).await;
+            }
+            if let Err(error) = result.and(ws.flush().await) {
+                checks.failed_connections += 1;
+                checks.lost += in_flight.len() as u64;
+                checks.note(format!("pair {}: send failed: {error}", frames.pair));
+                return sent;
+            }
+        }
+        let Some(&(oldest, sent_at)) = in_flight.front() else {
+            break;
+        };
+        let text = match timeout(STALL, net::next_text(&mut ws)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                checks.failed_connections += 1;
+                checks.lost += in_flight.len() as u64;
+                checks.note(format!("pair {}: {error:#}", frames.pair));
+                return sent;
+            }
+            Err(_) => {
+                checks.lost += in_flight.len() as u64;
+                checks.note(format!(
+                    "pair {}: nothing came back for {STALL:?} with {} in flight (oldest #{oldest})",
+                    frames.pair,
+                    in_flight.len()
+                ));
+                break;
+            }
+        };
+        let arrived = Instant::now();
+        frames.expected(&mut expected, oldest);
+        let seq = if text.as_str() == expected {
+            in_flight.pop_front();
+            Some((oldest, sent_at))
+        } else {
+            match frames.sequence_of(text.as_str()) {
+                Some(seq) if in_flight.iter().any(|&(s, _)| s == seq) => {
+                    // Everything older than `seq` was overtaken: lost unless it turns up later.
+                    let mut found = None;
+                    while let Some((s, at)) = in_flight.pop_front() {
+                        if s == seq {
+                            found = Some((s, at));
+                            break;
+                        }
+                        checks.lost += 1;
+                        missing.push_back(s);
+                    }
+                    found
+                }
+                Some(seq) if missing.contains(&seq) => {
+                    missing.retain(|&s| s != seq);
+                    checks.lost -= 1;
+                    checks.reordered += 1;
+                    checks.note(format!("pair {}: #{seq} came back late", frames.pair));
+                    None
+                }
+                Some(seq) => {
+                    checks.corrupted += 1;
+                    checks.note(format!(
+                        "pair {}: #{seq} came back twice or unsent",
+                        frames.pair
+                    ));
+                    None
+                }
+                None if text.starts_with(r#"{"from":"0""#) => {
+                    checks.unexpected += 1;
+                    checks.note(format!("pair {}: relay said {}", frames.pair, clip(&text)));
+                    None
+                }
+                None => {
+                    checks.corrupted += 1;
+                    checks.note(format!(
+                        "pair {}: corrupted frame {}",
+                        frames.pair,
+                        clip(&text)
+                    ));
+                    None
+                }
+            }
+        };
+        if let Some((_, at)) = seq
+            && arrived >= schedule.start
+            && arrived < schedule.end
+        {
+            sent.round_trips += 1;
+            let micros = arrived.saturating_duration_since(at).as_micros();
+            sent.rtt
+                .saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
+        }
+    }
+    if net::close(&mut ws).await != net::CloseOutcome::Answered {
+        sent.checks.close_unanswered += 1;
+    }
+    sent
+}
+
+/// The server peer of a relay pair: sends every message from its client straight back, until the
+/// relay says the client left.
+async fn reflect(mut ws: Ws, client_id: String, deadline: Instant) -> Checks {
+    let mut checks = Checks::default();
+    let inbound = format!(r#"{{"from":"{client_id}","type":"P","message":"#);
+    let outbound = format!(r#"{{"to":"{client_id}","type":"P","message":"#);
+    let gone = format!(r#"{{"from":"0","type":"PEER_GONE","message":{{"id":"{client_id}"}}}}"#);
+    loop {
+        let text = match tokio::time::timeout_at(deadline, net::next_text(&mut ws)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                checks.failed_connections += 1;
+                checks.note(format!("server peer of {client_id}: {error:#}"));
+                return checks;
+            }
+            Err(_) => {
+                checks.note(format!(
+                    "server peer of {client_id}: no PEER_GONE by the deadline"
+                ));
+                checks.unexpected += 1;
+                break;
+            }
+        };
+        if let Some(message) = text
+            .strip_prefix(inbound.as_str())
+            .and_then(|rest| rest.strip_suffix('}'))
+        {
+            let mut reply = String::with_capacity(outbound.len() + message.len() + 1);
+            reply.push_str(&outbound);
+            reply.push_str(message);
+            reply.push('}');
+            if let Err(error) = ws.send(Message::text(reply)).await {
+                checks.failed_connections += 1;
+                checks.note(format!("server peer of {client_id}: send failed: {error}"));
+                return checks;
+            }
+        } else if text.as_str() == gone {
+            break;
+        } else {
+            checks.unexpected += 1;
+            checks.note(format!("server peer of {client_id} got {}", clip(&text)));
+        }
+    }
+    if net::close(&mut ws).await != net::CloseOutcome::Answered {
+        checks.close_unanswered += 1;
+    }
+    checks
+}
+
+/// The start of a frame, for messages.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The table and JSON for a run.
+pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -> Report {
+    let target = params.target;
+    let seconds = outcome.measured.as_secs_f64();
+    let round_trips_per_s = outcome.round_trips as f64 / seconds;
+    let per_trip = target.messages_per_round_trip();
+    let messages = outcome.round_trips * per_trip;
+    let messages_per_s = messages as f64 / seconds;
+    let unit = match target {
+        Target::Relay => "relayed message",
+        Target::Echo => "echo",
+    };
+    let cpu_json = outcome.cpu.map(|cpu| {
+        json!({
+            "pid": pid,
+            "ns": cpu.ns,
+            "source": cpu.source,
+            "stat_ns": cpu.stat_ns,
+            "us_per_message": round(cpu.ns as f64 / 1000.0 / messages.max(1) as f64, 3),
+            "core_share": round(cpu.ns as f64 / 1e9 / seconds, 3),
+        })
+    });
+    let checks = &outcome.checks;
+    let mut report = Report::new(
+        format!(
+            "pingpong → {} {url}: {} {}, {} B payload, window {}, {:?} measured after {:?} warm-up",
+            target.name(),
+            params.pairs,
+            if target == Target::Relay {
+                "pairs"
+            } else {
+                "connections"
+            },
+            params.size,
+            params.window,
+            params.duration,
+            params.warmup
+        ),
+        json!({
+            "command": "pingpong",
+            "target": target.name(),
+            "url": url,
+            "pairs": params.pairs,
+            "size": params.size,
+            "window": params.window,
+            "duration_s": params.duration.as_secs_f64(),
+            "warmup_s": params.warmup.as_secs_f64(),
+            "measured_s": round(seconds, 3),
+            "round_trips": outcome.round_trips,
+            "round_trips_per_s": round(round_trips_per_s, 1),
+            "messages_per_round_trip": per_trip,
+            "messages": messages,
+            "messages_per_s": round(messages_per_s, 1),
+            "rtt": latency_json(&outcome.rtt),
+            "cpu": cpu_json,
+            "lost": checks.lost,
+            "reordered": checks.reordered,
+            "corrupted": checks.corrupted,
+            "unexpected": checks.unexpected,
+            "failed_connections": checks.failed_connections,
+            "close_unanswered": checks.close_unanswered,
+            "problems": checks.samples,
+        }),
+    );
+    report.row(
+        "round trips",
+        format!(
+            "{} ({}/s)",
+            thousands(outcome.round_trips as f64),
+            thousands(round_trips_per_s)
+        ),
+    );
+    report.row(
+        match target {
+            Target::Relay => "relayed messages/s (2 per round trip)",
+            Target::Echo => "echoes/s (1 per round trip)",
+        },
+        thousands(messages_per_s),
+    );
+    report.row("round-trip latency", latency_text(&outcome.rtt));
+    match (outcome.cpu, pid) {
+        (Some(cpu), Some(pid)) => {
+            report.row(
+                format!("CPU of PID {pid} ({})", cpu.source),
+                format!(
+                    "{:.1} ms ({:.0}% of a core; /proc/PID/stat says {:.1} ms)",
+                    cpu.ns as f64 / 1e6,
+                    cpu.ns as f64 / 1e9 / seconds * 100.0,
+                    cpu.stat_ns as f64 / 1e6
+                ),
+            );
+            report.row(
+                format!("CPU-µs per {unit}"),
+                format!("{:.2}", cpu.ns as f64 / 1000.0 / messages.max(1) as f64),
+            );
+        }
+        _ => report.row("CPU per message", "not measured (give --pid)"),
+    }
+    report.row(
+        "lost / reordered / corrupted / unexpected / failed conns",
+        format!(
+            "{} / {} / {} / {} / {}",
+            checks.lost,
+            checks.reordered,
+            checks.corrupted,
+            checks.unexpected,
+            checks.failed_connections
+        ),
+    );
+    report.row(
+        "closes not answered (not a failure)",
+        checks.close_unanswered.to_string(),
+    );
+    for sample in &checks.samples {
+        report.row("problem", sample.clone());
+    }
+    report.passed = checks.clean();
+    report
+}

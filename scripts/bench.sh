@@ -1,0 +1,213 @@
+#!/usr/bin/env bash
+# Benchmarks the relay against the bare echo server over loopback, target on core 0 and generator
+# on core 1, and prints a table of medians over RUNS runs.
+#
+# Environment:
+#   RUNS=3        runs of the whole set (medians are taken over them)
+#   DURATION=10s  measured interval of each pingpong (plus a 2 s warm-up)
+#   QUICK=1       a short version: 1 run, 3 s pingpongs, 500 connect pairs, 1000 idle pairs
+#
+# The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
+# one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
+# measurement block starts a fresh relay: pingpong+connect, idle over ws, idle over wss.
+# Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+QUICK=${QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+    RUNS=${RUNS:-1}
+    DURATION=${DURATION:-3s}
+    WARMUP=1s
+    CONNECT_PAIRS=500
+    IDLE_PAIRS=1000
+else
+    RUNS=${RUNS:-3}
+    DURATION=${DURATION:-10s}
+    WARMUP=2s
+    CONNECT_PAIRS=2000
+    IDLE_PAIRS=4000
+fi
+PAIRS=100
+SIZE=512
+WINDOW=1
+CONCURRENCY=50
+
+for tool in taskset jq; do
+    if ! command -v "$tool" >/dev/null; then
+        echo "bench.sh needs $tool (taskset is in util-linux, jq in jq): apt-get install util-linux jq" >&2
+        exit 2
+    fi
+done
+if ! taskset -c 1 true 2>/dev/null; then
+    echo "bench.sh needs two cores (0 for the target, 1 for the generator)" >&2
+    exit 2
+fi
+
+echo "== building release binaries" >&2
+cargo build --release --workspace >&2
+BIN=target/release
+
+# The load comes from one address: lift the relay's per-address bounds where it has them, as
+# --rate-limit 0 lifts the per-peer message rate.
+RELAY_FLAGS=(--rate-limit 0)
+RELAY_HELP=$("$BIN/intercessor" --help)
+for flag in --max-connections-per-ip --max-failed-attempts-per-minute; do
+    if grep -q -- "$flag" <<<"$RELAY_HELP"; then
+        RELAY_FLAGS+=("$flag" 0)
+    fi
+done
+
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+RESULTS=$TMP/results
+mkdir -p "$RESULTS"
+RELAY_PREFIX=(taskset -c 0)
+
+# Starts the echo server on core 0; sets ECHO_PID and ECHO_ADDR.
+start_echo() {
+    local log=$TMP/echo.$1.log
+    taskset -c 0 "$BIN/intercessor-echo" --listen 127.0.0.1:0 2>"$log" &
+    ECHO_PID=$!
+    STARTED+=("$ECHO_PID")
+    ECHO_ADDR=$(wait_for_address "$log" "$ECHO_PID" '.*listening on ([^ ]+).*')
+}
+
+FAILED=0
+# Runs the generator on core 1 and keeps its JSON line as $RESULTS/NAME.RUN.json.
+generate() {
+    local name=$1 run=$2
+    shift 2
+    local out=$TMP/$name.$run.out status=0
+    taskset -c 1 "$BIN/intercessor-bench" --json "$@" >"$out" || status=$?
+    sed '$d' "$out" >&2
+    tail -n1 "$out" >"$RESULTS/$name.$run.json"
+    if [[ $status == 1 ]]; then
+        echo "!! $name run $run FAILED a correctness check" >&2
+        FAILED=1
+    elif [[ $status != 0 ]]; then
+        echo "!! $name run $run could not run (exit $status)" >&2
+        exit 2
+    fi
+}
+
+CERTS=$TMP/certs
+TLS=1
+if ! "$BIN/intercessor" gen-certs --dir "$CERTS" >/dev/null 2>&1; then
+    echo "note: gen-certs failed; skipping the wss idle run" >&2
+    TLS=0
+fi
+
+# Anything else running skews both CPU figures and latencies: say so next to the results.
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS" >&2
+    start_relay "main.$run" "${RELAY_FLAGS[@]}"
+    start_echo "$run"
+    generate pingpong-relay "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
+        --target relay
+    generate pingpong-echo "$run" pingpong --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
+        --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
+        --target echo
+    generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
+    stop "$ECHO_PID" || true
+    stop "$RELAY_PID" || true
+
+    start_relay "idle-ws.$run" "${RELAY_FLAGS[@]}"
+    generate idle-ws "$run" idle --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $IDLE_PAIRS --base-rss-after-warmup
+    stop "$RELAY_PID" || true
+
+    if [[ $TLS == 1 ]]; then
+        start_relay "idle-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
+        generate idle-wss "$run" idle --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
+            --pid "$RELAY_PID" --pairs $IDLE_PAIRS --base-rss-after-warmup
+        stop "$RELAY_PID" || true
+    fi
+done
+
+# The median of a jq expression over every run of one step (mean of the middle two when even).
+median() {
+    local name=$1 expr=$2
+    cat "$RESULTS/$name".*.json 2>/dev/null | jq -s "map($expr) | map(select(. != null)) | sort |
+        if length == 0 then null
+        elif length % 2 == 1 then .[length / 2 | floor]
+        else (.[length / 2 - 1] + .[length / 2]) / 2 end"
+}
+
+# "min–max" of a jq expression over the runs, to show the spread next to the median.
+spread() {
+    local name=$1 expr=$2
+    cat "$RESULTS/$name".*.json 2>/dev/null | jq -rs "map($expr) | map(select(. != null)) |
+        if length == 0 then \"-\" else \"\\(min)–\\(max)\" end"
+}
+
+ratio() {
+    jq -n --argjson a "$1" --argjson b "$2" 'if $a == null or $b == null or $b == 0 then null
+        else ($a / $b * 100 | round) / 100 end'
+}
+
+row() {
+    printf '%-44s %16s   %s\n' "$1" "$2" "$3"
+}
+
+RELAY_MPS=$(median pingpong-relay .messages_per_s)
+ECHO_MPS=$(median pingpong-echo .messages_per_s)
+RELAY_CPU=$(median pingpong-relay .cpu.us_per_message)
+ECHO_CPU=$(median pingpong-echo .cpu.us_per_message)
+RELAY_P99=$(median pingpong-relay .rtt.p99_us)
+ECHO_P99=$(median pingpong-echo .rtt.p99_us)
+RELAY_P50=$(median pingpong-relay .rtt.p50_us)
+ECHO_P50=$(median pingpong-echo .rtt.p50_us)
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; else DIRTY=""; fi
+
+echo
+echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
+echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
+    "connect: $CONNECT_PAIRS pairs, $CONCURRENCY at a time; idle: $IDLE_PAIRS pairs" \
+    "(base RSS after a warm-up batch)"
+echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
+echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the" \
+    "machine skews every figure)"
+echo "relay flags: ${RELAY_FLAGS[*]}"
+echo
+row "figure" "median" "spread"
+row "relay: relayed messages/s (2 per round trip)" "$RELAY_MPS" "$(spread pingpong-relay .messages_per_s)"
+row "echo: echoes/s (1 per round trip)" "$ECHO_MPS" "$(spread pingpong-echo .messages_per_s)"
+row "relay: CPU-µs per relayed message" "$RELAY_CPU" "$(spread pingpong-relay .cpu.us_per_message)"
+row "echo: CPU-µs per echo" "$ECHO_CPU" "$(spread pingpong-echo .cpu.us_per_message)"
+row "CPU per message, relay / echo" "$(ratio "$RELAY_CPU" "$ECHO_CPU")" ""
+row "relay: RTT p50 µs" "$RELAY_P50" "$(spread pingpong-relay .rtt.p50_us)"
+row "echo: RTT p50 µs" "$ECHO_P50" "$(spread pingpong-echo .rtt.p50_us)"
+row "relay: RTT p99 µs" "$RELAY_P99" "$(spread pingpong-relay .rtt.p99_us)"
+row "echo: RTT p99 µs" "$ECHO_P99" "$(spread pingpong-echo .rtt.p99_us)"
+row "RTT p99, relay / echo" "$(ratio "$RELAY_P99" "$ECHO_P99")" ""
+row "relay: CPU share of core 0 during pingpong" "$(median pingpong-relay .cpu.core_share)" \
+    "$(spread pingpong-relay .cpu.core_share)"
+row "echo: CPU share of core 0 during pingpong" "$(median pingpong-echo .cpu.core_share)" \
+    "$(spread pingpong-echo .cpu.core_share)"
+row "connect: pairs/s (set up + torn down)" "$(median connect .pairs_per_s)" "$(spread connect .pairs_per_s)"
+row "connect: set-up latency p50 µs" "$(median connect .setup_latency.p50_us)" \
+    "$(spread connect .setup_latency.p50_us)"
+row "connect: set-up latency p99 µs" "$(median connect .setup_latency.p99_us)" \
+    "$(spread connect .setup_latency.p99_us)"
+row "connect: relay CPU-µs per pair" "$(median connect .cpu.us_per_pair)" "$(spread connect .cpu.us_per_pair)"
+row "idle ws: relay RSS bytes per peer" "$(median idle-ws .bytes_per_peer)" "$(spread idle-ws .bytes_per_peer)"
+if [[ $TLS == 1 ]]; then
+    row "idle wss: relay RSS bytes per peer" "$(median idle-wss .bytes_per_peer)" \
+        "$(spread idle-wss .bytes_per_peer)"
+fi
+echo
+echo "closes the relay left unanswered (connect, all runs): $(cat "$RESULTS"/connect.*.json |
+    jq -s 'map(.close_unanswered) | add') of $(cat "$RESULTS"/connect.*.json |
+    jq -s 'map(.set_up * 2) | add')"
+if [[ $FAILED == 1 ]]; then
+    echo "RESULT: FAIL (a correctness check failed; see the output above)"
+    exit 1
+fi
+echo "RESULT: PASS (no lost, reordered or corrupted message, no failed set-up, no dropped connection)"
