@@ -8,15 +8,15 @@
 
 mod common;
 
-use common::{PATIENCE, RelayProcess, Socket, TestPeer, TestRelay, config, status_of};
+use common::{
+    PATIENCE, RelayProcess, Socket, TestPeer, TestRelay, config, connect_wss, status_of, trusting,
+};
 use futures_util::{SinkExt, StreamExt};
 use intercessor::Config;
 use intercessor::config::TlsSource;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -26,8 +26,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::{sleep, timeout};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::{Connector, client_async_tls_with_config, connect_async_with_config};
+use tokio_tungstenite::connect_async_with_config;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 /// These tests load a 2-core machine on purpose and two of them measure time or memory, so they
@@ -115,18 +115,7 @@ impl Endpoint {
 
     /// Connects and reads HELLO, keeping the id it carries.
     async fn join(&self, path: &str) -> TestPeer {
-        let mut peer = TestPeer {
-            ws: self.open(path).await,
-            id: String::new(),
-        };
-        let hello = peer.recv().await;
-        assert_eq!(hello["from"], "0", "{hello}");
-        assert_eq!(hello["type"], "HELLO", "{hello}");
-        peer.id = hello["message"]["id"]
-            .as_str()
-            .expect("HELLO carries an id")
-            .to_owned();
-        peer
+        TestPeer::greeted(self.open(path).await).await
     }
 
     /// A server and one client of it, PEER_JOINED consumed.
@@ -492,45 +481,9 @@ fn assert_garbage_answer(garbage: &Garbage, answer: &[u8]) {
     );
 }
 
-/// A client TLS configuration that trusts exactly one CA file (as in tests/tls.rs).
-fn trusting(ca: &Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA PEM")).expect("CA is usable");
-    }
-    client_config(roots)
-}
-
 /// A client TLS configuration that trusts no one: enough to make a ClientHello.
 fn trusting_nobody() -> Arc<rustls::ClientConfig> {
-    client_config(rustls::RootCertStore::empty())
-}
-
-fn client_config(roots: rustls::RootCertStore) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// Opens `wss://{host}{path}` over a TCP connection to `addr`, verifying the relay as `host`
-/// (as in tests/tls.rs).
-async fn connect_wss(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    trust: Arc<rustls::ClientConfig>,
-) -> Result<Socket, WsError> {
-    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
-    tcp.set_nodelay(true).expect("nodelay");
-    let url = format!("wss://{host}:{}{path}", addr.port());
-    let connect = client_async_tls_with_config(url, tcp, None, Some(Connector::Rustls(trust)));
-    let (ws, _) = timeout(PATIENCE, connect).await.expect("in time")?;
-    Ok(ws)
+    common::client_tls(rustls::RootCertStore::empty())
 }
 
 // ---------------------------------------------------------------------------------------------

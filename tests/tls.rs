@@ -3,62 +3,18 @@
 
 mod common;
 
-use common::{PATIENCE, RelayProcess, Socket, TestPeer, TestRelay, config, start_error};
+use common::{
+    RelayProcess, Socket, TestPeer, TestRelay, config, connect_wss, start_error, trusting,
+};
 use intercessor::config::TlsSource;
 use intercessor::devcert::{self, DevCertPaths};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::json;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio_tungstenite::tungstenite::Error as WsError;
-use tokio_tungstenite::{Connector, client_async_tls_with_config};
-
-/// A client TLS configuration that trusts exactly one CA file.
-fn trusting(ca: &Path) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
-        roots.add(cert.expect("CA PEM")).expect("CA is usable");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
-/// Opens `wss://{host}{path}` over a TCP connection to `addr`, verifying the relay as `host`.
-async fn connect_wss(
-    addr: std::net::SocketAddr,
-    host: &str,
-    path: &str,
-    trust: Arc<rustls::ClientConfig>,
-) -> Result<Socket, WsError> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("tcp connect");
-    let url = format!("wss://{host}:{}{path}", addr.port());
-    let connect = client_async_tls_with_config(url, tcp, None, Some(Connector::Rustls(trust)));
-    let (ws, _) = tokio::time::timeout(PATIENCE, connect)
-        .await
-        .expect("in time")?;
-    Ok(ws)
-}
 
 async fn peer(ws: Socket) -> TestPeer {
-    let mut peer = TestPeer {
-        ws,
-        id: String::new(),
-    };
-    let hello = peer.recv().await;
-    assert_eq!(hello["type"], "HELLO");
-    peer.id = hello["message"]["id"].as_str().expect("id").to_owned();
-    peer
+    TestPeer::greeted(ws).await
 }
 
 fn generate(dir: &Path, names: &[&str]) -> DevCertPaths {

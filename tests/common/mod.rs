@@ -144,8 +144,13 @@ impl TestPeer {
 
     /// Connects and reads HELLO, keeping the id it carries.
     pub async fn join(url: &str) -> TestPeer {
+        TestPeer::greeted(TestPeer::connect_raw(url).await).await
+    }
+
+    /// Reads HELLO on an open socket, keeping the id it carries.
+    pub async fn greeted(ws: Socket) -> TestPeer {
         let mut peer = TestPeer {
-            ws: TestPeer::connect_raw(url).await,
+            ws,
             id: String::new(),
         };
         let hello = peer.recv().await;
@@ -392,4 +397,49 @@ pub fn start_error(args: &[&str], env: &[(&str, &str)]) -> String {
     let output = relay_command(args, env).output().expect("the binary runs");
     assert!(!output.status.success(), "should refuse to start");
     String::from_utf8(output.stderr).expect("utf-8")
+}
+
+/// A client TLS configuration that trusts exactly one CA file: no "insecure" switch anywhere.
+pub fn trusting(ca: &std::path::Path) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file") {
+        roots.add(cert.expect("CA PEM")).expect("CA is usable");
+    }
+    client_tls(roots)
+}
+
+/// A client TLS configuration with the given trust anchors, on the relay's crypto provider.
+pub fn client_tls(roots: rustls::RootCertStore) -> std::sync::Arc<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+/// Opens `wss://{host}{path}` over a TCP connection to `addr`, verifying the relay as `host`.
+pub async fn connect_wss(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    trust: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<Socket, WsError> {
+    let tcp = TcpStream::connect(addr).await.expect("tcp connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let url = format!("wss://{host}:{}{path}", addr.port());
+    let connect = tokio_tungstenite::client_async_tls_with_config(
+        url,
+        tcp,
+        None,
+        Some(tokio_tungstenite::Connector::Rustls(trust)),
+    );
+    let (ws, _) = tokio::time::timeout(PATIENCE, connect)
+        .await
+        .expect("in time")?;
+    Ok(ws)
 }
