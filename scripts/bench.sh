@@ -9,7 +9,9 @@
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
-# measurement block starts a fresh relay: pingpong+connect, idle over ws, idle over wss.
+# measurement block starts a fresh relay: pingpong+connect, fairness, idle over ws, idle over wss.
+# Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
+# sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +34,7 @@ PAIRS=100
 SIZE=512
 WINDOW=1
 CONCURRENCY=50
+QUIET_PAIRS=50
 
 for tool in taskset jq; do
     if ! command -v "$tool" >/dev/null; then
@@ -116,6 +119,15 @@ for run in $(seq "$RUNS"); do
     stop "$ECHO_PID" || true
     stop "$RELAY_PID" || true
 
+    start_relay "fair.$run" "${RELAY_FLAGS[@]}"
+    generate fair-quiet "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$DURATION" --warmup $WARMUP \
+        --target relay
+    generate fair-flood "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$DURATION" --warmup $WARMUP \
+        --target relay --flooders 1
+    stop "$RELAY_PID" || true
+
     start_relay "idle-ws.$run" "${RELAY_FLAGS[@]}"
     generate idle-ws "$run" idle --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $IDLE_PAIRS --base-rss-after-warmup
@@ -162,6 +174,9 @@ RELAY_P99=$(median pingpong-relay .rtt.p99_us)
 ECHO_P99=$(median pingpong-echo .rtt.p99_us)
 RELAY_P50=$(median pingpong-relay .rtt.p50_us)
 ECHO_P50=$(median pingpong-echo .rtt.p50_us)
+QUIET_P99=$(median fair-quiet .rtt.p99_us)
+FLOODED_P99=$(median fair-flood .rtt.p99_us)
+FLOOD_RATIO=$(ratio "$FLOODED_P99" "$QUIET_P99")
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; else DIRTY=""; fi
@@ -171,6 +186,8 @@ echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs
 echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
     "connect: $CONNECT_PAIRS pairs, $CONCURRENCY at a time; idle: $IDLE_PAIRS pairs" \
     "(base RSS after a warm-up batch)"
+echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
+    "with / without within 5x)"
 echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
 echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the" \
     "machine skews every figure)"
@@ -191,6 +208,14 @@ row "relay: CPU share of core 0 during pingpong" "$(median pingpong-relay .cpu.c
     "$(spread pingpong-relay .cpu.core_share)"
 row "echo: CPU share of core 0 during pingpong" "$(median pingpong-echo .cpu.core_share)" \
     "$(spread pingpong-echo .cpu.core_share)"
+row "fairness: quiet RTT p99 µs, no flooder" "$QUIET_P99" "$(spread fair-quiet .rtt.p99_us)"
+row "fairness: quiet RTT p99 µs, 1 flooder" "$FLOODED_P99" "$(spread fair-flood .rtt.p99_us)"
+row "fairness: p99 with / without flooder" "$FLOOD_RATIO" \
+    "$(jq -rn --argjson r "${FLOOD_RATIO:-null}" 'if $r == null then "-" elif $r <= 5 then "within 5x" else "OVER 5x" end')"
+row "fairness: quiet RTT p50 µs, no / 1 flooder" \
+    "$(median fair-quiet .rtt.p50_us) / $(median fair-flood .rtt.p50_us)" ""
+row "fairness: flooder msgs/s delivered" "$(median fair-flood .flooder_msgs_per_sec)" \
+    "$(spread fair-flood .flooder_msgs_per_sec)"
 row "connect: pairs/s (set up + torn down)" "$(median connect .pairs_per_s)" "$(spread connect .pairs_per_s)"
 row "connect: set-up latency p50 µs" "$(median connect .setup_latency.p50_us)" \
     "$(spread connect .setup_latency.p50_us)"

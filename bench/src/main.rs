@@ -71,6 +71,10 @@ enum Command {
         /// The relay (two relayed messages per round trip) or the echo server (one echo)
         #[arg(long, value_enum, default_value_t = pingpong::Target::Relay)]
         target: pingpong::Target,
+        /// Extra pairs (relay only) whose client sends to its server as fast as it can; their
+        /// delivered messages/s and losses are reported apart from the measured pairs'
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        flooders: usize,
         /// PID of the target process, to charge its CPU time to each message
         #[arg(long)]
         pid: Option<u32>,
@@ -169,6 +173,7 @@ async fn run(command: Command) -> Result<Report> {
             duration,
             warmup,
             target,
+            flooders,
             pid,
         } => {
             let (dialer, watched) = prepare(&endpoint, pid)?;
@@ -179,6 +184,7 @@ async fn run(command: Command) -> Result<Report> {
                 duration,
                 warmup,
                 target,
+                flooders,
             };
             let outcome = pingpong::measure(&params, dialer, watched.as_ref()).await?;
             Ok(pingpong::report(&params, &endpoint.url, &outcome, pid))
@@ -225,6 +231,7 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
         duration: Duration::from_millis(1500),
         warmup: Duration::from_millis(500),
         target: pingpong::Target::Relay,
+        flooders: 0,
     };
     let pinged = pingpong::measure(&ping, dialer.clone(), None).await?;
     let conn = connect::Params {

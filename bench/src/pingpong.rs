@@ -12,8 +12,10 @@ use serde_json::json;
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::sync::Notify;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 
 /// With messages in flight and nothing arriving this long, the rest are counted lost.
@@ -27,6 +29,14 @@ const HEADER_LEN: usize = 20;
 
 /// Largest pair number the payload header can carry.
 const MAX_PAIRS: usize = 999_999;
+
+/// A flooder's client flushes after this many frames (its write buffer may flush sooner).
+const FLOOD_FLUSH_EVERY: usize = 16;
+
+/// Most messages a flooder has sent that its server peer has not read yet: enough to keep the
+/// relay busy, few enough (about 600 KB at 512 B) that a generator slow to read cannot fill the
+/// relay's 1 MiB send queue for the server peer and get it closed as too slow.
+const FLOOD_WINDOW: u64 = 1024;
 
 /// The code echo frames are addressed to: the same length as the relay's default join code, so
 /// an echo frame is as long as the frame a relay client sends.
@@ -72,6 +82,8 @@ pub struct Params {
     pub warmup: Duration,
     /// Relay or echo server.
     pub target: Target,
+    /// Extra relay pairs whose client sends to its server as fast as it can, unmeasured.
+    pub flooders: usize,
 }
 
 /// What a run found.
@@ -86,6 +98,19 @@ pub struct Outcome {
     pub checks: Checks,
     /// The target's CPU time over the measured interval, with `--pid`.
     pub cpu: Option<CpuSpent>,
+    /// What the flooders did, with `--flooders`.
+    pub flood: Flood,
+}
+
+/// The flooders' figures, kept apart from the measured pairs'.
+#[derive(Debug, Default)]
+pub struct Flood {
+    /// Messages their server peers read inside the measured interval.
+    pub delivered: u64,
+    /// Messages their clients sent over the whole run.
+    pub sent: u64,
+    /// Their integrity counters (lost: sent but never read; reordered: read after a later one).
+    pub checks: Checks,
 }
 
 /// Integrity counters: any non-zero one fails the run.
@@ -228,16 +253,28 @@ pub async fn measure(
     if params.window == 0 {
         bail!("--window must be at least 1");
     }
+    if params.flooders > 0 && params.target != Target::Relay {
+        bail!("--flooders needs --target relay");
+    }
+    if params.pairs + params.flooders > MAX_PAIRS {
+        bail!("--pairs plus --flooders must be at most {MAX_PAIRS}");
+    }
     eprintln!(
-        "pingpong: setting up {} {}…",
+        "pingpong: setting up {} {}{}…",
         params.pairs,
         if params.target == Target::Relay {
             "pairs"
         } else {
             "connections"
+        },
+        if params.flooders > 0 {
+            format!(" and {} flooder pairs", params.flooders)
+        } else {
+            String::new()
         }
     );
-    let setups = (0..params.pairs).map(|pair| {
+    // Pair numbers from `params.pairs` on are flooders.
+    let setups = (0..params.pairs + params.flooders).map(|pair| {
         let dialer = dialer.clone();
         async move {
             match params.target {
@@ -268,7 +305,30 @@ pub async fn measure(
     );
     let mut senders = Vec::with_capacity(links.len());
     let mut reflectors = Vec::new();
+    let mut floods = Vec::new();
     for (pair, sender, server) in links {
+        if pair >= params.pairs
+            && let Some((server, code, client_id)) = server
+        {
+            let frames = Arc::new(Frames::new(
+                pair,
+                params.size,
+                format!(r#"{{"to":"{code}","type":"P","message":""#),
+                format!(r#"{{"from":"{client_id}","type":"P","message":""#),
+            ));
+            let progress = Arc::new(Progress::default());
+            floods.push((
+                tokio::spawn(flood(
+                    sender,
+                    frames.clone(),
+                    progress.clone(),
+                    began,
+                    schedule,
+                )),
+                tokio::spawn(drain(server, frames, client_id, progress, schedule)),
+            ));
+            continue;
+        }
         let frames = match &server {
             Some((_, code, _)) => Frames::new(
                 pair,
@@ -318,13 +378,190 @@ pub async fn measure(
     for reflector in reflectors {
         checks.merge(reflector.await.context("a server-peer task failed")?);
     }
+    let mut flood = Flood::default();
+    for (client, server) in floods {
+        let (sent, client_checks) = client.await.context("a flooder task failed")?;
+        let drained = server
+            .await
+            .context("a flooder's server-peer task failed")?;
+        flood.sent += sent;
+        flood.delivered += drained.delivered;
+        flood.checks.merge(client_checks);
+        let mut server_checks = drained.checks;
+        // Whatever was sent past the last message read never arrived.
+        let unread = sent.saturating_sub(drained.next);
+        if unread > 0 {
+            server_checks.note(format!("flooder: {unread} messages never read"));
+        }
+        server_checks.lost += unread;
+        flood.checks.merge(server_checks);
+    }
     Ok(Outcome {
         round_trips,
         measured: cpu.map_or(params.duration, |(_, measured)| measured),
         rtt,
         checks,
         cpu: cpu.map(|(spent, _)| spent),
+        flood,
     })
+}
+
+/// How far a flooder's server peer has read, shared with its client to bound what is in flight.
+#[derive(Default)]
+struct Progress {
+    /// One past the highest sequence number read.
+    read: AtomicU64,
+    /// Signalled whenever `read` moves.
+    moved: Notify,
+}
+
+/// A flooder's client: from `began` until the schedule ends, writes messages as fast as the
+/// connection takes them, flushing every few and keeping at most [`FLOOD_WINDOW`] unread; then
+/// waits for the server peer to read them all and closes. Returns how many it sent.
+async fn flood(
+    mut ws: Ws,
+    frames: Arc<Frames>,
+    progress: Arc<Progress>,
+    began: Instant,
+    schedule: Schedule,
+) -> (u64, Checks) {
+    let mut checks = Checks::default();
+    let pair = frames.pair;
+    sleep_until(began).await;
+    let mut next_seq = 0u64;
+    let mut unflushed = 0;
+    let result: Result<(), String> = async {
+        while Instant::now() < schedule.end {
+            if next_seq.saturating_sub(progress.read.load(Ordering::Acquire)) >= FLOOD_WINDOW {
+                if unflushed > 0 {
+                    ws.flush().await.map_err(|e| format!("send failed: {e}"))?;
+                    unflushed = 0;
+                }
+                // A stall shows up as loss at the end; keep the schedule.
+                let _ = timeout_at(schedule.end, progress.moved.notified()).await;
+                continue;
+            }
+            ws.feed(Message::text(frames.outgoing(next_seq)))
+                .await
+                .map_err(|e| format!("send failed: {e}"))?;
+            next_seq += 1;
+            unflushed += 1;
+            if unflushed >= FLOOD_FLUSH_EVERY {
+                ws.flush().await.map_err(|e| format!("send failed: {e}"))?;
+                unflushed = 0;
+            }
+        }
+        ws.flush().await.map_err(|e| format!("send failed: {e}"))
+    }
+    .await;
+    if let Err(error) = result {
+        checks.failed_connections += 1;
+        checks.note(format!("flooder pair {pair}: {error}"));
+        return (next_seq, checks);
+    }
+    // Wait for the server peer to read everything, giving up after STALL without progress.
+    loop {
+        let moved = progress.moved.notified();
+        if progress.read.load(Ordering::Acquire) >= next_seq {
+            break;
+        }
+        if timeout(STALL, moved).await.is_err() {
+            break;
+        }
+    }
+    if net::close(&mut ws).await != net::CloseOutcome::Answered {
+        checks.close_unanswered += 1;
+    }
+    (next_seq, checks)
+}
+
+/// What a flooder's server peer read.
+struct Drained {
+    /// Messages read inside the measured interval.
+    delivered: u64,
+    /// One past the highest sequence number read.
+    next: u64,
+    checks: Checks,
+}
+
+/// A flooder's server peer: reads its client's messages and checks each is the next one, intact,
+/// until the relay says the client left. Sends nothing back.
+async fn drain(
+    mut ws: Ws,
+    frames: Arc<Frames>,
+    client_id: String,
+    progress: Arc<Progress>,
+    schedule: Schedule,
+) -> Drained {
+    let mut drained = Drained {
+        delivered: 0,
+        next: 0,
+        checks: Checks::default(),
+    };
+    let checks = &mut drained.checks;
+    let pair = frames.pair;
+    let gone = format!(r#"{{"from":"0","type":"PEER_GONE","message":{{"id":"{client_id}"}}}}"#);
+    // Sequence numbers skipped over as lost, in case they turn up late.
+    let mut missing: VecDeque<u64> = VecDeque::new();
+    let mut expected = String::new();
+    let mut last = Instant::now();
+    loop {
+        let limit = (last + 2 * STALL).max(schedule.end + 2 * STALL);
+        let text = match timeout_at(limit, net::next_text(&mut ws)).await {
+            Ok(Ok(text)) => text,
+            Ok(Err(error)) => {
+                checks.failed_connections += 1;
+                checks.note(format!("flooder server peer {pair}: {error:#}"));
+                return drained;
+            }
+            Err(_) => {
+                checks.unexpected += 1;
+                checks.note(format!("flooder server peer {pair}: no PEER_GONE in time"));
+                break;
+            }
+        };
+        last = Instant::now();
+        frames.expected(&mut expected, drained.next);
+        let in_order = text.as_str() == expected;
+        let seq = if in_order {
+            Some(drained.next)
+        } else {
+            frames.sequence_of(text.as_str())
+        };
+        match seq {
+            Some(seq) if seq >= drained.next && seq - drained.next < FLOOD_WINDOW => {
+                if !in_order {
+                    checks.lost += seq - drained.next;
+                    missing.extend(drained.next..seq);
+                }
+                drained.next = seq + 1;
+                if last >= schedule.start && last < schedule.end {
+                    drained.delivered += 1;
+                }
+                progress.read.store(drained.next, Ordering::Release);
+                progress.moved.notify_one();
+            }
+            Some(seq) if missing.contains(&seq) => {
+                missing.retain(|&s| s != seq);
+                checks.lost -= 1;
+                checks.reordered += 1;
+                checks.note(format!("flooder pair {pair}: #{seq} arrived late"));
+            }
+            Some(seq) => {
+                checks.corrupted += 1;
+                checks.note(format!("flooder pair {pair}: #{seq} arrived twice"));
+            }
+            None if text.as_str() == gone => break,
+            None => {
+                checks.unexpected += 1;
+                checks.note(format!("flooder server peer {pair} got {}", clip(&text)));
+            }
+        }
+    }
+    if net::close(&mut ws).await != net::CloseOutcome::Answered {
+        drained.checks.close_unanswered += 1;
+    }
+    drained
 }
 
 /// Keeps `window` messages in flight from `began` until the schedule ends, then waits for the
@@ -517,6 +754,8 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
     let per_trip = target.messages_per_round_trip();
     let messages = outcome.round_trips * per_trip;
     let messages_per_s = messages as f64 / seconds;
+    // The target's CPU time covers the flooders' messages too: charge it to all of them.
+    let charged = messages + outcome.flood.delivered;
     let unit = match target {
         Target::Relay => "relayed message",
         Target::Echo => "echo",
@@ -527,20 +766,26 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "ns": cpu.ns,
             "source": cpu.source,
             "stat_ns": cpu.stat_ns,
-            "us_per_message": round(cpu.ns as f64 / 1000.0 / messages.max(1) as f64, 3),
+            "us_per_message": round(cpu.ns as f64 / 1000.0 / charged.max(1) as f64, 3),
             "core_share": round(cpu.ns as f64 / 1e9 / seconds, 3),
         })
     });
     let checks = &outcome.checks;
+    let flood = &outcome.flood;
     let mut report = Report::new(
         format!(
-            "pingpong → {} {url}: {} {}, {} B payload, window {}, {:?} measured after {:?} warm-up",
+            "pingpong → {} {url}: {} {}{}, {} B payload, window {}, {:?} measured after {:?} warm-up",
             target.name(),
             params.pairs,
             if target == Target::Relay {
                 "pairs"
             } else {
                 "connections"
+            },
+            if params.flooders > 0 {
+                format!(" (+ {} flooders, not in the figures)", params.flooders)
+            } else {
+                String::new()
             },
             params.size,
             params.window,
@@ -571,6 +816,16 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "failed_connections": checks.failed_connections,
             "close_unanswered": checks.close_unanswered,
             "problems": checks.samples,
+            "flooders": params.flooders,
+            "flooder_messages": flood.delivered,
+            "flooder_msgs_per_sec": round(flood.delivered as f64 / seconds, 1),
+            "flooder_sent": flood.sent,
+            "flooder_lost": flood.checks.lost,
+            "flooder_reordered": flood.checks.reordered,
+            "flooder_corrupted": flood.checks.corrupted,
+            "flooder_unexpected": flood.checks.unexpected,
+            "flooder_failed_connections": flood.checks.failed_connections,
+            "flooder_problems": flood.checks.samples,
         }),
     );
     report.row(
@@ -601,8 +856,12 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
                 ),
             );
             report.row(
-                format!("CPU-µs per {unit}"),
-                format!("{:.2}", cpu.ns as f64 / 1000.0 / messages.max(1) as f64),
+                if params.flooders > 0 {
+                    format!("CPU-µs per {unit} (flooders' included)")
+                } else {
+                    format!("CPU-µs per {unit}")
+                },
+                format!("{:.2}", cpu.ns as f64 / 1000.0 / charged.max(1) as f64),
             );
         }
         _ => report.row("CPU per message", "not measured (give --pid)"),
@@ -622,9 +881,30 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
         "closes not answered (not a failure)",
         checks.close_unanswered.to_string(),
     );
-    for sample in &checks.samples {
+    if params.flooders > 0 {
+        report.row(
+            "flooders: delivered messages/s (all flooders)",
+            format!(
+                "{} ({} sent over the run)",
+                thousands(flood.delivered as f64 / seconds),
+                thousands(flood.sent as f64)
+            ),
+        );
+        report.row(
+            "flooders: lost / reordered / corrupted / unexpected / failed conns",
+            format!(
+                "{} / {} / {} / {} / {}",
+                flood.checks.lost,
+                flood.checks.reordered,
+                flood.checks.corrupted,
+                flood.checks.unexpected,
+                flood.checks.failed_connections
+            ),
+        );
+    }
+    for sample in checks.samples.iter().chain(&flood.checks.samples) {
         report.row("problem", sample.clone());
     }
-    report.passed = checks.clean();
+    report.passed = checks.clean() && flood.checks.clean();
     report
 }
