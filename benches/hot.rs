@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the relay's pure per-message work, through its public API:
-//! parsing an envelope, reading a join code, and building the relayed frame.
+//! parsing an envelope, reading a join code, building the relayed frame, and (with
+//! `--message-schema`) validating it.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use intercessor::ids::JoinCode;
@@ -85,5 +86,30 @@ fn frame(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(hot, parse, join_code, frame);
+/// What `--message-schema examples/webrtc-signaling.schema.json` adds per message: the check of a
+/// typical WebRTC set (an OFFER, a CANDIDATE), on top of the parse above. Without the option the
+/// relay never calls it.
+#[cfg(feature = "schema")]
+fn schema(c: &mut Criterion) {
+    use intercessor::schema::MessageSchemas;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/webrtc-signaling.schema.json");
+    let schemas = MessageSchemas::load(std::path::Path::new(path)).expect("the example loads");
+    let offer = offer(512);
+    let mut group = c.benchmark_group("schema_check");
+    for (name, text) in [("offer_512B", offer.as_str()), ("candidate", CANDIDATE)] {
+        let incoming = parse_incoming(text).expect("the sample envelope is valid");
+        schemas
+            .check(&incoming.kind, incoming.message)
+            .expect("the sample conforms to the example schema");
+        group.bench_function(name, |b| {
+            b.iter(|| schemas.check(black_box(&incoming.kind), black_box(incoming.message)))
+        });
+    }
+    group.finish();
+}
+
+#[cfg(not(feature = "schema"))]
+fn schema(_: &mut Criterion) {}
+
+criterion_group!(hot, parse, join_code, frame, schema);
 criterion_main!(hot);
