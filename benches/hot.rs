@@ -92,7 +92,10 @@ fn frame(c: &mut Criterion) {
 #[cfg(feature = "schema")]
 fn schema(c: &mut Criterion) {
     use intercessor::schema::MessageSchemas;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/webrtc-signaling.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/webrtc-signaling.schema.json"
+    );
     let schemas = MessageSchemas::load(std::path::Path::new(path)).expect("the example loads");
     let offer = offer(512);
     let mut group = c.benchmark_group("schema_check");
