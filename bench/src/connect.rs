@@ -2,7 +2,7 @@
 
 use crate::net::{self, CloseOutcome, Dialer, Pair};
 use crate::procfs::{CpuSpent, Watched};
-use crate::report::{self, Report, latency_json, latency_text, round, thousands};
+use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -28,14 +28,12 @@ struct Tally {
     close_unanswered: u64,
     /// The server never heard PEER_GONE after its client closed.
     peer_gone_missing: u64,
-    samples: Vec<String>,
+    samples: Problems,
 }
 
 impl Tally {
     fn note(&mut self, what: String) {
-        if self.samples.len() < 8 {
-            self.samples.push(what);
-        }
+        self.samples.note(what);
     }
 
     fn merge(&mut self, other: Tally) {
@@ -43,9 +41,7 @@ impl Tally {
         self.failed += other.failed;
         self.close_unanswered += other.close_unanswered;
         self.peer_gone_missing += other.peer_gone_missing;
-        for sample in other.samples {
-            self.note(sample);
-        }
+        self.samples.extend(other.samples);
     }
 }
 
@@ -60,7 +56,7 @@ pub struct Outcome {
     /// Servers that did not hear PEER_GONE when their client closed (a failure).
     pub peer_gone_missing: u64,
     /// The first few problems.
-    pub samples: Vec<String>,
+    pub samples: Problems,
     /// Wall time for the whole run.
     pub elapsed: Duration,
     /// Set-up latency, µs: from the server's TCP connect to its PEER_JOINED.
@@ -201,7 +197,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "pairs_per_s": round(pairs_per_s, 1),
             "setup_latency": latency_json(&outcome.setup),
             "cpu": cpu_json,
-            "problems": outcome.samples,
+            "problems": outcome.samples.as_slice(),
         }),
     );
     report.row(
@@ -242,7 +238,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             outcome.set_up * 2
         ),
     );
-    for sample in &outcome.samples {
+    for sample in outcome.samples.as_slice() {
         report.row("problem", sample.clone());
     }
     report.passed = outcome.clean();

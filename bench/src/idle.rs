@@ -3,7 +3,7 @@
 
 use crate::net::{self, Dialer, Ws};
 use crate::procfs::{self, Watched};
-use crate::report::{Report, round, thousands};
+use crate::report::{Problems, Report, round, thousands};
 use anyhow::{Result, bail};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
@@ -49,7 +49,7 @@ pub struct Outcome {
     /// Text frames that arrived on idle connections.
     pub unexpected: u64,
     /// The first few problems.
-    pub samples: Vec<String>,
+    pub samples: Problems,
 }
 
 impl Outcome {
@@ -113,7 +113,7 @@ pub async fn measure(
     let mut keepers: Vec<JoinHandle<Kept>> = Vec::with_capacity(2 * params.pairs);
     let mut set_up = 0;
     let mut failed = 0;
-    let mut samples = Vec::new();
+    let mut samples = Problems::default();
     let started = Instant::now();
     let mut opening =
         stream::iter((0..params.pairs).map(|_| timeout(net::PATIENCE, net::open_pair(&dialer))))
@@ -127,15 +127,11 @@ pub async fn measure(
             }
             Ok(Err(error)) => {
                 failed += 1;
-                if samples.len() < 8 {
-                    samples.push(format!("set-up failed: {error:#}"));
-                }
+                samples.note(format!("set-up failed: {error:#}"));
             }
             Err(_) => {
                 failed += 1;
-                if samples.len() < 8 {
-                    samples.push(format!("set-up took over {:?}", net::PATIENCE));
-                }
+                samples.note(format!("set-up took over {:?}", net::PATIENCE));
             }
         }
     }
@@ -162,16 +158,12 @@ pub async fn measure(
     for keeper in keepers {
         let kept = keeper.await?;
         unexpected += kept.unexpected;
-        if let Some(frame) = kept.first_unexpected
-            && samples.len() < 8
-        {
-            samples.push(format!("unexpected frame on an idle connection: {frame}"));
+        if let Some(frame) = kept.first_unexpected {
+            samples.note(format!("unexpected frame on an idle connection: {frame}"));
         }
         if let Some(why) = kept.dropped {
             drops += 1;
-            if samples.len() < 8 {
-                samples.push(format!("connection dropped: {why}"));
-            }
+            samples.note(format!("connection dropped: {why}"));
         }
     }
     Ok(Outcome {
@@ -275,7 +267,7 @@ pub fn report(
             "bytes_per_peer": rss.map(|r| round(r.3, 0)),
             "drops": outcome.drops,
             "unexpected": outcome.unexpected,
-            "problems": outcome.samples,
+            "problems": outcome.samples.as_slice(),
         }),
     );
     report.row(
@@ -306,7 +298,7 @@ pub fn report(
         "dropped connections / unexpected frames",
         format!("{} / {}", outcome.drops, outcome.unexpected),
     );
-    for sample in &outcome.samples {
+    for sample in outcome.samples.as_slice() {
         report.row("problem", sample.clone());
     }
     report.passed = outcome.clean();

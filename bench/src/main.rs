@@ -264,7 +264,12 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
             "connect": connect::report(&conn, &endpoint.url, &connected, None).json,
         }),
     );
-    for sample in checks.samples.iter().chain(&connected.samples) {
+    for sample in checks
+        .samples
+        .as_slice()
+        .iter()
+        .chain(connected.samples.as_slice())
+    {
         report.row("problem", sample.clone());
     }
     report.passed = passed;

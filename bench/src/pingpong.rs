@@ -3,7 +3,7 @@
 
 use crate::net::{self, Dialer, Ws};
 use crate::procfs::{CpuSpent, Watched};
-use crate::report::{self, Report, latency_json, latency_text, round, thousands};
+use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 use futures_util::{SinkExt, StreamExt, stream};
@@ -129,14 +129,12 @@ pub struct Checks {
     /// Our closes at the end that got no close frame back (reported, not a failure).
     pub close_unanswered: u64,
     /// The first few problems, described.
-    pub samples: Vec<String>,
+    pub samples: Problems,
 }
 
 impl Checks {
     fn note(&mut self, what: String) {
-        if self.samples.len() < 8 {
-            self.samples.push(what);
-        }
+        self.samples.note(what);
     }
 
     fn merge(&mut self, other: Checks) {
@@ -146,9 +144,7 @@ impl Checks {
         self.unexpected += other.unexpected;
         self.failed_connections += other.failed_connections;
         self.close_unanswered += other.close_unanswered;
-        for sample in other.samples {
-            self.note(sample);
-        }
+        self.samples.extend(other.samples);
     }
 
     /// Whether every check held.
@@ -815,7 +811,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "unexpected": checks.unexpected,
             "failed_connections": checks.failed_connections,
             "close_unanswered": checks.close_unanswered,
-            "problems": checks.samples,
+            "problems": checks.samples.as_slice(),
             "flooders": params.flooders,
             "flooder_messages": flood.delivered,
             "flooder_msgs_per_sec": round(flood.delivered as f64 / seconds, 1),
@@ -825,7 +821,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "flooder_corrupted": flood.checks.corrupted,
             "flooder_unexpected": flood.checks.unexpected,
             "flooder_failed_connections": flood.checks.failed_connections,
-            "flooder_problems": flood.checks.samples,
+            "flooder_problems": flood.checks.samples.as_slice(),
         }),
     );
     report.row(
@@ -902,7 +898,12 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             ),
         );
     }
-    for sample in checks.samples.iter().chain(&flood.checks.samples) {
+    for sample in checks
+        .samples
+        .as_slice()
+        .iter()
+        .chain(flood.checks.samples.as_slice())
+    {
         report.row("problem", sample.clone());
     }
     report.passed = checks.clean() && flood.checks.clean();

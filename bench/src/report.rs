@@ -3,6 +3,34 @@
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+/// How many problem descriptions a run keeps; the rest are only counted.
+const PROBLEMS_KEPT: usize = 8;
+
+/// The first few problems of a run, described in words, for the table and the JSON line.
+#[derive(Debug, Default, Clone)]
+pub struct Problems(Vec<String>);
+
+impl Problems {
+    /// Keeps `what` if fewer than [`PROBLEMS_KEPT`] are kept already.
+    pub fn note(&mut self, what: String) {
+        if self.0.len() < PROBLEMS_KEPT {
+            self.0.push(what);
+        }
+    }
+
+    /// Adds another task's problems, within the same bound.
+    pub fn extend(&mut self, other: Problems) {
+        for what in other.0 {
+            self.note(what);
+        }
+    }
+
+    /// The problems kept, in the order noted.
+    pub fn as_slice(&self) -> &[String] {
+        &self.0
+    }
+}
+
 /// What one subcommand found.
 pub struct Report {
     /// First line of the table.
