@@ -191,7 +191,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) {
             Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(crate::server::ACCEPT_BACKOFF).await;
                 continue;
             }
         };

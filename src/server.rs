@@ -29,7 +29,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 const HTTP_MAX_BUFFER: usize = 8 * 1024;
 
 /// Pause after a failed `accept` (e.g. out of file descriptors) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Initial read buffer per WebSocket. tungstenite fills its whole capacity on every read, so this
 /// is memory each idle peer really holds; signaling frames are a few hundred bytes, and a larger
