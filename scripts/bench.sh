@@ -9,7 +9,12 @@
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
-# measurement block starts a fresh relay: pingpong+connect, fairness, idle over ws, idle over wss.
+# measurement block starts a fresh relay: pingpong+connect, fairness, idle over ws, connect over
+# wss, idle over wss.
+# Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
+# per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
+# difference between the two set-up figures is what the relay spends on the TLS handshakes, two
+# per pair.
 # Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
 # sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
@@ -97,7 +102,7 @@ generate() {
 CERTS=$TMP/certs
 TLS=1
 if ! "$BIN/intercessor" gen-certs --dir "$CERTS" >/dev/null 2>&1; then
-    echo "note: gen-certs failed; skipping the wss idle run" >&2
+    echo "note: gen-certs failed; skipping the wss connect and idle runs" >&2
     TLS=0
 fi
 
@@ -134,6 +139,11 @@ for run in $(seq "$RUNS"); do
     stop "$RELAY_PID" || true
 
     if [[ $TLS == 1 ]]; then
+        start_relay "connect-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
+        generate connect-wss "$run" connect --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
+            --pid "$RELAY_PID" --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
+        stop "$RELAY_PID" || true
+
         start_relay "idle-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
         generate idle-wss "$run" idle --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
             --pid "$RELAY_PID" --pairs $IDLE_PAIRS --base-rss-after-warmup
@@ -162,8 +172,19 @@ ratio() {
         else ($a / $b * 100 | round) / 100 end'
 }
 
+# wss minus ws, two decimals.
+difference() {
+    jq -n --argjson a "$1" --argjson b "$2" 'if $a == null or $b == null then null
+        else (($a - $b) * 100 | round) / 100 end'
+}
+
 row() {
-    printf '%-44s %16s   %s\n' "$1" "$2" "$3"
+    printf '%-56s %16s   %s\n' "$1" "$2" "$3"
+}
+
+# "UNANSWERED of CLOSES" over every run of one connect step.
+unanswered() {
+    cat "$RESULTS/$1".*.json | jq -rs '"\(map(.close_unanswered) | add) of \(map(.set_up * 2) | add)"'
 }
 
 RELAY_MPS=$(median pingpong-relay .messages_per_s)
@@ -177,6 +198,7 @@ ECHO_P50=$(median pingpong-echo .rtt.p50_us)
 QUIET_P99=$(median fair-quiet .rtt.p99_us)
 FLOODED_P99=$(median fair-flood .rtt.p99_us)
 FLOOD_RATIO=$(ratio "$FLOODED_P99" "$QUIET_P99")
+WS_SETUP=$(median connect .cpu.us_per_setup)
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; else DIRTY=""; fi
@@ -184,8 +206,8 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; e
 echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
 echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
-    "connect: $CONNECT_PAIRS pairs, $CONCURRENCY at a time; idle: $IDLE_PAIRS pairs" \
-    "(base RSS after a warm-up batch)"
+    "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
+    "$CONCURRENCY at a time; idle: $IDLE_PAIRS pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
 echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
@@ -216,21 +238,34 @@ row "fairness: quiet RTT p50 µs, no / 1 flooder" \
     "$(median fair-quiet .rtt.p50_us) / $(median fair-flood .rtt.p50_us)" ""
 row "fairness: flooder msgs/s delivered" "$(median fair-flood .flooder_msgs_per_sec)" \
     "$(spread fair-flood .flooder_msgs_per_sec)"
-row "connect: pairs/s (set up + torn down)" "$(median connect .pairs_per_s)" "$(spread connect .pairs_per_s)"
-row "connect: set-up latency p50 µs" "$(median connect .setup_latency.p50_us)" \
+row "connect ws: pairs/s (set up + torn down)" "$(median connect .pairs_per_s)" "$(spread connect .pairs_per_s)"
+row "connect ws: set-up latency p50 µs" "$(median connect .setup_latency.p50_us)" \
     "$(spread connect .setup_latency.p50_us)"
-row "connect: set-up latency p99 µs" "$(median connect .setup_latency.p99_us)" \
+row "connect ws: set-up latency p99 µs" "$(median connect .setup_latency.p99_us)" \
     "$(spread connect .setup_latency.p99_us)"
-row "connect: relay CPU-µs per pair" "$(median connect .cpu.us_per_pair)" "$(spread connect .cpu.us_per_pair)"
+row "connect ws: relay CPU-µs per pair set-up" "$WS_SETUP" "$(spread connect .cpu.us_per_setup)"
+row "connect ws: relay CPU-µs per pair tear-down" "$(median connect .cpu.us_per_teardown)" \
+    "$(spread connect .cpu.us_per_teardown)"
+if [[ $TLS == 1 ]]; then
+    WSS_SETUP=$(median connect-wss .cpu.us_per_setup)
+    TLS_PER_PAIR=$(difference "$WSS_SETUP" "$WS_SETUP")
+    row "connect wss: relay CPU-µs per pair set-up" "$WSS_SETUP" "$(spread connect-wss .cpu.us_per_setup)"
+    row "connect wss: relay CPU-µs per pair tear-down" "$(median connect-wss .cpu.us_per_teardown)" \
+        "$(spread connect-wss .cpu.us_per_teardown)"
+    row "TLS handshakes: relay CPU-µs per pair (wss − ws set-up)" "$TLS_PER_PAIR" \
+        "$(jq -rn --argjson d "${TLS_PER_PAIR:-null}" 'if $d == null then "-"
+            else "\(($d / 2 * 100 | round) / 100) per handshake (2 per pair)" end')"
+fi
 row "idle ws: relay RSS bytes per peer" "$(median idle-ws .bytes_per_peer)" "$(spread idle-ws .bytes_per_peer)"
 if [[ $TLS == 1 ]]; then
     row "idle wss: relay RSS bytes per peer" "$(median idle-wss .bytes_per_peer)" \
         "$(spread idle-wss .bytes_per_peer)"
 fi
 echo
-echo "closes the relay left unanswered (connect, all runs): $(cat "$RESULTS"/connect.*.json |
-    jq -s 'map(.close_unanswered) | add') of $(cat "$RESULTS"/connect.*.json |
-    jq -s 'map(.set_up * 2) | add')"
+echo "closes the relay left unanswered (connect ws, all runs): $(unanswered connect)"
+if [[ $TLS == 1 ]]; then
+    echo "closes the relay left unanswered (connect wss, all runs): $(unanswered connect-wss)"
+fi
 if [[ $FAILED == 1 ]]; then
     echo "RESULT: FAIL (a correctness check failed; see the output above)"
     exit 1

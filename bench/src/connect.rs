@@ -1,21 +1,29 @@
-//! `connect`: how fast pairs are set up (server HELLO, client HELLO, PEER_JOINED) and torn down.
+//! `connect`: what setting up pairs (server HELLO, client HELLO, PEER_JOINED) and tearing them
+//! down costs the relay.
+//!
+//! A run has two phases: every pair is set up and held open, then every pair is torn down. The
+//! relay's CPU time is read between them, so the set-up cost is isolated from the tear-down cost
+//! rather than blended with it.
 
 use crate::net::{self, CloseOutcome, Dialer, Pair};
-use crate::procfs::{CpuSpent, Watched};
+use crate::procfs::{self, CpuSpent, Watched};
 use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
+/// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
+const SPARE_FDS: u64 = 64;
+
 /// How to run.
 pub struct Params {
-    /// Pairs to set up and tear down.
+    /// Pairs to set up, hold open together, then tear down (two sockets each).
     pub pairs: usize,
-    /// Pairs in progress at once.
+    /// Pairs being set up, or torn down, at once.
     pub concurrency: usize,
 }
 
@@ -45,6 +53,31 @@ impl Tally {
     }
 }
 
+/// The relay's CPU time in each phase.
+#[derive(Debug, Clone, Copy)]
+pub struct PhaseCpu {
+    /// While the pairs were set up.
+    pub setup: CpuSpent,
+    /// While they were torn down.
+    pub teardown: CpuSpent,
+}
+
+impl PhaseCpu {
+    /// Both phases together, as one figure for consumers of the whole-run cost.
+    pub fn total(&self) -> CpuSpent {
+        CpuSpent {
+            ns: self.setup.ns + self.teardown.ns,
+            // Schedstat could vanish between the phases; then neither name is true of the sum.
+            source: if self.setup.source == self.teardown.source {
+                self.setup.source
+            } else {
+                "mixed"
+            },
+            stat_ns: self.setup.stat_ns + self.teardown.stat_ns,
+        }
+    }
+}
+
 /// What a run found.
 pub struct Outcome {
     /// Pairs fully set up.
@@ -57,12 +90,14 @@ pub struct Outcome {
     pub peer_gone_missing: u64,
     /// The first few problems.
     pub samples: Problems,
-    /// Wall time for the whole run.
-    pub elapsed: Duration,
+    /// Wall time of the set-up phase.
+    pub setup_elapsed: Duration,
+    /// Wall time of the tear-down phase.
+    pub teardown_elapsed: Duration,
     /// Set-up latency, µs: from the server's TCP connect to its PEER_JOINED.
     pub setup: Histogram<u64>,
-    /// The relay's CPU time over the whole run, with `--pid`.
-    pub cpu: Option<CpuSpent>,
+    /// The relay's CPU time in each phase, with `--pid`.
+    pub cpu: Option<PhaseCpu>,
 }
 
 impl Outcome {
@@ -70,9 +105,18 @@ impl Outcome {
     pub fn clean(&self) -> bool {
         self.failed == 0 && self.peer_gone_missing == 0
     }
+
+    /// Wall time of both phases.
+    pub fn elapsed(&self) -> Duration {
+        self.setup_elapsed + self.teardown_elapsed
+    }
 }
 
-/// Sets up and tears down `pairs` pairs, `concurrency` at a time.
+/// Sets up `pairs` pairs, `concurrency` at a time, and holds them; then tears them all down,
+/// `concurrency` at a time. The relay's CPU is read before, between and after.
+///
+/// Held pairs are not read until their tear-down, so the set-up phase must end within the relay's
+/// `--idle-timeout` (60 s by default) and the pairs fit its `--max-connections` (10,000 sockets).
 pub async fn measure(
     params: &Params,
     dialer: Arc<Dialer>,
@@ -81,13 +125,61 @@ pub async fn measure(
     if params.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
+    let need = 2 * params.pairs as u64 + SPARE_FDS;
+    if let Some(limit) = procfs::open_files_limit()
+        && need > limit
+    {
+        bail!(
+            "{} pairs held open together need about {need} open files but this process may have \
+             {limit}; raise the limit (ulimit -n) or give fewer --pairs",
+            params.pairs
+        );
+    }
+
     eprintln!(
-        "connect: {} pairs, {} at a time…",
+        "connect: setting up {} pairs, {} at a time…",
         params.pairs, params.concurrency
     );
-    let next = Arc::new(AtomicUsize::new(0));
     let before = watched.map(Watched::cpu).transpose()?;
     let started = Instant::now();
+    let (pairs, mut tally, setup) = set_up_all(params, dialer).await?;
+    let setup_elapsed = started.elapsed();
+    let between = watched.map(Watched::cpu).transpose()?;
+
+    eprintln!(
+        "connect: {} pairs open in {:.2} s; tearing them down…",
+        pairs.len(),
+        setup_elapsed.as_secs_f64()
+    );
+    let started = Instant::now();
+    tally.merge(tear_down_all(pairs, params.concurrency).await?);
+    let teardown_elapsed = started.elapsed();
+    let cpu = match (watched, before, between) {
+        (Some(watched), Some(before), Some(between)) => Some(PhaseCpu {
+            setup: before.until(&between)?,
+            teardown: between.until(&watched.cpu()?)?,
+        }),
+        _ => None,
+    };
+    Ok(Outcome {
+        set_up: tally.set_up,
+        failed: tally.failed,
+        close_unanswered: tally.close_unanswered,
+        peer_gone_missing: tally.peer_gone_missing,
+        samples: tally.samples,
+        setup_elapsed,
+        teardown_elapsed,
+        setup,
+        cpu,
+    })
+}
+
+/// The set-up phase: workers take pair numbers from a shared counter and keep what they open.
+async fn set_up_all(
+    params: &Params,
+    dialer: Arc<Dialer>,
+) -> Result<(Vec<Pair>, Tally, Histogram<u64>)> {
+    let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..params.concurrency.min(params.pairs.max(1)))
         .map(|_| {
             let next = next.clone();
@@ -96,6 +188,7 @@ pub async fn measure(
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut setup = report::histogram();
+                let mut pairs = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let began = Instant::now();
                     match timeout(net::PATIENCE, net::open_pair(&dialer)).await {
@@ -103,7 +196,7 @@ pub async fn measure(
                             let micros = began.elapsed().as_micros();
                             setup.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
                             tally.set_up += 1;
-                            tear_down(pair, &mut tally).await;
+                            pairs.push(pair);
                         }
                         Ok(Err(error)) => {
                             tally.failed += 1;
@@ -115,34 +208,49 @@ pub async fn measure(
                         }
                     }
                 }
-                (tally, setup)
+                (pairs, tally, setup)
             })
         })
         .collect();
+    let mut pairs = Vec::with_capacity(params.pairs);
     let mut tally = Tally::default();
     let mut setup = report::histogram();
     for worker in workers {
-        let (worker_tally, worker_setup) = worker.await?;
+        let (worker_pairs, worker_tally, worker_setup) = worker.await?;
+        pairs.extend(worker_pairs);
         tally.merge(worker_tally);
         setup
             .add(&worker_setup)
             .expect("histograms share their bounds");
     }
-    let elapsed = started.elapsed();
-    let cpu = match (watched, before) {
-        (Some(watched), Some(before)) => Some(before.until(&watched.cpu()?)?),
-        _ => None,
-    };
-    Ok(Outcome {
-        set_up: tally.set_up,
-        failed: tally.failed,
-        close_unanswered: tally.close_unanswered,
-        peer_gone_missing: tally.peer_gone_missing,
-        samples: tally.samples,
-        elapsed,
-        setup,
-        cpu,
-    })
+    Ok((pairs, tally, setup))
+}
+
+/// The tear-down phase: workers take pairs from a shared list until it is empty.
+async fn tear_down_all(pairs: Vec<Pair>, concurrency: usize) -> Result<Tally> {
+    let count = concurrency.min(pairs.len().max(1));
+    let queue = Arc::new(Mutex::new(pairs));
+    let workers: Vec<_> = (0..count)
+        .map(|_| {
+            let queue = queue.clone();
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    // Its own statement, so the lock is released before the pair is torn down.
+                    // A worker that panicked cannot have left the list half-popped.
+                    let pair = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
+                    let Some(pair) = pair else { break };
+                    tear_down(pair, &mut tally).await;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut tally = Tally::default();
+    for worker in workers {
+        tally.merge(worker.await?);
+    }
+    Ok(tally)
 }
 
 /// The client closes first; its server must hear PEER_GONE; then the server closes.
@@ -165,23 +273,35 @@ async fn tear_down(pair: Pair, tally: &mut Tally) {
     }
 }
 
+/// CPU-µs per pair, for `ns` spent on `pairs` pairs.
+fn us_per_pair(ns: u64, pairs: u64) -> f64 {
+    ns as f64 / 1000.0 / pairs.max(1) as f64
+}
+
 /// The table and JSON for a run.
 pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -> Report {
-    let seconds = outcome.elapsed.as_secs_f64();
+    let seconds = outcome.elapsed().as_secs_f64();
+    let setup_seconds = outcome.setup_elapsed.as_secs_f64();
     let pairs_per_s = outcome.set_up as f64 / seconds;
+    let setup_pairs_per_s = outcome.set_up as f64 / setup_seconds;
     let cpu_json = outcome.cpu.map(|cpu| {
+        let total = cpu.total();
         json!({
             "pid": pid,
-            "ns": cpu.ns,
-            "source": cpu.source,
-            "stat_ns": cpu.stat_ns,
-            "us_per_pair": round(cpu.ns as f64 / 1000.0 / outcome.set_up.max(1) as f64, 2),
-            "core_share": round(cpu.ns as f64 / 1e9 / seconds, 3),
+            "ns": total.ns,
+            "source": total.source,
+            "stat_ns": total.stat_ns,
+            "setup_ns": cpu.setup.ns,
+            "teardown_ns": cpu.teardown.ns,
+            "us_per_pair": round(us_per_pair(total.ns, outcome.set_up), 2),
+            "us_per_setup": round(us_per_pair(cpu.setup.ns, outcome.set_up), 2),
+            "us_per_teardown": round(us_per_pair(cpu.teardown.ns, outcome.set_up), 2),
+            "core_share": round(total.ns as f64 / 1e9 / seconds, 3),
         })
     });
     let mut report = Report::new(
         format!(
-            "connect → {url}: {} pairs, {} at a time (set up, then torn down)",
+            "connect → {url}: {} pairs, {} at a time (all set up and held, then all torn down)",
             params.pairs, params.concurrency
         ),
         json!({
@@ -194,7 +314,10 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "peer_gone_missing": outcome.peer_gone_missing,
             "close_unanswered": outcome.close_unanswered,
             "elapsed_s": round(seconds, 3),
+            "setup_s": round(setup_seconds, 3),
+            "teardown_s": round(outcome.teardown_elapsed.as_secs_f64(), 3),
             "pairs_per_s": round(pairs_per_s, 1),
+            "setup_pairs_per_s": round(setup_pairs_per_s, 1),
             "setup_latency": latency_json(&outcome.setup),
             "cpu": cpu_json,
             "problems": outcome.samples.as_slice(),
@@ -208,23 +331,33 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
         "pairs/s (set up and torn down)",
         format!("{} in {seconds:.2} s", thousands(pairs_per_s)),
     );
+    report.row(
+        "pairs/s (set-up phase)",
+        format!("{} in {setup_seconds:.2} s", thousands(setup_pairs_per_s)),
+    );
     report.row("set-up latency", latency_text(&outcome.setup));
     match (outcome.cpu, pid) {
         (Some(cpu), Some(pid)) => {
+            let total = cpu.total();
             report.row(
-                format!("CPU of PID {pid} ({})", cpu.source),
+                format!("CPU of PID {pid} ({})", total.source),
                 format!(
                     "{:.1} ms ({:.0}% of a core)",
-                    cpu.ns as f64 / 1e6,
-                    cpu.ns as f64 / 1e9 / seconds * 100.0
+                    total.ns as f64 / 1e6,
+                    total.ns as f64 / 1e9 / seconds * 100.0
                 ),
             );
             report.row(
+                "CPU-µs per pair set-up",
+                format!("{:.1}", us_per_pair(cpu.setup.ns, outcome.set_up)),
+            );
+            report.row(
+                "CPU-µs per pair tear-down",
+                format!("{:.1}", us_per_pair(cpu.teardown.ns, outcome.set_up)),
+            );
+            report.row(
                 "CPU-µs per pair (set-up + tear-down)",
-                format!(
-                    "{:.1}",
-                    cpu.ns as f64 / 1000.0 / outcome.set_up.max(1) as f64
-                ),
+                format!("{:.1}", us_per_pair(total.ns, outcome.set_up)),
             );
         }
         _ => report.row("CPU per pair", "not measured (give --pid)"),

@@ -79,17 +79,18 @@ enum Command {
         #[arg(long)]
         pid: Option<u32>,
     },
-    /// Sets up pairs (HELLO, HELLO, PEER_JOINED) and tears them down, C at a time
+    /// Sets up N pairs (HELLO, HELLO, PEER_JOINED) C at a time and holds them, then tears them all
+    /// down C at a time; the relay's CPU is read between the two phases
     Connect {
         #[command(flatten)]
         endpoint: Endpoint,
-        /// Pairs to set up and tear down
+        /// Pairs to set up, hold open together, and tear down (two sockets each)
         #[arg(long, default_value_t = 2000)]
         pairs: usize,
-        /// Pairs in progress at once
+        /// Pairs being set up, or torn down, at once
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
-        /// PID of the relay, to charge its CPU time to each pair
+        /// PID of the relay, to charge its CPU time to each pair's set-up and tear-down
         #[arg(long)]
         pid: Option<u32>,
     },
