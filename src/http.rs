@@ -20,7 +20,7 @@ use subtle::ConstantTimeEq;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug};
+use tracing::debug;
 
 /// Liveness: answers `200 ok` while the process runs.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -129,19 +129,16 @@ pub async fn handle(
     let session = {
         let app = app.clone();
         async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let io = TokioIo::new(upgraded);
-                    let ws =
-                        WebSocketStream::from_raw_socket(io, Role::Server, Some(app.websocket))
-                            .await;
-                    peer::run(ws, app.sessions.clone(), admission, slot).await;
-                }
-                Err(error) => debug!(%error, "upgrade failed"),
-            }
+            let upgraded = match on_upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(error) => return debug!(%remote, %error, "upgrade failed"),
+            };
+            let io = TokioIo::new(upgraded);
+            let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(app.websocket)).await;
+            peer::run(ws, app.sessions.clone(), admission, slot, remote).await;
         }
     };
-    app.tracker.spawn(session.in_current_span());
+    app.tracker.spawn(session);
     let mut response = Response::new(Body::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();

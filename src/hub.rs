@@ -89,6 +89,8 @@ pub struct UnknownPeer;
 pub struct Membership {
     hub: Hub,
     id: PeerId,
+    /// Set once the peer has left, so a later drop cannot evict a newer peer given the same code.
+    left: bool,
 }
 
 impl Membership {
@@ -96,11 +98,18 @@ impl Membership {
     pub fn id(&self) -> PeerId {
         self.id
     }
+
+    /// Leaves the hub now rather than on drop; counterparts hear PEER_GONE at once.
+    pub fn leave(&mut self) {
+        if !std::mem::replace(&mut self.left, true) {
+            self.hub.evict(self.id, None);
+        }
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
-        self.hub.evict(self.id, None);
+        self.leave();
     }
 }
 
@@ -146,6 +155,7 @@ impl Hub {
         Membership {
             hub: self.clone(),
             id: PeerId::Server(code),
+            left: false,
         }
     }
 
@@ -192,6 +202,7 @@ impl Hub {
         Ok(Membership {
             hub: self.clone(),
             id: PeerId::Client(id),
+            left: false,
         })
     }
 
@@ -286,7 +297,6 @@ impl Hub {
 mod tests {
     use super::*;
     use crate::outbox::{self, Inbox};
-    use std::collections::VecDeque;
 
     const ROOMY: usize = 1 << 20;
 
@@ -298,15 +308,12 @@ mod tests {
     async fn drain(inbox: &Inbox) -> (Vec<String>, Option<Closing>) {
         let mut frames = Vec::new();
         loop {
-            let mut batch = VecDeque::new();
-            let next = tokio::time::timeout(
-                std::time::Duration::from_millis(10),
-                inbox.next_batch(&mut batch),
-            )
-            .await;
+            let next =
+                tokio::time::timeout(std::time::Duration::from_millis(10), inbox.next_batch())
+                    .await;
             match next {
-                Ok(None) => frames.extend(batch),
-                Ok(Some(closing)) => return (frames, Some(closing)),
+                Ok(Ok(batch)) => frames.extend(batch),
+                Ok(Err(closing)) => return (frames, Some(closing)),
                 Err(_) => return (frames, None),
             }
         }

@@ -1,5 +1,6 @@
 //! Peer identities: short join codes for servers, long random ids for clients.
 
+use rand::RngCore;
 use std::fmt;
 
 /// Crockford's base32 alphabet: no I, L, O or U, so a code read aloud is never ambiguous.
@@ -15,6 +16,15 @@ pub const MAX_CODE_LENGTH: usize = 16;
 /// Client ids are longer than any join code, so the two can never be equal.
 pub const CLIENT_ID_LENGTH: usize = 21;
 
+/// Random bytes for nanoid from the thread's cryptographically secure generator (ChaCha, seeded
+/// from the OS and reseeded by rand). nanoid's own default seeds a new generator from the OS for
+/// every id: a system call per connection.
+fn random_bytes(size: usize) -> Vec<u8> {
+    let mut bytes = vec![0; size];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes
+}
+
 /// The id of a server peer: a short code people read aloud and type.
 ///
 /// Stored inline (no heap) because every client entry holds a copy.
@@ -28,7 +38,7 @@ impl JoinCode {
     /// Draws a fresh random code of `length` characters (4–16) with nanoid.
     pub fn generate(length: usize) -> JoinCode {
         let length = length.clamp(MIN_CODE_LENGTH, MAX_CODE_LENGTH);
-        let text = nanoid::nanoid!(length, &CROCKFORD);
+        let text = nanoid::nanoid!(length, &CROCKFORD, random_bytes);
         JoinCode::from_canonical(text.as_bytes())
     }
 
@@ -91,7 +101,7 @@ pub struct ClientId([u8; CLIENT_ID_LENGTH]);
 impl ClientId {
     /// Draws a fresh random id (21 URL-safe characters, about 126 bits).
     pub fn generate() -> ClientId {
-        let text = nanoid::nanoid!(CLIENT_ID_LENGTH);
+        let text = nanoid::nanoid!(CLIENT_ID_LENGTH, &nanoid::alphabet::SAFE, random_bytes);
         let mut bytes = [0u8; CLIENT_ID_LENGTH];
         bytes.copy_from_slice(text.as_bytes());
         ClientId(bytes)

@@ -99,21 +99,21 @@ impl Outbox {
 }
 
 impl Inbox {
-    /// Waits for frames, moving every queued one into `batch` (which must be empty).
+    /// Waits for frames and takes every queued one, or returns the close request once no frames
+    /// remain before it.
     ///
-    /// Returns the close request once no frames remain before it. Cancel-safe: nothing is taken
-    /// from the queue until the call returns.
-    pub async fn next_batch(&self, batch: &mut VecDeque<String>) -> Option<Closing> {
+    /// The queue gives up its buffer with the frames, so an idle peer holds no queue memory.
+    /// Cancel-safe: nothing is taken from the queue until the call returns.
+    pub async fn next_batch(&self) -> Result<VecDeque<String>, Closing> {
         loop {
             {
                 let mut queue = self.0.lock();
                 if !queue.frames.is_empty() {
-                    std::mem::swap(&mut queue.frames, batch);
                     queue.bytes = 0;
-                    return None;
+                    return Ok(std::mem::take(&mut queue.frames));
                 }
                 if let Some(closing) = queue.closing {
-                    return Some(closing);
+                    return Err(closing);
                 }
             }
             self.0.wake.notified().await;
@@ -146,9 +146,10 @@ mod tests {
         let (outbox, inbox) = bounded(100);
         outbox.push("a".into()).expect("room");
         outbox.push("bc".into()).expect("room");
-        let mut batch = VecDeque::new();
-        assert_eq!(inbox.next_batch(&mut batch).await, None);
-        assert_eq!(batch, ["a", "bc"]);
+        assert_eq!(
+            inbox.next_batch().await,
+            Ok(VecDeque::from(["a".into(), "bc".into()]))
+        );
     }
 
     #[tokio::test]
@@ -157,9 +158,7 @@ mod tests {
         outbox.push("x".repeat(6)).expect("room");
         assert_eq!(outbox.push("x".repeat(5)), Err(QueueFull));
         outbox.push("x".repeat(4)).expect("exactly at the bound");
-        let mut batch = VecDeque::new();
-        inbox.next_batch(&mut batch).await;
-        assert_eq!(batch.len(), 2);
+        assert_eq!(inbox.next_batch().await.map(|batch| batch.len()), Ok(2));
         outbox.push("x".repeat(10)).expect("drained");
     }
 
@@ -169,12 +168,11 @@ mod tests {
         outbox.push("PEER_GONE".into()).expect("room");
         outbox.close(GONE);
         outbox.push("late".into()).expect("discarded quietly");
-        let mut batch = VecDeque::new();
-        assert_eq!(inbox.next_batch(&mut batch).await, None);
-        assert_eq!(batch, ["PEER_GONE"]);
-        batch.clear();
-        assert_eq!(inbox.next_batch(&mut batch).await, Some(GONE));
-        assert!(batch.is_empty());
+        assert_eq!(
+            inbox.next_batch().await,
+            Ok(VecDeque::from(["PEER_GONE".into()]))
+        );
+        assert_eq!(inbox.next_batch().await, Err(GONE));
         let overflowed =
             tokio::time::timeout(std::time::Duration::from_millis(20), inbox.overflowed());
         assert!(
@@ -182,23 +180,18 @@ mod tests {
             "a server-gone close waits for queued frames"
         );
         outbox.close(TOO_SLOW);
-        assert_eq!(
-            inbox.next_batch(&mut batch).await,
-            Some(GONE),
-            "the first close wins"
-        );
+        assert_eq!(inbox.next_batch().await, Err(GONE), "the first close wins");
     }
 
     #[tokio::test]
     async fn wakes_a_waiting_task() {
         let (outbox, inbox) = bounded(100);
-        let waiter = tokio::spawn(async move {
-            let mut batch = VecDeque::new();
-            inbox.next_batch(&mut batch).await;
-            batch
-        });
+        let waiter = tokio::spawn(async move { inbox.next_batch().await });
         tokio::task::yield_now().await;
         outbox.push("hi".into()).expect("room");
-        assert_eq!(waiter.await.expect("no panic"), ["hi"]);
+        assert_eq!(
+            waiter.await.expect("no panic"),
+            Ok(VecDeque::from(["hi".into()]))
+        );
     }
 }

@@ -11,12 +11,16 @@ use crate::limits::{RateLimiter, Slot, Verdict};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
 use crate::protocol::{self, ErrorCode, close};
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -130,17 +134,28 @@ enum End {
     Left(u16),
 }
 
+/// What woke the session's loop. Kept small: it is held across the write that follows.
 enum Event {
-    Shutdown,
-    Outgoing(Option<Closing>),
-    Incoming(Option<Result<Message, WsError>>),
+    Ended(End),
+    Outgoing(VecDeque<String>),
+    Incoming(Message),
     Timer,
 }
 
-/// Runs one peer's session until it ends. `slot` holds its place under the connection bounds.
-pub async fn run<S>(ws: WebSocketStream<S>, context: Arc<Context>, admission: Admission, slot: Slot)
+/// Registers the peer and returns its session, to be awaited until it ends; a refused peer gets
+/// its ERROR and close instead. `slot` holds its place under the connection bounds.
+///
+/// Registration is synchronous and the returned future owns the socket once: a spawned session
+/// lives as long as its peer stays connected, so its size is memory every idle peer holds.
+pub fn run<S>(
+    ws: WebSocketStream<S>,
+    context: Arc<Context>,
+    admission: Admission,
+    slot: Slot,
+    remote: SocketAddr,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
     let (outbox, inbox) = outbox::bounded(context.config.send_queue_bytes);
@@ -162,62 +177,39 @@ where
             }),
         Admission::Refused(refusal) => Err(refusal),
     };
-    let membership = match registered {
-        Ok(membership) => membership,
+    match registered {
+        Ok(membership) => {
+            let limiter = RateLimiter::new(
+                context.config.rate_limit,
+                context.config.flood_window,
+                started.into_std(),
+            );
+            let session = Session {
+                ws,
+                outbox,
+                inbox,
+                membership,
+                context,
+                limiter,
+                _slot: slot,
+                remote,
+                started,
+            };
+            Either::Left(session.serve())
+        }
         Err(refusal) => {
             if refusal.is_failed_attempt() {
                 slot.record_failure(std::time::Instant::now());
             }
             context.metrics.error(refusal.code.as_str());
             context.metrics.closed(refusal.closing.code);
-            refuse(ws, refusal).await;
-            return;
+            // Boxed: refusals are rare and short, and inline they would set every session's size.
+            Either::Right(Box::pin(refuse(ws, refusal, remote)))
         }
-    };
-    let id = membership.id();
-    let role = match id {
-        PeerId::Server(_) => "server",
-        PeerId::Client(_) => "client",
-    };
-    let mut session = Session {
-        ws,
-        outbox,
-        inbox,
-        membership,
-        context: context.clone(),
-        limiter: RateLimiter::new(
-            context.config.rate_limit,
-            context.config.flood_window,
-            started.into_std(),
-        ),
-    };
-    let end = session.run().await;
-    let Session {
-        mut ws, membership, ..
-    } = session;
-    // Leave the hub before the closing handshake, so counterparts hear PEER_GONE at once.
-    drop(membership);
-    let code = match end {
-        End::Closed(closing) => {
-            close_gracefully(&mut ws, closing).await;
-            closing.code
-        }
-        End::Left(code) => {
-            // tungstenite queued the reply to the peer's close frame; reading sends it and then
-            // sees the end of the stream, so the peer gets a clean close rather than a reset.
-            if code != ABNORMAL {
-                let _ = timeout(CLOSE_GRACE, async {
-                    while let Some(Ok(_)) = ws.next().await {}
-                })
-                .await;
-            }
-            code
-        }
-    };
-    context.metrics.closed(code);
-    info!(peer = %id, role, close = code, duration_ms = started.elapsed().as_millis() as u64, "peer left");
+    }
 }
 
+/// A registered peer: everything its task holds while the peer is connected.
 struct Session<S> {
     ws: WebSocketStream<S>,
     /// This peer's own queue, for the relay's replies (ERROR) to go in order with relayed frames.
@@ -226,55 +218,115 @@ struct Session<S> {
     membership: Membership,
     context: Arc<Context>,
     limiter: RateLimiter,
+    /// Released when the session ends.
+    _slot: Slot,
+    remote: SocketAddr,
+    started: Instant,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
-    async fn run(&mut self) -> End {
-        let config = self.context.config.clone();
-        let mut batch = VecDeque::new();
+    /// Relays until the session ends, then leaves the hub and closes the socket.
+    ///
+    /// An `async` block rather than an `async fn`: an `async fn` keeps a second copy of its
+    /// by-value `self` for its whole life, and this future lives as long as the peer does.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold `self` twice for the peer's whole connection"
+    )]
+    fn serve(mut self) -> impl Future<Output = ()> {
+        async move {
+            let end = self.relay().await;
+            let id = self.membership.id();
+            // Leave the hub before the closing handshake, so counterparts hear PEER_GONE at once.
+            self.membership.leave();
+            let code = match end {
+                End::Closed(closing) => {
+                    close_gracefully(&mut self.ws, closing).await;
+                    closing.code
+                }
+                End::Left(code) => {
+                    // tungstenite queued the reply to the peer's close frame; reading sends it and
+                    // then sees the end of the stream, so the peer gets a clean close, not a reset.
+                    if code != ABNORMAL {
+                        let _ = timeout(CLOSE_GRACE, async {
+                            while let Some(Ok(_)) = self.ws.next().await {}
+                        })
+                        .await;
+                    }
+                    code
+                }
+            };
+            self.context.metrics.closed(code);
+            let role = match id {
+                PeerId::Server(_) => "server",
+                PeerId::Client(_) => "client",
+            };
+            info!(
+                peer = %id,
+                role,
+                remote = %self.remote,
+                close = code,
+                duration_ms = self.started.elapsed().as_millis() as u64,
+                "peer left"
+            );
+        }
+    }
+
+    /// The session's loop: whichever comes first of shutdown, frames queued for the peer, a frame
+    /// from the peer, or the ping/idle timer.
+    async fn relay(&mut self) -> End {
         let mut heard_at = Instant::now();
-        let mut ping_at = heard_at + config.ping_interval;
+        let mut ping_at = heard_at + self.context.config.ping_interval;
         let timer = tokio::time::sleep_until(ping_at);
         tokio::pin!(timer);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = self.context.shutdown.cancelled() => Event::Shutdown,
-                closing = self.inbox.next_batch(&mut batch) => Event::Outgoing(closing),
-                message = self.ws.next() => Event::Incoming(message),
+                _ = self.context.shutdown.cancelled() => Event::Ended(End::Closed(SHUTTING_DOWN)),
+                batch = self.inbox.next_batch() => match batch {
+                    Ok(batch) => Event::Outgoing(batch),
+                    Err(closing) => Event::Ended(End::Closed(closing)),
+                },
+                message = self.ws.next() => match message {
+                    Some(Ok(message)) => Event::Incoming(message),
+                    Some(Err(error)) => Event::Ended(ended_by(error)),
+                    None => Event::Ended(End::Left(ABNORMAL)),
+                },
                 _ = &mut timer => Event::Timer,
             };
+            let idle_timeout = self.context.config.idle_timeout;
             match event {
-                Event::Shutdown => return End::Closed(SHUTTING_DOWN),
-                Event::Outgoing(Some(closing)) => return End::Closed(closing),
-                Event::Outgoing(None) => {
-                    if let Err(end) = self.send_all(batch.drain(..).map(Message::text)).await {
+                Event::Ended(end) => return end,
+                Event::Outgoing(batch) => {
+                    let frames = batch.into_iter().map(Message::text);
+                    let next_check = ping_at.min(heard_at + idle_timeout);
+                    if let Err(end) = self.send_all(frames, timer.as_mut(), next_check).await {
                         return end;
                     }
                 }
-                Event::Incoming(Some(Ok(message))) => {
+                Event::Incoming(message) => {
                     heard_at = Instant::now();
                     if let Err(end) = self.on_message(message, heard_at.into_std()) {
                         return end;
                     }
                 }
-                Event::Incoming(Some(Err(error))) => return ended_by(error),
-                Event::Incoming(None) => return End::Left(ABNORMAL),
                 Event::Timer => {
                     let now = Instant::now();
-                    if now >= heard_at + config.idle_timeout {
+                    if now >= heard_at + idle_timeout {
                         return End::Closed(IDLE);
                     }
-                    if now >= ping_at {
-                        ping_at = now + config.ping_interval;
+                    let due = now >= ping_at;
+                    if due {
+                        ping_at = now + self.context.config.ping_interval;
+                    }
+                    let next_check = ping_at.min(heard_at + idle_timeout);
+                    timer.as_mut().reset(next_check);
+                    if due {
                         let ping = std::iter::once(Message::Ping(Bytes::new()));
-                        if let Err(end) = self.send_all(ping).await {
+                        if let Err(end) = self.send_all(ping, timer.as_mut(), next_check).await {
                             return end;
                         }
                     }
-                    timer
-                        .as_mut()
-                        .reset(ping_at.min(heard_at + config.idle_timeout));
                 }
             }
         }
@@ -283,21 +335,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Writes `frames` and flushes once. A peer that stops reading must not hold its task in a
     /// write forever: the write is abandoned when the peer overflows its queue, when the relay
     /// shuts down, or when the socket has taken nothing for `--idle-timeout`.
-    async fn send_all(&mut self, frames: impl Iterator<Item = Message>) -> Result<(), End> {
+    ///
+    /// Usually the socket takes everything at once. Only a write that has to wait sets up the
+    /// watch for those three, on the heap: inline it would be memory every idle peer holds.
+    async fn send_all(
+        &mut self,
+        frames: impl Iterator<Item = Message>,
+        timer: Pin<&mut Sleep>,
+        next_check: Instant,
+    ) -> Result<(), End> {
         let ws = &mut self.ws;
-        let written = async {
+        let mut written = pin!(async {
             for frame in frames {
                 ws.feed(frame).await?;
             }
             ws.flush().await
-        };
-        tokio::select! {
-            biased;
-            result = written => result.map_err(ended_by),
-            () = self.inbox.overflowed() => Err(End::Closed(TOO_SLOW)),
-            _ = self.context.shutdown.cancelled() => Err(End::Closed(SHUTTING_DOWN)),
-            _ = tokio::time::sleep(self.context.config.idle_timeout) => Err(End::Closed(IDLE)),
+        });
+        let first_try = std::future::poll_fn(|cx| Poll::Ready(written.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first_try {
+            return result.map_err(ended_by);
         }
+        let stalled = Stalled {
+            inbox: &self.inbox,
+            shutdown: &self.context.shutdown,
+            idle_timeout: self.context.config.idle_timeout,
+        };
+        Box::pin(stalled.finish(written, timer, next_check)).await
     }
 
     fn on_message(&mut self, message: Message, now: std::time::Instant) -> Result<(), End> {
@@ -362,6 +425,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 }
 
+/// What a write that could not finish at once watches while it waits.
+struct Stalled<'a> {
+    inbox: &'a Inbox,
+    shutdown: &'a CancellationToken,
+    idle_timeout: Duration,
+}
+
+impl Stalled<'_> {
+    /// Waits for `written`, unless the peer overflows its queue, the relay shuts down, or
+    /// `--idle-timeout` passes first. The session's `timer` measures the stall (a second timer
+    /// would be memory every idle peer holds); if it was used, it is set back to `next_check`.
+    async fn finish(
+        self,
+        mut written: Pin<&mut impl Future<Output = Result<(), WsError>>>,
+        mut timer: Pin<&mut Sleep>,
+        next_check: Instant,
+    ) -> Result<(), End> {
+        let deadline = Instant::now() + self.idle_timeout;
+        let mut timer_used = false;
+        let outcome = loop {
+            tokio::select! {
+                biased;
+                result = written.as_mut() => break result.map_err(ended_by),
+                () = self.inbox.overflowed() => break Err(End::Closed(TOO_SLOW)),
+                _ = self.shutdown.cancelled() => break Err(End::Closed(SHUTTING_DOWN)),
+                _ = timer.as_mut() => {
+                    if Instant::now() >= deadline {
+                        break Err(End::Closed(IDLE));
+                    }
+                    timer_used = true;
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        };
+        if timer_used {
+            timer.reset(next_check);
+        }
+        outcome
+    }
+}
+
 /// Maps a read or write error to how the session ends.
 fn ended_by(error: WsError) -> End {
     match error {
@@ -377,7 +481,7 @@ fn ended_by(error: WsError) -> End {
 }
 
 /// Answers a refused upgrade with one ERROR frame and the matching close.
-async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal)
+async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal, remote: SocketAddr)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -386,6 +490,7 @@ where
         close_gracefully(&mut ws, refusal.closing).await;
     }
     info!(
+        %remote,
         close = refusal.closing.code,
         reason = refusal.reason,
         "peer refused"

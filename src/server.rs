@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, info, warn};
 
 /// hyper's smallest allowed read buffer: signaling requests are a few hundred bytes of headers.
 const HTTP_MAX_BUFFER: usize = 8 * 1024;
@@ -158,7 +158,7 @@ impl Relay {
                     Ok((stream, remote)) => {
                         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                         let connection = serve_connection(app.clone(), stream, remote, acceptor);
-                        app.tracker.spawn(connection.instrument(info_span!("conn", %remote)));
+                        app.tracker.spawn(connection);
                     }
                     Err(error) => {
                         warn!(%error, "accept failed");
@@ -215,11 +215,11 @@ async fn serve_connection(
         }
         Ok(Err(error)) => {
             app.sessions.metrics.tls_failure();
-            debug!(%error, "TLS handshake failed");
+            debug!(%remote, %error, "TLS handshake failed");
         }
         Err(_) => {
             app.sessions.metrics.tls_failure();
-            debug!("TLS handshake timed out");
+            debug!(%remote, "TLS handshake timed out");
         }
     }
 }
@@ -248,6 +248,6 @@ where
         }
     };
     if let Err(error) = result {
-        debug!(%error, "connection ended with an error");
+        debug!(%remote, %error, "connection ended with an error");
     }
 }

@@ -264,3 +264,43 @@ async fn a_peer_that_stops_reading_is_closed_too_slow_and_its_server_hears_peer_
         assert_eq!(close, (1008, "too slow".to_owned()));
     }
 }
+
+#[tokio::test]
+async fn a_write_to_a_peer_that_stops_reading_is_abandoned_at_the_idle_timeout() {
+    let relay = TestRelay::start(Config {
+        rate_limit: 0,
+        max_message_bytes: 64 * 1024,
+        // Room for everything: this peer is never too slow, only stuck.
+        send_queue_bytes: 64 * 1024 * 1024,
+        ping_interval: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(1),
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let stalled = TestPeer::client_of(&relay, &mut server).await;
+    // More than loopback's socket buffers hold for a reader that never reads, so the relay's
+    // write to this client blocks; only the stall deadline can end the session now.
+    let chunk = "x".repeat(60 * 1024);
+    for _ in 0..160 {
+        server.send_to(&stalled.id, "BULK", json!(chunk)).await;
+    }
+    server
+        .expect_relay("PEER_GONE", json!({"id": stalled.id}))
+        .await;
+
+    let mut stalled = stalled;
+    let ending = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = futures_util::StreamExt::next(&mut stalled.ws).await {
+            if let Message::Close(frame) = message {
+                return frame.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the relay ends the stuck connection");
+    if let Some(code) = ending {
+        assert_eq!(code, 4408, "a stuck write ends as an idle timeout");
+    }
+}
