@@ -6,6 +6,7 @@
 #   RUNS=3        runs of the whole set (medians are taken over them)
 #   DURATION=10s  measured interval of each pingpong (plus a 2 s warm-up)
 #   QUICK=1       a short version: 1 run, 3 s pingpongs, 500 connect pairs, 1000 idle pairs
+#                 (the full set holds 4000 and then 9000 idle pairs)
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
@@ -27,13 +28,13 @@ if [[ $QUICK == 1 ]]; then
     DURATION=${DURATION:-3s}
     WARMUP=1s
     CONNECT_PAIRS=500
-    IDLE_PAIRS=1000
+    IDLE_SIZES=(1000)
 else
     RUNS=${RUNS:-3}
     DURATION=${DURATION:-10s}
     WARMUP=2s
     CONNECT_PAIRS=2000
-    IDLE_PAIRS=4000
+    IDLE_SIZES=(4000 9000)
 fi
 PAIRS=100
 SIZE=512
@@ -133,10 +134,12 @@ for run in $(seq "$RUNS"); do
         --target relay --flooders 1
     stop "$RELAY_PID" || true
 
-    start_relay "idle-ws.$run" "${RELAY_FLAGS[@]}"
-    generate idle-ws "$run" idle --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-        --pairs $IDLE_PAIRS --base-rss-after-warmup
-    stop "$RELAY_PID" || true
+    for pairs in "${IDLE_SIZES[@]}"; do
+        start_relay "idle-ws-$pairs.$run" "${RELAY_FLAGS[@]}" --max-connections $((2 * pairs + 100))
+        generate "idle-ws-$pairs" "$run" idle --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+            --pairs "$pairs" --base-rss-after-warmup
+        stop "$RELAY_PID" || true
+    done
 
     if [[ $TLS == 1 ]]; then
         start_relay "connect-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
@@ -144,10 +147,13 @@ for run in $(seq "$RUNS"); do
             --pid "$RELAY_PID" --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
         stop "$RELAY_PID" || true
 
-        start_relay "idle-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
-        generate idle-wss "$run" idle --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
-            --pid "$RELAY_PID" --pairs $IDLE_PAIRS --base-rss-after-warmup
-        stop "$RELAY_PID" || true
+        for pairs in "${IDLE_SIZES[@]}"; do
+            start_relay "idle-wss-$pairs.$run" "${RELAY_FLAGS[@]}" --max-connections $((2 * pairs + 100)) \
+                --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
+            generate "idle-wss-$pairs" "$run" idle --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
+                --pid "$RELAY_PID" --pairs "$pairs" --base-rss-after-warmup
+            stop "$RELAY_PID" || true
+        done
     fi
 done
 
@@ -207,7 +213,7 @@ echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
 echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
-    "$CONCURRENCY at a time; idle: $IDLE_PAIRS pairs (base RSS after a warm-up batch)"
+    "$CONCURRENCY at a time; idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
 echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
@@ -256,11 +262,14 @@ if [[ $TLS == 1 ]]; then
         "$(jq -rn --argjson d "${TLS_PER_PAIR:-null}" 'if $d == null then "-"
             else "\(($d / 2 * 100 | round) / 100) per handshake (2 per pair)" end')"
 fi
-row "idle ws: relay RSS bytes per peer" "$(median idle-ws .bytes_per_peer)" "$(spread idle-ws .bytes_per_peer)"
-if [[ $TLS == 1 ]]; then
-    row "idle wss: relay RSS bytes per peer" "$(median idle-wss .bytes_per_peer)" \
-        "$(spread idle-wss .bytes_per_peer)"
-fi
+for pairs in "${IDLE_SIZES[@]}"; do
+    row "idle ws, $pairs pairs: relay RSS bytes per peer" "$(median "idle-ws-$pairs" .bytes_per_peer)" \
+        "$(spread "idle-ws-$pairs" .bytes_per_peer)"
+    if [[ $TLS == 1 ]]; then
+        row "idle wss, $pairs pairs: relay RSS bytes per peer" "$(median "idle-wss-$pairs" .bytes_per_peer)" \
+            "$(spread "idle-wss-$pairs" .bytes_per_peer)"
+    fi
+done
 echo
 echo "closes the relay left unanswered (connect ws, all runs): $(unanswered connect)"
 if [[ $TLS == 1 ]]; then
