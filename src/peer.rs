@@ -279,10 +279,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let mut ping_at = heard_at + self.context.config.ping_interval;
         let timer = tokio::time::sleep_until(ping_at);
         tokio::pin!(timer);
+        // Made once: a fresh `cancelled()` per event would join and leave the waiter list that
+        // every session shares, under its lock, for every message.
+        let shutdown = self.context.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = self.context.shutdown.cancelled() => Event::Ended(End::Closed(SHUTTING_DOWN)),
+                () = &mut shutdown => Event::Ended(End::Closed(SHUTTING_DOWN)),
                 batch = self.inbox.next_batch() => match batch {
                     Ok(batch) => Event::Outgoing(batch),
                     Err(closing) => Event::Ended(End::Closed(closing)),
