@@ -16,9 +16,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::{Instant, timeout};
 
-/// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
-const SPARE_FDS: u64 = 64;
-
 /// How to run.
 pub struct Params {
     /// Pairs to set up, hold open together, then tear down (two sockets each).
@@ -125,16 +122,10 @@ pub async fn measure(
     if params.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let need = 2 * params.pairs as u64 + SPARE_FDS;
-    if let Some(limit) = procfs::open_files_limit()
-        && need > limit
-    {
-        bail!(
-            "{} pairs held open together need about {need} open files but this process may have \
-             {limit}; raise the limit (ulimit -n) or give fewer --pairs",
-            params.pairs
-        );
-    }
+    procfs::check_room_for_pairs(
+        params.pairs,
+        "raise the limit (ulimit -n) or give fewer --pairs",
+    )?;
 
     eprintln!(
         "connect: setting up {} pairs, {} at a time…",

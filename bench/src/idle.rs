@@ -4,7 +4,7 @@
 use crate::net::{self, Dialer, Ws};
 use crate::procfs::{self, Watched};
 use crate::report::{Problems, Report, round, thousands};
-use anyhow::{Result, bail};
+use anyhow::Result;
 use futures_util::{StreamExt, stream};
 use serde_json::json;
 use std::sync::Arc;
@@ -16,9 +16,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Pairs being set up at once.
 const SETUP_CONCURRENCY: usize = 200;
-
-/// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
-const SPARE_FDS: u64 = 64;
 
 /// Least time to let the relay's RSS settle before reading it.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -74,16 +71,10 @@ pub async fn measure(
     dialer: Arc<Dialer>,
     watched: Option<&Watched>,
 ) -> Result<Outcome> {
-    let need = 2 * params.pairs as u64 + SPARE_FDS;
-    if let Some(limit) = procfs::open_files_limit()
-        && need > limit
-    {
-        bail!(
-            "{} pairs need about {need} open files but this process may have {limit}; run several \
-             generator processes, each with a share of --pairs",
-            params.pairs
-        );
-    }
+    procfs::check_room_for_pairs(
+        params.pairs,
+        "run several generator processes, each with a share of --pairs",
+    )?;
     if params.base_rss_after_warmup {
         let warmup = params.pairs.min(SETUP_CONCURRENCY);
         eprintln!("idle: warm-up with {warmup} pairs…");

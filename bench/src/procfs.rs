@@ -148,8 +148,26 @@ impl CpuSample {
     }
 }
 
+/// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
+const SPARE_FDS: u64 = 64;
+
+/// Fails, ending with `advice`, unless this process may hold `pairs` pairs (two sockets each) open
+/// at once.
+pub fn check_room_for_pairs(pairs: usize, advice: &str) -> Result<()> {
+    let need = 2 * pairs as u64 + SPARE_FDS;
+    if let Some(limit) = open_files_limit()
+        && need > limit
+    {
+        bail!(
+            "{pairs} pairs held open together need about {need} open files but this process may \
+             have {limit}; {advice}"
+        );
+    }
+    Ok(())
+}
+
 /// The soft limit on this process's open files, from `/proc/self/limits`.
-pub fn open_files_limit() -> Option<u64> {
+fn open_files_limit() -> Option<u64> {
     let limits = fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
