@@ -133,6 +133,8 @@ pub async fn handle(
                 Ok(upgraded) => upgraded,
                 Err(error) => return debug!(%remote, %error, "upgrade failed"),
             };
+            // The session writes first (HELLO or its refusal), and that write carries the 101
+            // (see `coalesce`).
             let io = TokioIo::new(upgraded);
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(app.websocket)).await;
             peer::run(ws, app.sessions.clone(), admission, slot, remote).await;

@@ -7,6 +7,8 @@
 //! The modules, from the edge inwards:
 //! - [`config`]: every option, from command line, environment and TOML file, validated.
 //! - [`server`]: [`Relay`]: the accept loop, hyper's HTTP/1 per connection, graceful shutdown.
+//! - [`stream`]: an accepted connection, plain or TLS, as one type for hyper.
+//! - [`coalesce`]: sends the 101 response in one write with the first WebSocket frame.
 //! - [`tls`]: the rustls server configuration from PEM files, reloadable while serving.
 //! - [`devcert`]: a local development CA and the leaf certificate it signs, made with rcgen.
 //! - [`http`]: routes, pre-upgrade checks (origin, passphrase, connection cap), hand-off to a session.
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod coalesce;
 pub mod config;
 pub mod demo;
 pub mod devcert;
@@ -39,6 +42,7 @@ pub mod peer;
 pub mod protocol;
 pub mod schema;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod upgrade;
 

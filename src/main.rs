@@ -79,8 +79,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if let Some(tls) = relay.tls() {
             tokio::spawn(reload_on_hangup(hangup, tls));
         }
-        relay.run(shutdown).await;
-        Ok(())
+        // On a worker like the connections it spawns: from `block_on`'s thread every accepted
+        // connection would be handed across threads.
+        tokio::spawn(relay.run(shutdown))
+            .await
+            .context("the accept loop panicked")
     })
 }
 

@@ -10,7 +10,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -201,7 +201,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(SCRAPE_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(crate::server::http_io(stream), service);
             if let Err(error) = connection.await {
                 debug!(%error, "metrics connection ended with an error");
             }

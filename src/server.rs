@@ -1,6 +1,7 @@
 //! The listening relay: the accept loop, one task per connection running hyper's HTTP/1 server,
 //! and the graceful shutdown that drains every session.
 
+use crate::coalesce::Coalesce101;
 use crate::config::{Config, TlsSource};
 use crate::devcert;
 use crate::http::{self, App};
@@ -8,6 +9,7 @@ use crate::hub::Hub;
 use crate::limits::ConnectionSlots;
 use crate::metrics::{self, Metrics, Scrape};
 use crate::peer;
+use crate::stream::Stream;
 use crate::tls::TlsFiles;
 use anyhow::Context as _;
 use hyper::server::conn::http1;
@@ -16,8 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -51,6 +52,25 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_frame_size(Some(max_message_bytes))
 }
 
+/// Connections the kernel queues before they are accepted: room for a burst of reconnects, such
+/// as every peer of a relay that has just restarted.
+const ACCEPT_BACKLOG: u32 = 1024;
+
+/// Binds the WebSocket listener with `TCP_NODELAY`, which accepted sockets inherit (Linux, the
+/// BSDs): one system call here instead of one per connection. Signaling messages are small and
+/// latency-bound, so none is held back to coalesce with the next.
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 /// A bound relay, ready to [`run`](Relay::run).
 pub struct Relay {
     listener: TcpListener,
@@ -62,9 +82,8 @@ pub struct Relay {
 impl Relay {
     /// Binds `config.listen`; port 0 picks a free port (see [`Relay::local_addr`]).
     pub async fn bind(config: Config) -> anyhow::Result<Relay> {
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding --listen {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
         let metrics_listener = match config.metrics_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -196,11 +215,9 @@ async fn serve_connection(
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
 ) {
-    // Signaling messages are small and latency-bound: never hold them back for coalescing.
-    let _ = stream.set_nodelay(true);
     let handshake_timeout = app.sessions.config.handshake_timeout;
     let Some(acceptor) = tls else {
-        return serve_http(app, stream, remote, handshake_timeout).await;
+        return serve_http(app, Stream::Plain(stream), remote, handshake_timeout).await;
     };
     let deadline = Instant::now() + handshake_timeout;
     let shutdown = app.sessions.shutdown.clone();
@@ -211,7 +228,7 @@ async fn serve_connection(
     match handshake {
         Ok(Ok(stream)) => {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            serve_http(app, stream, remote, remaining).await;
+            serve_http(app, Stream::Tls(Box::new(stream)), remote, remaining).await;
         }
         Ok(Err(error)) => {
             app.sessions.metrics.tls_failure();
@@ -224,11 +241,14 @@ async fn serve_connection(
     }
 }
 
+/// A connection as hyper is given it. The metrics listener uses the same type, so hyper's HTTP/1
+/// code is compiled once for both.
+pub(crate) fn http_io(stream: impl Into<Stream>) -> TokioIo<Coalesce101<Stream>> {
+    TokioIo::new(Coalesce101::new(stream.into()))
+}
+
 /// Serves HTTP until the connection ends, is upgraded, or the relay shuts down.
-async fn serve_http<S>(app: Arc<App>, stream: S, remote: SocketAddr, header_timeout: Duration)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve_http(app: Arc<App>, stream: Stream, remote: SocketAddr, header_timeout: Duration) {
     let shutdown = app.sessions.shutdown.clone();
     let service = service_fn(move |request| http::handle(app.clone(), remote, request));
     let mut builder = http1::Builder::new();
@@ -237,7 +257,7 @@ where
         .header_read_timeout(header_timeout)
         .max_buf_size(HTTP_MAX_BUFFER);
     let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(http_io(stream), service)
         .with_upgrades();
     tokio::pin!(connection);
     let result = tokio::select! {
@@ -249,5 +269,19 @@ where
     };
     if let Err(error) = result {
         debug!(%remote, %error, "connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let listener = listen("127.0.0.1:0".parse().expect("address")).expect("listen");
+        let address = listener.local_addr().expect("local address");
+        let _client = TcpStream::connect(address).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        assert!(accepted.nodelay().expect("read TCP_NODELAY"));
     }
 }
