@@ -15,7 +15,8 @@
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
 # per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
 # difference between the two set-up figures is what the relay spends on the TLS handshakes, two
-# per pair.
+# per pair. Against the echo server a pair is two bare upgrades and closes: the floor of accepting,
+# upgrading and closing two sockets on the same stack.
 # Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
 # sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
@@ -122,6 +123,8 @@ for run in $(seq "$RUNS"); do
         --target echo
     generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
+    generate connect-echo "$run" connect --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
+        --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY --target echo
     stop "$ECHO_PID" || true
     stop "$RELAY_PID" || true
 
@@ -205,6 +208,9 @@ QUIET_P99=$(median fair-quiet .rtt.p99_us)
 FLOODED_P99=$(median fair-flood .rtt.p99_us)
 FLOOD_RATIO=$(ratio "$FLOODED_P99" "$QUIET_P99")
 WS_SETUP=$(median connect .cpu.us_per_setup)
+FLOOR_SETUP=$(median connect-echo .cpu.us_per_setup)
+WS_TEARDOWN=$(median connect .cpu.us_per_teardown)
+FLOOR_TEARDOWN=$(median connect-echo .cpu.us_per_teardown)
 
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; else DIRTY=""; fi
@@ -250,8 +256,12 @@ row "connect ws: set-up latency p50 µs" "$(median connect .setup_latency.p50_us
 row "connect ws: set-up latency p99 µs" "$(median connect .setup_latency.p99_us)" \
     "$(spread connect .setup_latency.p99_us)"
 row "connect ws: relay CPU-µs per pair set-up" "$WS_SETUP" "$(spread connect .cpu.us_per_setup)"
-row "connect ws: relay CPU-µs per pair tear-down" "$(median connect .cpu.us_per_teardown)" \
-    "$(spread connect .cpu.us_per_teardown)"
+row "connect ws: relay CPU-µs per pair tear-down" "$WS_TEARDOWN" "$(spread connect .cpu.us_per_teardown)"
+row "connect floor (echo: 2 upgrades): CPU-µs per set-up" "$FLOOR_SETUP" "$(spread connect-echo .cpu.us_per_setup)"
+row "connect floor (echo: 2 closes): CPU-µs per tear-down" "$FLOOR_TEARDOWN" \
+    "$(spread connect-echo .cpu.us_per_teardown)"
+row "connect set-up, relay / floor" "$(ratio "$WS_SETUP" "$FLOOR_SETUP")" ""
+row "connect tear-down, relay / floor" "$(ratio "$WS_TEARDOWN" "$FLOOR_TEARDOWN")" ""
 if [[ $TLS == 1 ]]; then
     WSS_SETUP=$(median connect-wss .cpu.us_per_setup)
     TLS_PER_PAIR=$(difference "$WSS_SETUP" "$WS_SETUP")

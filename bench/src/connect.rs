@@ -1,11 +1,16 @@
 //! `connect`: what setting up pairs (server HELLO, client HELLO, PEER_JOINED) and tearing them
 //! down costs the relay.
 //!
+//! Against the echo server (`--target echo`) a pair is two bare WebSocket upgrades and closes:
+//! the floor under the relay's figures, what accepting, upgrading and closing two sockets costs
+//! on the same stack and machine.
+//!
 //! A run has two phases: every pair is set up and held open, then every pair is torn down. The
 //! relay's CPU time is read between them, so the set-up cost is isolated from the tear-down cost
 //! rather than blended with it.
 
 use crate::net::{self, CloseOutcome, Dialer, Pair};
+use crate::pingpong::Target;
 use crate::procfs::{self, CpuSpent, Watched};
 use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
 use anyhow::{Result, bail};
@@ -22,6 +27,8 @@ pub struct Params {
     pub pairs: usize,
     /// Pairs being set up, or torn down, at once.
     pub concurrency: usize,
+    /// The relay, or the echo server as the floor.
+    pub target: Target,
 }
 
 /// What one worker (and, merged, the whole run) saw.
@@ -143,7 +150,7 @@ pub async fn measure(
         setup_elapsed.as_secs_f64()
     );
     let started = Instant::now();
-    tally.merge(tear_down_all(pairs, params.concurrency).await?);
+    tally.merge(tear_down_all(pairs, params).await?);
     let teardown_elapsed = started.elapsed();
     let cpu = match (watched, before, between) {
         (Some(watched), Some(before), Some(between)) => Some(PhaseCpu {
@@ -176,13 +183,14 @@ async fn set_up_all(
             let next = next.clone();
             let dialer = dialer.clone();
             let total = params.pairs;
+            let target = params.target;
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut setup = report::histogram();
                 let mut pairs = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let began = Instant::now();
-                    match timeout(net::PATIENCE, net::open_pair(&dialer)).await {
+                    match timeout(net::PATIENCE, open(target, &dialer)).await {
                         Ok(Ok(pair)) => {
                             let micros = began.elapsed().as_micros();
                             setup.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
@@ -217,13 +225,27 @@ async fn set_up_all(
     Ok((pairs, tally, setup))
 }
 
+/// One pair's set-up: against the echo floor, just the two upgrades.
+async fn open(target: Target, dialer: &Dialer) -> Result<Pair> {
+    match target {
+        Target::Relay => net::open_pair(dialer).await,
+        Target::Echo => Ok(Pair {
+            server: dialer.open("/echo").await?,
+            client: dialer.open("/echo").await?,
+            code: String::new(),
+            client_id: String::new(),
+        }),
+    }
+}
+
 /// The tear-down phase: workers take pairs from a shared list until it is empty.
-async fn tear_down_all(pairs: Vec<Pair>, concurrency: usize) -> Result<Tally> {
-    let count = concurrency.min(pairs.len().max(1));
+async fn tear_down_all(pairs: Vec<Pair>, params: &Params) -> Result<Tally> {
+    let count = params.concurrency.min(pairs.len().max(1));
     let queue = Arc::new(Mutex::new(pairs));
     let workers: Vec<_> = (0..count)
         .map(|_| {
             let queue = queue.clone();
+            let target = params.target;
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 loop {
@@ -231,7 +253,7 @@ async fn tear_down_all(pairs: Vec<Pair>, concurrency: usize) -> Result<Tally> {
                     // A worker that panicked cannot have left the list half-popped.
                     let pair = queue.lock().unwrap_or_else(PoisonError::into_inner).pop();
                     let Some(pair) = pair else { break };
-                    tear_down(pair, &mut tally).await;
+                    tear_down(pair, target, &mut tally).await;
                 }
                 tally
             })
@@ -244,8 +266,9 @@ async fn tear_down_all(pairs: Vec<Pair>, concurrency: usize) -> Result<Tally> {
     Ok(tally)
 }
 
-/// The client closes first; its server must hear PEER_GONE; then the server closes.
-async fn tear_down(pair: Pair, tally: &mut Tally) {
+/// The client closes first; its server must hear PEER_GONE (from the relay); then the server
+/// closes.
+async fn tear_down(pair: Pair, target: Target, tally: &mut Tally) {
     let Pair {
         mut server,
         mut client,
@@ -255,7 +278,9 @@ async fn tear_down(pair: Pair, tally: &mut Tally) {
     if net::close(&mut client).await != CloseOutcome::Answered {
         tally.close_unanswered += 1;
     }
-    if let Err(error) = net::expect_relay_frame(&mut server, "PEER_GONE", &client_id).await {
+    if target == Target::Relay
+        && let Err(error) = net::expect_relay_frame(&mut server, "PEER_GONE", &client_id).await
+    {
         tally.peer_gone_missing += 1;
         tally.note(format!("after the client closed: {error:#}"));
     }
@@ -292,11 +317,14 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
     });
     let mut report = Report::new(
         format!(
-            "connect → {url}: {} pairs, {} at a time (all set up and held, then all torn down)",
-            params.pairs, params.concurrency
+            "connect → {url} ({}): {} pairs, {} at a time (all set up and held, then all torn down)",
+            params.target.name(),
+            params.pairs,
+            params.concurrency
         ),
         json!({
             "command": "connect",
+            "target": params.target.name(),
             "url": url,
             "pairs": params.pairs,
             "concurrency": params.concurrency,

@@ -82,6 +82,9 @@ enum Command {
     /// Sets up N pairs (HELLO, HELLO, PEER_JOINED) C at a time and holds them, then tears them all
     /// down C at a time; the relay's CPU is read between the two phases
     Connect {
+        /// The relay, or the echo server as the floor (a pair is then two bare upgrades)
+        #[arg(long, value_enum, default_value_t = pingpong::Target::Relay)]
+        target: pingpong::Target,
         #[command(flatten)]
         endpoint: Endpoint,
         /// Pairs to set up, hold open together, and tear down (two sockets each)
@@ -191,13 +194,18 @@ async fn run(command: Command) -> Result<Report> {
             Ok(pingpong::report(&params, &endpoint.url, &outcome, pid))
         }
         Command::Connect {
+            target,
             endpoint,
             pairs,
             concurrency,
             pid,
         } => {
             let (dialer, watched) = prepare(&endpoint, pid)?;
-            let params = connect::Params { pairs, concurrency };
+            let params = connect::Params {
+                pairs,
+                concurrency,
+                target,
+            };
             let outcome = connect::measure(&params, dialer, watched.as_ref()).await?;
             Ok(connect::report(&params, &endpoint.url, &outcome, pid))
         }
@@ -238,6 +246,7 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
     let conn = connect::Params {
         pairs: 200,
         concurrency: 50,
+        target: pingpong::Target::Relay,
     };
     let connected = connect::measure(&conn, dialer, None).await?;
     let checks = &pinged.checks;

@@ -52,7 +52,8 @@ pub enum Target {
 }
 
 impl Target {
-    fn name(self) -> &'static str {
+    /// How reports name it.
+    pub fn name(self) -> &'static str {
         match self {
             Target::Relay => "relay",
             Target::Echo => "echo",

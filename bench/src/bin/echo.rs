@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -56,7 +56,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(cli.listen)) {
+    // On a worker, as the relay's accept loop.
+    let serving = runtime.block_on(async {
+        tokio::spawn(serve(cli.listen))
+            .await
+            .map_err(std::io::Error::other)?
+    });
+    match serving {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
@@ -65,9 +71,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Accepts connections forever, like the relay's accept loop, on the runtime's main task.
+/// Accepts connections forever, like the relay's accept loop, on a listener bound the same way.
 async fn serve(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = TcpListener::bind(listen).await?;
+    let listener = intercessor::server::listen(listen)?;
     eprintln!("listening on {}", listener.local_addr()?);
     loop {
         match listener.accept().await {
@@ -84,7 +90,6 @@ async fn serve(listen: SocketAddr) -> std::io::Result<()> {
 
 /// HTTP/1 on one connection, with the relay's builder settings, until it is upgraded or ends.
 async fn serve_connection(stream: TcpStream) {
-    let _ = stream.set_nodelay(true);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
