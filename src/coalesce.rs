@@ -193,6 +193,54 @@ mod tests {
         assert_eq!(received(&mut peer).await, b"next");
     }
 
+    /// hyper must write the 101 as one write that starts with its status line, and flush it
+    /// before handing over, or the 101 leaves alone (or never).
+    #[tokio::test]
+    async fn hypers_101_waits_for_the_upgraded_sides_first_write() {
+        use http::{Request, Response, StatusCode, header};
+        use hyper_util::rt::TokioIo;
+        use std::sync::{Arc, Mutex};
+
+        let (relay, mut peer) = tokio::io::duplex(4096);
+        let upgrade = Arc::new(Mutex::new(None));
+        let service = {
+            let upgrade = upgrade.clone();
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                *upgrade.lock().expect("not poisoned") = Some(hyper::upgrade::on(&mut request));
+                let mut response = Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                let headers = response.headers_mut();
+                headers.insert(header::UPGRADE, "websocket".parse().expect("header"));
+                headers.insert(header::CONNECTION, "Upgrade".parse().expect("header"));
+                async { Ok::<_, std::convert::Infallible>(response) }
+            })
+        };
+        let request = "GET /server HTTP/1.1\r\nHost: relay\r\nConnection: Upgrade\r\n\
+                       Upgrade: websocket\r\n\r\n";
+        peer.write_all(request.as_bytes()).await.expect("request");
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(Coalesce101::new(relay)), service)
+            .with_upgrades()
+            .await
+            .expect("served until the upgrade");
+        assert!(
+            received(&mut peer).await.is_empty(),
+            "the 101 went out alone"
+        );
+
+        let on_upgrade = upgrade.lock().expect("not poisoned").take();
+        let upgraded = on_upgrade
+            .expect("the service ran")
+            .await
+            .expect("upgraded");
+        let mut upgraded = TokioIo::new(upgraded);
+        upgraded.write_all(b"HELLO").await.expect("first write");
+        upgraded.flush().await.expect("flush");
+        let both = received(&mut peer).await;
+        assert!(both.starts_with(b"HTTP/1.1 101 "), "{both:?}");
+        assert!(both.ends_with(b"\r\n\r\nHELLO"), "{both:?}");
+    }
+
     #[tokio::test]
     async fn other_responses_pass_straight_through() {
         let (relay, mut peer) = tokio::io::duplex(4096);
