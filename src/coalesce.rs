@@ -58,21 +58,22 @@ impl<S: AsyncWrite + Unpin> Coalesce101<S> {
             State::Http => {
                 let first = bufs.iter().find(|buf| !buf.is_empty());
                 if first.is_some_and(|buf| buf.starts_with(SWITCHING_PROTOCOLS)) {
-                    self.state =
-                        State::Held(bufs.iter().flat_map(|buf| buf.iter().copied()).collect());
-                    return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
+                    let mut held = Vec::new();
+                    let taken = append(&mut held, bufs);
+                    self.state = State::Held(held);
+                    return Poll::Ready(Ok(taken));
                 }
             }
             State::Held(held) => {
                 let mut joined = std::mem::take(held);
-                bufs.iter().for_each(|buf| joined.extend_from_slice(buf));
+                let taken = append(&mut joined, bufs);
                 self.state = State::Sending(joined);
                 // Taken whole, so a caller that retries after `Pending` cannot send it twice; what
                 // the socket does not take now goes out on the next write or flush.
                 if let Poll::Ready(Err(error)) = self.poll_send_pending(cx) {
                     return Poll::Ready(Err(error));
                 }
-                return Poll::Ready(Ok(bufs.iter().map(|buf| buf.len()).sum()));
+                return Poll::Ready(Ok(taken));
             }
             State::Sending(_) => ready!(self.poll_send_pending(cx))?,
             State::Upgraded => {}
@@ -95,6 +96,13 @@ impl<S: AsyncWrite + Unpin> Coalesce101<S> {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Appends every slice of a write to `bytes`; returns how many bytes that took.
+fn append(bytes: &mut Vec<u8>, bufs: &[IoSlice<'_>]) -> usize {
+    let before = bytes.len();
+    bufs.iter().for_each(|buf| bytes.extend_from_slice(buf));
+    bytes.len() - before
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Coalesce101<S> {
@@ -155,12 +163,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce101<S> {
 mod tests {
     use super::*;
     use futures_util::FutureExt;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     const RESPONSE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n";
 
     /// Everything the peer has received so far, without waiting for more.
-    async fn received(peer: &mut tokio::io::DuplexStream) -> Vec<u8> {
+    async fn received(peer: &mut DuplexStream) -> Vec<u8> {
         let mut bytes = vec![0; 1024];
         let n = peer
             .read(&mut bytes)
@@ -170,11 +178,17 @@ mod tests {
         bytes
     }
 
-    #[tokio::test]
-    async fn a_101_waits_for_the_first_frame_and_leaves_with_it() {
-        let (relay, mut peer) = tokio::io::duplex(4096);
+    /// A wrapped connection over a duplex of `capacity` bytes, its 101 already written.
+    async fn holding_a_101(capacity: usize) -> (Coalesce101<DuplexStream>, DuplexStream) {
+        let (relay, peer) = tokio::io::duplex(capacity);
         let mut relay = Coalesce101::new(relay);
         relay.write_all(RESPONSE).await.expect("write 101");
+        (relay, peer)
+    }
+
+    #[tokio::test]
+    async fn a_101_waits_for_the_first_frame_and_leaves_with_it() {
+        let (mut relay, mut peer) = holding_a_101(4096).await;
         relay.flush().await.expect("flush 101");
         assert!(
             received(&mut peer).await.is_empty(),
@@ -252,9 +266,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_101_is_sent_before_shutdown() {
-        let (relay, mut peer) = tokio::io::duplex(4096);
-        let mut relay = Coalesce101::new(relay);
-        relay.write_all(RESPONSE).await.expect("write 101");
+        let (mut relay, mut peer) = holding_a_101(4096).await;
         relay.shutdown().await.expect("shutdown");
         let mut all = Vec::new();
         peer.read_to_end(&mut all).await.expect("read to end");
@@ -263,9 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_joined_write_larger_than_the_socket_takes_goes_out_whole() {
-        let (relay, mut peer) = tokio::io::duplex(64);
-        let mut relay = Coalesce101::new(relay);
-        relay.write_all(RESPONSE).await.expect("write 101");
+        let (mut relay, mut peer) = holding_a_101(64).await;
         let frame = vec![b'x'; 1000];
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
