@@ -17,6 +17,12 @@ pub const SERVER_GONE: Closing = Closing {
     reason: "server gone",
 };
 
+/// The close every peer gets when the relay shuts down.
+pub const SHUTTING_DOWN: Closing = Closing {
+    code: close::GOING_AWAY,
+    reason: "going away",
+};
+
 /// A handle to the registry; cheap to clone, one per connection.
 #[derive(Clone)]
 pub struct Hub {
@@ -29,6 +35,8 @@ pub struct Hub {
 struct State {
     servers: HashMap<JoinCode, ServerEntry>,
     clients: HashMap<ClientId, ClientEntry>,
+    /// Set by [`Hub::shut_down`]: peers that register later are closed at once.
+    shutting_down: bool,
 }
 
 struct ServerEntry {
@@ -145,6 +153,9 @@ impl Hub {
         };
         // A fresh queue always has room for HELLO, which the relay builds small.
         let _ = outbox.push(hello(code.as_str()));
+        if state.shutting_down {
+            outbox.close(SHUTTING_DOWN);
+        }
         state.servers.insert(
             code,
             ServerEntry {
@@ -192,6 +203,9 @@ impl Hub {
         }
         server.clients.push(id);
         let _ = outbox.push(hello(id.as_str()));
+        if state.shutting_down {
+            outbox.close(SHUTTING_DOWN);
+        }
         state.clients.insert(
             id,
             ClientEntry {
@@ -235,6 +249,18 @@ impl Hub {
             Self::evict_locked(&mut state, destination, Some(TOO_SLOW));
         }
         Ok(())
+    }
+
+    /// Asks every peer, and any that registers later, to close with `1001` once what is queued for
+    /// it is written. Sessions learn of it through their queues, so their loops watch nothing
+    /// shared for shutdown.
+    pub fn shut_down(&self) {
+        let mut state = self.lock();
+        state.shutting_down = true;
+        let servers = state.servers.values().map(|server| &server.outbox);
+        for outbox in servers.chain(state.clients.values().map(|client| &client.outbox)) {
+            outbox.close(SHUTTING_DOWN);
+        }
     }
 
     /// Numbers of live servers and clients.
@@ -467,6 +493,36 @@ mod tests {
         assert_eq!(
             hub.route(s.id(), slow.id().as_str(), "x".into()),
             Err(UnknownPeer)
+        );
+    }
+
+    #[tokio::test]
+    async fn shutting_down_closes_every_peer_after_what_is_queued_and_any_that_registers_later() {
+        let hub = Hub::new(6, 8);
+        let (s, server_inbox, code) = server(&hub);
+        let (c, client_inbox, id) = client(&hub, code);
+        drain(&server_inbox).await;
+        hub.route(s.id(), id.as_str(), "last words".into())
+            .expect("routable");
+        hub.shut_down();
+        assert_eq!(
+            drain(&client_inbox).await,
+            (
+                vec![hello(id.as_str()), "last words".into()],
+                Some(SHUTTING_DOWN)
+            )
+        );
+        assert_eq!(drain(&server_inbox).await, (vec![], Some(SHUTTING_DOWN)));
+        drop(c);
+        assert_eq!(
+            drain(&server_inbox).await,
+            (vec![], Some(SHUTTING_DOWN)),
+            "PEER_GONE is not queued behind a close"
+        );
+        let (_late, late_inbox, late_code) = server(&hub);
+        assert_eq!(
+            drain(&late_inbox).await,
+            (vec![hello(late_code.as_str())], Some(SHUTTING_DOWN))
         );
     }
 

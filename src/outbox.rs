@@ -6,8 +6,9 @@
 //! for a peer that keeps reading are always delivered, in order.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 /// Why the relay is closing a peer: the close frame it will send once queued frames are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,8 +36,6 @@ pub struct Inbox(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
-    /// Wakes the peer's task; a single consumer, so `notify_one`'s stored permit means no lost wake-up.
-    wake: Notify,
     /// Most bytes of frames waiting in `queue` at once.
     limit: usize,
 }
@@ -47,6 +46,9 @@ struct Queue {
     /// Sum of the lengths of `frames`; never above `Shared::limit`.
     bytes: usize,
     closing: Option<Closing>,
+    /// The peer's task, once it found nothing to do. Only that task waits on its inbox, so one slot
+    /// is enough; kept under the queue's lock, a push cannot slip between a check and the wait.
+    waiting: Option<Waker>,
 }
 
 /// The queue was full: the frame was not accepted.
@@ -57,7 +59,6 @@ pub struct QueueFull;
 pub fn bounded(limit_bytes: usize) -> (Outbox, Inbox) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
-        wake: Notify::new(),
         limit: limit_bytes,
     });
     (Outbox(shared.clone()), Inbox(shared))
@@ -69,6 +70,26 @@ impl Shared {
         self.queue
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the peer's task, if it waits, once the lock is released.
+    fn wake(mut queue: MutexGuard<'_, Queue>) {
+        let waiting = queue.waiting.take();
+        drop(queue);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+}
+
+impl Queue {
+    /// Leaves the task's waker for the next push or close to wake.
+    fn wait<T>(&mut self, cx: &Context<'_>) -> Poll<T> {
+        match &self.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            _ => self.waiting = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
@@ -84,8 +105,7 @@ impl Outbox {
         }
         queue.bytes += frame.len();
         queue.frames.push_back(frame);
-        drop(queue);
-        self.0.wake.notify_one();
+        Shared::wake(queue);
         Ok(())
     }
 
@@ -93,8 +113,7 @@ impl Outbox {
     pub fn close(&self, closing: Closing) {
         let mut queue = self.0.lock();
         queue.closing.get_or_insert(closing);
-        drop(queue);
-        self.0.wake.notify_one();
+        Shared::wake(queue);
     }
 }
 
@@ -105,30 +124,31 @@ impl Inbox {
     /// The queue gives up its buffer with the frames, so an idle peer holds no queue memory.
     /// Cancel-safe: nothing is taken from the queue until the call returns.
     pub async fn next_batch(&self) -> Result<VecDeque<String>, Closing> {
-        loop {
-            {
-                let mut queue = self.0.lock();
-                if !queue.frames.is_empty() {
-                    queue.bytes = 0;
-                    return Ok(std::mem::take(&mut queue.frames));
-                }
-                if let Some(closing) = queue.closing {
-                    return Err(closing);
-                }
+        poll_fn(|cx| {
+            let mut queue = self.0.lock();
+            if !queue.frames.is_empty() {
+                queue.bytes = 0;
+                return Poll::Ready(Ok(std::mem::take(&mut queue.frames)));
             }
-            self.0.wake.notified().await;
-        }
+            if let Some(closing) = queue.closing {
+                return Poll::Ready(Err(closing));
+            }
+            queue.wait(cx)
+        })
+        .await
     }
 
     /// Resolves once the peer has been closed as [`TOO_SLOW`]; used to abandon a write it is not
     /// reading. Other closes wait for queued frames to be written first.
     pub async fn overflowed(&self) {
-        loop {
-            if self.0.lock().closing == Some(TOO_SLOW) {
-                return;
+        poll_fn(|cx| {
+            let mut queue = self.0.lock();
+            if queue.closing == Some(TOO_SLOW) {
+                return Poll::Ready(());
             }
-            self.0.wake.notified().await;
-        }
+            queue.wait(cx)
+        })
+        .await
     }
 }
 

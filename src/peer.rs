@@ -1,11 +1,11 @@
 //! One WebSocket session, from HELLO to the close frame: the only place that touches both the
 //! socket and the hub.
 //!
-//! A single task owns the socket (no split): it reacts to whichever comes first of shutdown, frames
-//! queued for the peer, a frame from the peer, or its ping/idle timer.
+//! A single task owns the socket (no split): it reacts to whichever comes first of frames queued
+//! for the peer (or a close, shutdown's included), a frame from the peer, or its ping/idle timer.
 
 use crate::config::Config;
-use crate::hub::{Hub, JoinError, Membership, PeerId};
+use crate::hub::{Hub, JoinError, Membership, PeerId, SHUTTING_DOWN};
 use crate::ids::JoinCode;
 use crate::limits::{RateLimiter, Slot, Verdict};
 use crate::metrics::Metrics;
@@ -33,10 +33,6 @@ use tracing::{debug, info};
 /// socket, so a peer that never answers holds nothing for long.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-const SHUTTING_DOWN: Closing = Closing {
-    code: close::GOING_AWAY,
-    reason: "going away",
-};
 const IDLE: Closing = Closing {
     code: close::IDLE,
     reason: "idle timeout",
@@ -272,21 +268,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// The session's loop: whichever comes first of shutdown, frames queued for the peer, a frame
+    /// The session's loop: whichever comes first of frames queued for the peer or a close, a frame
     /// from the peer, or the ping/idle timer.
     async fn relay(&mut self) -> End {
         let mut heard_at = Instant::now();
         let mut ping_at = heard_at + self.context.config.ping_interval;
         let timer = tokio::time::sleep_until(ping_at);
         tokio::pin!(timer);
-        // Made once: a fresh `cancelled()` per event would join and leave the waiter list that
-        // every session shares, under its lock, for every message.
-        let shutdown = self.context.shutdown.clone().cancelled_owned();
-        tokio::pin!(shutdown);
         loop {
+            // Shutdown arrives as a close in the queue (`Hub::shut_down`), so no branch here polls
+            // anything every session shares.
             let event = tokio::select! {
                 biased;
-                () = &mut shutdown => Event::Ended(End::Closed(SHUTTING_DOWN)),
                 batch = self.inbox.next_batch() => match batch {
                     Ok(batch) => Event::Outgoing(batch),
                     Err(closing) => Event::Ended(End::Closed(closing)),

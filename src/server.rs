@@ -189,6 +189,7 @@ impl Relay {
         drop(listener);
         info!(live = app.slots.live(), "shutting down");
         app.sessions.shutdown.cancel();
+        app.sessions.hub.shut_down();
         app.tracker.close();
         if tokio::time::timeout(config.shutdown_timeout, app.tracker.wait())
             .await
