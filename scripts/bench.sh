@@ -10,10 +10,12 @@
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
-# measurement block starts a fresh relay: pingpong+connect, fairness, idle over ws, connect over
-# wss, idle over wss.
+# measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, idle over ws,
+# connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
-# per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
+# per pair for each phase. One unmeasured round of the same pairs goes first: a relay's heap grows
+# the first time it holds that many peers, once per high-water mark. The connect-cold step measures
+# that first round on a fresh relay (--warmup-rounds 0). It runs over ws and over wss (dev certificates from gen-certs); the
 # difference between the two set-up figures is what the relay spends on the TLS handshakes, two
 # per pair. Against the echo server a pair is two bare upgrades and closes: the floor of accepting,
 # upgrading and closing two sockets on the same stack.
@@ -128,6 +130,11 @@ for run in $(seq "$RUNS"); do
     stop "$ECHO_PID" || true
     stop "$RELAY_PID" || true
 
+    start_relay "cold.$run" "${RELAY_FLAGS[@]}"
+    generate connect-cold "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY --warmup-rounds 0
+    stop "$RELAY_PID" || true
+
     start_relay "fair.$run" "${RELAY_FLAGS[@]}"
     generate fair-quiet "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$DURATION" --warmup $WARMUP \
@@ -219,7 +226,7 @@ echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
 echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
-    "$CONCURRENCY at a time; idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
+    "$CONCURRENCY at a time, after a warm-up round of the same; idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
 echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
@@ -262,6 +269,8 @@ row "connect floor (echo: 2 closes): CPU-µs per tear-down" "$FLOOR_TEARDOWN" \
     "$(spread connect-echo .cpu.us_per_teardown)"
 row "connect set-up, relay / floor" "$(ratio "$WS_SETUP" "$FLOOR_SETUP")" ""
 row "connect tear-down, relay / floor" "$(ratio "$WS_TEARDOWN" "$FLOOR_TEARDOWN")" ""
+row "connect ws, fresh relay's first round: CPU-µs per set-up" "$(median connect-cold .cpu.us_per_setup)" \
+    "$(spread connect-cold .cpu.us_per_setup)"
 if [[ $TLS == 1 ]]; then
     WSS_SETUP=$(median connect-wss .cpu.us_per_setup)
     TLS_PER_PAIR=$(difference "$WSS_SETUP" "$WS_SETUP")

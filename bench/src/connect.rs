@@ -8,6 +8,10 @@
 //! A run has two phases: every pair is set up and held open, then every pair is torn down. The
 //! relay's CPU time is read between them, so the set-up cost is isolated from the tear-down cost
 //! rather than blended with it.
+//!
+//! Unmeasured warm-up rounds of the same size come first: the first time a relay holds that many
+//! pairs its heap grows (a system call and page faults per pair), a cost paid once per high-water
+//! mark rather than per pair. `--warmup-rounds 0` measures a fresh relay's first rise instead.
 
 use crate::net::{self, CloseOutcome, Dialer, Pair};
 use crate::pingpong::Target;
@@ -29,6 +33,8 @@ pub struct Params {
     pub concurrency: usize,
     /// The relay, or the echo server as the floor.
     pub target: Target,
+    /// Unmeasured rounds (set up all, tear down all) before the measured one.
+    pub warmup_rounds: usize,
 }
 
 /// What one worker (and, merged, the whole run) saw.
@@ -46,6 +52,13 @@ struct Tally {
 impl Tally {
     fn note(&mut self, what: String) {
         self.samples.note(what);
+    }
+
+    /// A warm-up round's failures fail the run; its counts are not part of the figures.
+    fn merge_failures(&mut self, warm_up: Tally) {
+        self.failed += warm_up.failed;
+        self.peer_gone_missing += warm_up.peer_gone_missing;
+        self.samples.extend(warm_up.samples);
     }
 
     fn merge(&mut self, other: Tally) {
@@ -134,6 +147,16 @@ pub async fn measure(
         "raise the limit (ulimit -n) or give fewer --pairs",
     )?;
 
+    let mut warm_up = Tally::default();
+    for round in 1..=params.warmup_rounds {
+        eprintln!(
+            "connect: warm-up round {round} of {}: {} pairs, {} at a time…",
+            params.warmup_rounds, params.pairs, params.concurrency
+        );
+        let (pairs, tally, _) = set_up_all(params, dialer.clone()).await?;
+        warm_up.merge_failures(tally);
+        warm_up.merge_failures(tear_down_all(pairs, params).await?);
+    }
     eprintln!(
         "connect: setting up {} pairs, {} at a time…",
         params.pairs, params.concurrency
@@ -152,10 +175,11 @@ pub async fn measure(
     let started = Instant::now();
     tally.merge(tear_down_all(pairs, params).await?);
     let teardown_elapsed = started.elapsed();
+    tally.merge_failures(warm_up);
     let cpu = match (watched, before, between) {
         (Some(watched), Some(before), Some(between)) => Some(PhaseCpu {
-            setup: before.until(&between)?,
-            teardown: between.until(&watched.cpu()?)?,
+            setup: before.until(&between),
+            teardown: between.until(&watched.cpu()?),
         }),
         _ => None,
     };
@@ -317,10 +341,12 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
     });
     let mut report = Report::new(
         format!(
-            "connect → {url} ({}): {} pairs, {} at a time (all set up and held, then all torn down)",
+            "connect → {url} ({}): {} pairs, {} at a time (all set up and held, then all torn down), \
+             after {} warm-up round(s)",
             params.target.name(),
             params.pairs,
-            params.concurrency
+            params.concurrency,
+            params.warmup_rounds
         ),
         json!({
             "command": "connect",
@@ -328,6 +354,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "url": url,
             "pairs": params.pairs,
             "concurrency": params.concurrency,
+            "warmup_rounds": params.warmup_rounds,
             "set_up": outcome.set_up,
             "failed": outcome.failed,
             "peer_gone_missing": outcome.peer_gone_missing,

@@ -93,6 +93,10 @@ enum Command {
         /// Pairs being set up, or torn down, at once
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// Unmeasured rounds of the same pairs first, so the figures are the steady state and not
+        /// the relay's first growth to that many peers (0 measures that growth)
+        #[arg(long, default_value_t = 1)]
+        warmup_rounds: usize,
         /// PID of the relay, to charge its CPU time to each pair's set-up and tear-down
         #[arg(long)]
         pid: Option<u32>,
@@ -198,6 +202,7 @@ async fn run(command: Command) -> Result<Report> {
             endpoint,
             pairs,
             concurrency,
+            warmup_rounds,
             pid,
         } => {
             let (dialer, watched) = prepare(&endpoint, pid)?;
@@ -205,6 +210,7 @@ async fn run(command: Command) -> Result<Report> {
                 pairs,
                 concurrency,
                 target,
+                warmup_rounds,
             };
             let outcome = connect::measure(&params, dialer, watched.as_ref()).await?;
             Ok(connect::report(&params, &endpoint.url, &outcome, pid))
@@ -247,6 +253,8 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
         pairs: 200,
         concurrency: 50,
         target: pingpong::Target::Relay,
+        // Correctness only: a fresh relay's first round is the one that matters here.
+        warmup_rounds: 0,
     };
     let connected = connect::measure(&conn, dialer, None).await?;
     let checks = &pinged.checks;
