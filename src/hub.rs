@@ -5,7 +5,7 @@
 //! [`Outbox`] and written by the peer's own task.
 
 use crate::ids::{ClientId, JoinCode};
-use crate::outbox::{Closing, Outbox, TOO_SLOW};
+use crate::outbox::{Closing, Outbox, SHUTTING_DOWN, TOO_SLOW};
 use crate::protocol::{self, close};
 use std::collections::HashMap;
 use std::fmt;
@@ -15,12 +15,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub const SERVER_GONE: Closing = Closing {
     code: close::SERVER_GONE,
     reason: "server gone",
-};
-
-/// The close every peer gets when the relay shuts down.
-pub const SHUTTING_DOWN: Closing = Closing {
-    code: close::GOING_AWAY,
-    reason: "going away",
 };
 
 /// A handle to the registry; cheap to clone, one per connection.

@@ -25,6 +25,20 @@ pub const TOO_SLOW: Closing = Closing {
     reason: "too slow",
 };
 
+/// The close every peer gets when the relay shuts down.
+pub const SHUTTING_DOWN: Closing = Closing {
+    code: crate::protocol::close::GOING_AWAY,
+    reason: "going away",
+};
+
+impl Closing {
+    /// Whether a write the peer is not reading is given up for this close rather than waited on:
+    /// the peer is too slow, or the relay is going away.
+    fn abandons_writes(self) -> bool {
+        self == TOO_SLOW || self == SHUTTING_DOWN
+    }
+}
+
 /// The push side, held by the hub.
 #[derive(Debug, Clone)]
 pub struct Outbox(Arc<Shared>);
@@ -138,15 +152,16 @@ impl Inbox {
         .await
     }
 
-    /// Resolves once the peer has been closed as [`TOO_SLOW`]; used to abandon a write it is not
-    /// reading. Other closes wait for queued frames to be written first.
-    pub async fn overflowed(&self) {
+    /// Resolves with the close once the peer has been closed as [`TOO_SLOW`] or
+    /// [`SHUTTING_DOWN`]; used to abandon a write it is not reading. Other closes wait for queued
+    /// frames to be written first.
+    pub async fn abandoned(&self) -> Closing {
         poll_fn(|cx| {
             let mut queue = self.0.lock();
-            if queue.closing == Some(TOO_SLOW) {
-                return Poll::Ready(());
+            match queue.closing {
+                Some(closing) if closing.abandons_writes() => Poll::Ready(closing),
+                _ => queue.wait(cx),
             }
-            queue.wait(cx)
         })
         .await
     }
@@ -193,14 +208,25 @@ mod tests {
             Ok(VecDeque::from(["PEER_GONE".into()]))
         );
         assert_eq!(inbox.next_batch().await, Err(GONE));
-        let overflowed =
-            tokio::time::timeout(std::time::Duration::from_millis(20), inbox.overflowed());
+        let abandoned =
+            tokio::time::timeout(std::time::Duration::from_millis(20), inbox.abandoned());
         assert!(
-            overflowed.await.is_err(),
+            abandoned.await.is_err(),
             "a server-gone close waits for queued frames"
         );
         outbox.close(TOO_SLOW);
         assert_eq!(inbox.next_batch().await, Err(GONE), "the first close wins");
+    }
+
+    #[tokio::test]
+    async fn a_slow_peer_or_shutdown_abandons_a_pending_write() {
+        for closing in [TOO_SLOW, SHUTTING_DOWN] {
+            let (outbox, inbox) = bounded(100);
+            let waiter = tokio::spawn(async move { inbox.abandoned().await });
+            tokio::task::yield_now().await;
+            outbox.close(closing);
+            assert_eq!(waiter.await.expect("no panic"), closing);
+        }
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 //! for the peer (or a close, shutdown's included), a frame from the peer, or its ping/idle timer.
 
 use crate::config::Config;
-use crate::hub::{Hub, JoinError, Membership, PeerId, SHUTTING_DOWN};
+use crate::hub::{Hub, JoinError, Membership, PeerId};
 use crate::ids::JoinCode;
 use crate::limits::{RateLimiter, Slot, Verdict};
 use crate::metrics::Metrics;
@@ -331,7 +331,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Writes `frames` and flushes once. A peer that stops reading must not hold its task in a
     /// write forever: the write is abandoned when the peer overflows its queue, when the relay
-    /// shuts down, or when the socket has taken nothing for `--idle-timeout`.
+    /// shuts down (both arrive as closes in its queue), or when the socket has taken nothing for
+    /// `--idle-timeout`.
     ///
     /// Usually the socket takes everything at once. Only a write that has to wait sets up the
     /// watch for those three, on the heap: inline it would be memory every idle peer holds.
@@ -354,7 +355,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let stalled = Stalled {
             inbox: &self.inbox,
-            shutdown: &self.context.shutdown,
             idle_timeout: self.context.config.idle_timeout,
         };
         Box::pin(stalled.finish(written, timer, next_check)).await
@@ -425,7 +425,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 /// What a write that could not finish at once watches while it waits.
 struct Stalled<'a> {
     inbox: &'a Inbox,
-    shutdown: &'a CancellationToken,
     idle_timeout: Duration,
 }
 
@@ -445,8 +444,7 @@ impl Stalled<'_> {
             tokio::select! {
                 biased;
                 result = written.as_mut() => break result.map_err(ended_by),
-                () = self.inbox.overflowed() => break Err(End::Closed(TOO_SLOW)),
-                _ = self.shutdown.cancelled() => break Err(End::Closed(SHUTTING_DOWN)),
+                closing = self.inbox.abandoned() => break Err(End::Closed(closing)),
                 _ = timer.as_mut() => {
                     if Instant::now() >= deadline {
                         break Err(End::Closed(IDLE));

@@ -279,12 +279,8 @@ async fn a_write_to_a_peer_that_stops_reading_is_abandoned_at_the_idle_timeout()
     .await;
     let mut server = TestPeer::server(&relay).await;
     let stalled = TestPeer::client_of(&relay, &mut server).await;
-    // More than loopback's socket buffers hold for a reader that never reads, so the relay's
-    // write to this client blocks; only the stall deadline can end the session now.
-    let chunk = "x".repeat(60 * 1024);
-    for _ in 0..160 {
-        server.send_to(&stalled.id, "BULK", json!(chunk)).await;
-    }
+    // The relay's write to this client blocks; only the stall deadline can end the session now.
+    server.overfill(&stalled.id).await;
     server
         .expect_relay("PEER_GONE", json!({"id": stalled.id}))
         .await;

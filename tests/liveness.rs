@@ -123,6 +123,30 @@ async fn a_peer_that_never_answers_is_closed_with_4408_and_dropped() {
 }
 
 #[tokio::test]
+async fn shutdown_gives_up_a_write_stuck_on_a_peer_that_stopped_reading() {
+    let relay = TestRelay::start(Config {
+        rate_limit: 0,
+        max_message_bytes: 64 * 1024,
+        // Room for everything, and no idle cut within the test: only shutdown can end the write.
+        send_queue_bytes: 64 * 1024 * 1024,
+        idle_timeout: Duration::from_secs(120),
+        shutdown_timeout: Duration::from_secs(60),
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let stuck = TestPeer::client_of(&relay, &mut server).await;
+    server.overfill(&stuck.id).await;
+    let started = Instant::now();
+    relay.stop().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "shutdown took {:?}: it waited on the stuck write",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn shutdown_sends_going_away_to_every_peer_and_returns() {
     let relay = TestRelay::start(config()).await;
     let mut server = TestPeer::server(&relay).await;

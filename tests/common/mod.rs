@@ -193,6 +193,16 @@ impl TestPeer {
             .await;
     }
 
+    /// Sends the client `to` more than loopback's socket buffers hold (160 messages of 60 KiB), so
+    /// the relay's write to it blocks if it never reads. The relay needs `max_message_bytes` of at
+    /// least 64 KiB, and `send_queue_bytes` to match unless the client is meant to overflow.
+    pub async fn overfill(&mut self, to: &str) {
+        let chunk = "x".repeat(60 * 1024);
+        for _ in 0..160 {
+            self.send_to(to, "BULK", json!(chunk)).await;
+        }
+    }
+
     /// The next text frame, parsed; pings and pongs are skipped.
     pub async fn recv(&mut self) -> Value {
         loop {
