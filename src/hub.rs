@@ -269,11 +269,12 @@ impl Hub {
 
     /// Removes a peer and tells its counterparts; with `closing`, also asks the peer to close.
     ///
-    /// A counterpart whose queue cannot take PEER_GONE is too slow and is evicted in turn, so the
-    /// work is a queue, not recursion.
+    /// A counterpart whose queue cannot take PEER_GONE is too slow. A server is evicted in turn,
+    /// which only closes its clients; a client is closed at once. So a leave takes at most two
+    /// steps, and the loop needs no queue: a leave allocates nothing.
     fn evict_locked(state: &mut State, id: PeerId, closing: Option<Closing>) {
-        let mut pending = vec![(id, closing)];
-        while let Some((id, closing)) = pending.pop() {
+        let mut next = Some((id, closing));
+        while let Some((id, closing)) = next.take() {
             match id {
                 PeerId::Server(code) => {
                     let Some(server) = state.servers.remove(&code) else {
@@ -304,7 +305,7 @@ impl Hub {
                         server.clients.retain(|c| *c != client_id);
                         let gone = protocol::peer_gone(client_id.as_str());
                         if server.outbox.push(gone).is_err() {
-                            pending.push((PeerId::Server(client.server), Some(TOO_SLOW)));
+                            next = Some((PeerId::Server(client.server), Some(TOO_SLOW)));
                         }
                     }
                 }
@@ -488,6 +489,28 @@ mod tests {
             hub.route(s.id(), slow.id().as_str(), "x".into()),
             Err(UnknownPeer)
         );
+    }
+
+    #[tokio::test]
+    async fn a_leave_the_server_has_no_room_to_hear_evicts_the_server_and_closes_its_clients() {
+        let hub = Hub::new(6, 8);
+        // Room for HELLO and two PEER_JOINED, and not a byte more.
+        let joined = protocol::peer_joined(&"x".repeat(crate::ids::CLIENT_ID_LENGTH)).len();
+        let (server_outbox, server_inbox) = outbox::bounded(hello("ABCDEF").len() + 2 * joined);
+        let s = hub.register_server(server_outbox, hello);
+        let PeerId::Server(code) = s.id() else {
+            panic!("a server gets a code")
+        };
+        let (leaving, _leaving_inbox, _) = client(&hub, code);
+        let (_staying, staying_inbox, _) = client(&hub, code);
+        drain(&staying_inbox).await;
+        drop(leaving);
+        assert_eq!(drain(&server_inbox).await.1, Some(TOO_SLOW));
+        assert_eq!(
+            drain(&staying_inbox).await,
+            (vec![protocol::peer_gone(code.as_str())], Some(SERVER_GONE))
+        );
+        assert_eq!(hub.counts(), (0, 0));
     }
 
     #[tokio::test]

@@ -56,9 +56,10 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
 /// as every peer of a relay that has just restarted.
 const ACCEPT_BACKLOG: u32 = 1024;
 
-/// Binds the WebSocket listener with `TCP_NODELAY`, which accepted sockets inherit (Linux, the
-/// BSDs): one system call here instead of one per connection. Signaling messages are small and
-/// latency-bound, so none is held back to coalesce with the next.
+/// Binds a listener (the WebSocket one, and `--metrics-listen`) with `TCP_NODELAY`, which
+/// accepted sockets inherit (Linux, the BSDs): one system call here instead of one per
+/// connection. Signaling messages are small and latency-bound, so none is held back to coalesce
+/// with the next.
 pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
@@ -85,11 +86,9 @@ impl Relay {
         let listener =
             listen(config.listen).with_context(|| format!("binding --listen {}", config.listen))?;
         let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding --metrics-listen {addr}"))?,
-            ),
+            Some(addr) => {
+                Some(listen(addr).with_context(|| format!("binding --metrics-listen {addr}"))?)
+            }
             None => None,
         };
         let tls = match &config.tls {
