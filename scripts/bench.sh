@@ -194,6 +194,19 @@ difference() {
         else (($a - $b) * 100 | round) / 100 end'
 }
 
+# The relay/echo ratio of a pingpong figure within each run, in run order: the tail moves with the
+# machine's noise, so the ratio of medians hides how far single runs spread.
+per_run_ratio() {
+    local expr=$1 run out=()
+    for run in $(seq "$RUNS"); do
+        out+=("$(jq -rn --slurpfile r "$RESULTS/pingpong-relay.$run.json" \
+            --slurpfile e "$RESULTS/pingpong-echo.$run.json" \
+            "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
+             if \$a == null or \$b == null or \$b == 0 then \"-\" else (\$a / \$b * 100 | round) / 100 end")")
+    done
+    echo "${out[*]}"
+}
+
 row() {
     printf '%-56s %16s   %s\n' "$1" "$2" "$3"
 }
@@ -244,7 +257,7 @@ row "relay: RTT p50 µs" "$RELAY_P50" "$(spread pingpong-relay .rtt.p50_us)"
 row "echo: RTT p50 µs" "$ECHO_P50" "$(spread pingpong-echo .rtt.p50_us)"
 row "relay: RTT p99 µs" "$RELAY_P99" "$(spread pingpong-relay .rtt.p99_us)"
 row "echo: RTT p99 µs" "$ECHO_P99" "$(spread pingpong-echo .rtt.p99_us)"
-row "RTT p99, relay / echo" "$(ratio "$RELAY_P99" "$ECHO_P99")" ""
+row "RTT p99, relay / echo" "$(ratio "$RELAY_P99" "$ECHO_P99")" "each run: $(per_run_ratio .rtt.p99_us)"
 row "relay: CPU share of core 0 during pingpong" "$(median pingpong-relay .cpu.core_share)" \
     "$(spread pingpong-relay .cpu.core_share)"
 row "echo: CPU share of core 0 during pingpong" "$(median pingpong-echo .cpu.core_share)" \
