@@ -33,6 +33,17 @@ struct State {
     shutting_down: bool,
 }
 
+impl State {
+    /// Queues a new member's HELLO and, once shutdown has begun, its close right behind it.
+    fn greet(&self, outbox: &Outbox, hello: String) {
+        // A fresh queue always has room for HELLO, which the relay builds small.
+        let _ = outbox.push(hello);
+        if self.shutting_down {
+            outbox.close(SHUTTING_DOWN);
+        }
+    }
+}
+
 struct ServerEntry {
     outbox: Outbox,
     /// Never longer than `Hub::max_clients_per_server`.
@@ -145,11 +156,7 @@ impl Hub {
                 break code;
             }
         };
-        // A fresh queue always has room for HELLO, which the relay builds small.
-        let _ = outbox.push(hello(code.as_str()));
-        if state.shutting_down {
-            outbox.close(SHUTTING_DOWN);
-        }
+        state.greet(&outbox, hello(code.as_str()));
         state.servers.insert(
             code,
             ServerEntry {
@@ -196,10 +203,7 @@ impl Hub {
             return Err(JoinError::UnknownServer);
         }
         server.clients.push(id);
-        let _ = outbox.push(hello(id.as_str()));
-        if state.shutting_down {
-            outbox.close(SHUTTING_DOWN);
-        }
+        state.greet(&outbox, hello(id.as_str()));
         state.clients.insert(
             id,
             ClientEntry {
@@ -341,7 +345,12 @@ mod tests {
     }
 
     fn server(hub: &Hub) -> (Membership, Inbox, JoinCode) {
-        let (outbox, inbox) = outbox::bounded(ROOMY);
+        server_with_room(hub, ROOMY)
+    }
+
+    /// A server whose queue holds at most `limit_bytes`.
+    fn server_with_room(hub: &Hub, limit_bytes: usize) -> (Membership, Inbox, JoinCode) {
+        let (outbox, inbox) = outbox::bounded(limit_bytes);
         let membership = hub.register_server(outbox, hello);
         let PeerId::Server(code) = membership.id() else {
             panic!("a server gets a code")
@@ -496,11 +505,7 @@ mod tests {
         let hub = Hub::new(6, 8);
         // Room for HELLO and two PEER_JOINED, and not a byte more.
         let joined = protocol::peer_joined(&"x".repeat(crate::ids::CLIENT_ID_LENGTH)).len();
-        let (server_outbox, server_inbox) = outbox::bounded(hello("ABCDEF").len() + 2 * joined);
-        let s = hub.register_server(server_outbox, hello);
-        let PeerId::Server(code) = s.id() else {
-            panic!("a server gets a code")
-        };
+        let (_s, server_inbox, code) = server_with_room(&hub, hello("ABCDEF").len() + 2 * joined);
         let (leaving, _leaving_inbox, _) = client(&hub, code);
         let (_staying, staying_inbox, _) = client(&hub, code);
         drain(&staying_inbox).await;
