@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestPeer, TestRelay, config};
+use common::{TestPeer, TestRelay, config, overfill_config};
 use futures_util::SinkExt;
 use intercessor::Config;
 use serde_json::json;
@@ -268,13 +268,9 @@ async fn a_peer_that_stops_reading_is_closed_too_slow_and_its_server_hears_peer_
 #[tokio::test]
 async fn a_write_to_a_peer_that_stops_reading_is_abandoned_at_the_idle_timeout() {
     let relay = TestRelay::start(Config {
-        rate_limit: 0,
-        max_message_bytes: 64 * 1024,
-        // Room for everything: this peer is never too slow, only stuck.
-        send_queue_bytes: 64 * 1024 * 1024,
         ping_interval: Duration::from_millis(300),
         idle_timeout: Duration::from_secs(1),
-        ..config()
+        ..overfill_config()
     })
     .await;
     let mut server = TestPeer::server(&relay).await;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestPeer, TestRelay, config};
+use common::{TestPeer, TestRelay, config, overfill_config};
 use futures_util::StreamExt;
 use intercessor::Config;
 use std::time::{Duration, Instant};
@@ -125,13 +125,10 @@ async fn a_peer_that_never_answers_is_closed_with_4408_and_dropped() {
 #[tokio::test]
 async fn shutdown_gives_up_a_write_stuck_on_a_peer_that_stopped_reading() {
     let relay = TestRelay::start(Config {
-        rate_limit: 0,
-        max_message_bytes: 64 * 1024,
-        // Room for everything, and no idle cut within the test: only shutdown can end the write.
-        send_queue_bytes: 64 * 1024 * 1024,
+        // No idle cut within the test: only shutdown can end the write.
         idle_timeout: Duration::from_secs(120),
         shutdown_timeout: Duration::from_secs(60),
-        ..config()
+        ..overfill_config()
     })
     .await;
     let mut server = TestPeer::server(&relay).await;

@@ -36,6 +36,17 @@ pub fn config() -> Config {
     }
 }
 
+/// A relay that takes [`TestPeer::overfill`]'s messages and queues them all for a client that
+/// does not read: that client is never too slow, only stuck in a write.
+pub fn overfill_config() -> Config {
+    Config {
+        rate_limit: 0,
+        max_message_bytes: 64 * 1024,
+        send_queue_bytes: 64 * 1024 * 1024,
+        ..config()
+    }
+}
+
 impl TestRelay {
     pub async fn start(config: Config) -> TestRelay {
         let relay = Relay::bind(config).await.expect("relay binds");
@@ -194,8 +205,8 @@ impl TestPeer {
     }
 
     /// Sends the client `to` more than loopback's socket buffers hold (160 messages of 60 KiB), so
-    /// the relay's write to it blocks if it never reads. The relay needs `max_message_bytes` of at
-    /// least 64 KiB, and `send_queue_bytes` to match unless the client is meant to overflow.
+    /// the relay's write to it blocks if it never reads. The relay needs [`overfill_config`]'s
+    /// message and queue sizes.
     pub async fn overfill(&mut self, to: &str) {
         let chunk = "x".repeat(60 * 1024);
         for _ in 0..160 {
