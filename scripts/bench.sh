@@ -13,12 +13,12 @@
 # measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, idle over ws,
 # connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
-# per pair for each phase. One unmeasured round of the same pairs goes first: a relay's heap grows
-# the first time it holds that many peers, once per high-water mark. The connect-cold step measures
-# that first round on a fresh relay (--warmup-rounds 0). It runs over ws and over wss (dev certificates from gen-certs); the
+# per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
 # difference between the two set-up figures is what the relay spends on the TLS handshakes, two
-# per pair. Against the echo server a pair is two bare upgrades and closes: the floor of accepting,
-# upgrading and closing two sockets on the same stack.
+# per pair. One unmeasured round of the same pairs goes first: a relay's heap grows the first time
+# it holds that many peers, once per high-water mark. The connect-cold step measures that first
+# round on a fresh relay (--warmup-rounds 0). Against the echo server a pair is two bare upgrades
+# and closes: the floor of accepting, upgrading and closing two sockets on the same stack.
 # Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
 # sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
@@ -239,7 +239,8 @@ echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
 echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
-    "$CONCURRENCY at a time, after a warm-up round of the same; idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
+    "$CONCURRENCY at a time, after a warm-up round of the same;" \
+    "idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
 echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
