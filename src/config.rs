@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -394,6 +395,11 @@ pub struct Options {
     /// Log line format [default: text]
     #[arg(long, env = "INTERCESSOR_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+
+    /// Threads serving connections; 1 runs the whole relay on one thread [default: the cores this
+    /// process may run on]
+    #[arg(long, env = "INTERCESSOR_THREADS", value_name = "N")]
+    pub threads: Option<NonZeroUsize>,
 }
 
 impl Options {
@@ -467,6 +473,7 @@ impl Options {
             metrics_listen: self.metrics_listen.or(lower.metrics_listen),
             message_schema: self.message_schema.or(lower.message_schema),
             log_format: self.log_format.or(lower.log_format),
+            threads: self.threads.or(lower.threads),
         }
     }
 

@@ -5,6 +5,7 @@ use clap::Parser;
 use intercessor::Relay;
 use intercessor::config::{Cli, Command, LogFormat, Options};
 use intercessor::devcert;
+use intercessor::server;
 use intercessor::tls::TlsFiles;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -61,12 +62,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let options = cli.options.or(file);
     let log_format = options.log_format.unwrap_or_default();
+    let threads = options.threads.unwrap_or_else(server::available_threads);
     let config = options.into_config(std::env::var("PORT").ok().as_deref())?;
     init_logging(log_format);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = server::runtime(threads)?;
     runtime.block_on(async {
         // Signal handlers go in before the listener exists, so that no SIGTERM can arrive while
         // the relay listens but would still die of the default action.
@@ -79,8 +79,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         if let Some(tls) = relay.tls() {
             tokio::spawn(reload_on_hangup(hangup, tls));
         }
-        // On a worker like the connections it spawns: from `block_on`'s thread every accepted
-        // connection would be handed across threads.
+        // On a worker like the connections it spawns: with several threads, from `block_on`'s
+        // thread every accepted connection would be handed across threads.
         tokio::spawn(relay.run(shutdown))
             .await
             .context("the accept loop panicked")

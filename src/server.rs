@@ -16,9 +16,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Runtime;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -50,6 +52,28 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
         .max_write_buffer_size(WS_WRITE_BUFFER + 2 * max_message_bytes)
         .max_message_size(Some(max_message_bytes))
         .max_frame_size(Some(max_message_bytes))
+}
+
+/// The runtime the relay runs on (and the bench's echo server, to compare like for like).
+///
+/// One thread gets tokio's current-thread scheduler: with no second worker to hand work to, the
+/// multi-thread scheduler's bookkeeping on every wake-up buys nothing, and a relayed frame wakes
+/// a task per message.
+pub fn runtime(threads: NonZeroUsize) -> std::io::Result<Runtime> {
+    let mut builder = if threads.get() == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads.get());
+        builder
+    };
+    builder.enable_all().build()
+}
+
+/// The default `--threads`: the cores this process may run on, within its CPU affinity and
+/// cgroup quota (a one-vCPU VM or container gets one).
+pub fn available_threads() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
 /// Connections the kernel queues before they are accepted: room for a burst of reconnects, such
@@ -168,7 +192,11 @@ impl Relay {
             });
             tokio::spawn(metrics::serve(listener, scrape))
         });
-        info!(listen = %listener.local_addr().map_or(config.listen, |a| a), "relay listening");
+        info!(
+            listen = %listener.local_addr().map_or(config.listen, |a| a),
+            threads = tokio::runtime::Handle::current().metrics().num_workers(),
+            "relay listening"
+        );
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{RelayProcess, TestPeer, start_error};
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::time::Duration;
 
 async fn hello(relay: &RelayProcess) -> Value {
@@ -84,14 +84,13 @@ fn invalid_values_fail_at_start_with_one_line_naming_the_option() {
     );
     refused(&["--config", bad_path], &[], "ping_interval");
     refused(&["--config", "/nonexistent/relay.toml"], &[], "--config");
+    refused(&["--threads", "0"], &[], "--threads");
 }
 
-#[tokio::test]
-async fn sigterm_closes_peers_with_1001_and_exits_zero() {
-    let mut relay = RelayProcess::start(&[], &[]);
-    let mut server = TestPeer::join(&format!("{}/server", relay.url)).await;
+/// Sends SIGTERM and expects `peer` closed with 1001 and the relay to exit with status 0.
+async fn stops_on_sigterm(mut relay: RelayProcess, peer: &mut TestPeer) {
     relay.signal("TERM");
-    assert_eq!(server.expect_close(1001).await, "going away");
+    assert_eq!(peer.expect_close(1001).await, "going away");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(exit) = relay.child.try_wait().expect("wait") {
@@ -104,6 +103,45 @@ async fn sigterm_closes_peers_with_1001_and_exits_zero() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+#[tokio::test]
+async fn sigterm_closes_peers_with_1001_and_exits_zero() {
+    let relay = RelayProcess::start(&[], &[]);
+    let mut server = TestPeer::join(&format!("{}/server", relay.url)).await;
+    stops_on_sigterm(relay, &mut server).await;
+}
+
+/// One thread runs tokio's current-thread scheduler, more run the multi-thread one: both relay,
+/// and both shut down.
+#[tokio::test]
+async fn one_thread_or_several_relays_and_shuts_down() {
+    let one: (&[&str], &[(&str, &str)]) = (&["--threads", "1"], &[]);
+    let two: (&[&str], &[(&str, &str)]) = (&[], &[("INTERCESSOR_THREADS", "2")]);
+    for (threads, (args, env)) in [(1, one), (2, two)] {
+        let relay = RelayProcess::start(args, env);
+        assert_eq!(relay.listening["threads"], threads, "{}", relay.listening);
+        let mut server = TestPeer::join(&format!("{}/server", relay.url)).await;
+        let url = format!("{}/client/{}", relay.url, server.id);
+        let mut client = TestPeer::join(&url).await;
+        server
+            .expect_relay("PEER_JOINED", json!({"id": client.id}))
+            .await;
+        let offer = json!({"sdp": "v=0"});
+        client.send_to(&server.id, "OFFER", offer.clone()).await;
+        let relayed = server.recv().await;
+        assert_eq!(
+            relayed,
+            json!({"from": client.id, "type": "OFFER", "message": offer})
+        );
+        server.send_to(&client.id, "ANSWER", offer.clone()).await;
+        let relayed = client.recv().await;
+        assert_eq!(
+            relayed,
+            json!({"from": server.id, "type": "ANSWER", "message": offer})
+        );
+        stops_on_sigterm(relay, &mut server).await;
+    }
 }
 
 #[test]

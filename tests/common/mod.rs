@@ -315,6 +315,8 @@ pub struct RelayProcess {
     pub url: String,
     /// The bound address.
     pub addr: SocketAddr,
+    /// The fields of the "relay listening" log line.
+    pub listening: Value,
     /// Every JSON log line after the "relay listening" one.
     pub log: mpsc::Receiver<Value>,
 }
@@ -331,20 +333,18 @@ impl RelayProcess {
             .expect("the binary starts");
         let stderr = child.stderr.take().expect("piped");
         let mut lines = BufReader::new(stderr).lines();
-        let listen = loop {
+        let listening = loop {
             let line = lines
                 .next()
                 .expect("the relay logs before exiting")
                 .expect("utf-8");
-            let entry: Value =
+            let mut entry: Value =
                 serde_json::from_str(&line).unwrap_or_else(|_| panic!("not JSON: {line}"));
             if entry["fields"]["message"] == "relay listening" {
-                break entry["fields"]["listen"]
-                    .as_str()
-                    .expect("address")
-                    .to_owned();
+                break entry["fields"].take();
             }
         };
+        let listen = listening["listen"].as_str().expect("address").to_owned();
         let (sender, log) = mpsc::channel();
         // Keep draining the log so the relay never blocks on a full pipe.
         std::thread::spawn(move || {
@@ -358,6 +358,7 @@ impl RelayProcess {
             child,
             url: format!("{}://{listen}", if tls { "wss" } else { "ws" }),
             addr: listen.parse().expect("a socket address"),
+            listening,
             log,
         }
     }

@@ -12,6 +12,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -33,9 +34,10 @@ struct Cli {
     /// Address to listen on; the port actually bound is printed as `listening on ADDR`
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Worker threads [default: the cores this process may run on, as the relay]
+    /// Threads, as the relay's `--threads`: 1 runs on one thread [default: the cores this process
+    /// may run on]
     #[arg(long, value_name = "N")]
-    threads: Option<usize>,
+    threads: Option<NonZeroUsize>,
 }
 
 /// The relay's own WebSocket buffers and limits, so the comparison is like for like.
@@ -45,11 +47,10 @@ fn websocket_config() -> WebSocketConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = cli.threads {
-        builder.worker_threads(threads.max(1));
-    }
-    let runtime = match builder.enable_all().build() {
+    let threads = cli
+        .threads
+        .unwrap_or_else(intercessor::server::available_threads);
+    let runtime = match intercessor::server::runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
