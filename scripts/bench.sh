@@ -4,12 +4,15 @@
 #
 # Environment:
 #   RUNS=3        runs of the whole set (medians are taken over them)
-#   DURATION=10s  measured interval of each pingpong (plus a 2 s warm-up)
-#   QUICK=1       a short version: 1 run, 3 s pingpongs, 500 connect pairs, 1000 idle pairs
+#   SLICES=5      pingpong slices per run, relay and echo alternating
+#   DURATION=2s   measured interval of each pingpong slice (plus a 1 s warm-up)
+#   QUICK=1       a short version: 1 run, 1 slice of 3 s, 500 connect pairs, 1000 idle pairs
 #                 (the full set holds 4000 and then 9000 idle pairs)
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
-# one of them is driven at a time (relay first, then echo); the idle one costs nothing. Every
+# one of them is driven at a time; the idle one costs nothing. The step alternates the two in
+# slices (relay, echo, relay, echo...), so that the machine's noise, which comes and goes over
+# seconds, falls on both alike, and each relay/echo ratio is taken within one slice pair. Every
 # measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, idle over ws,
 # connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
@@ -28,17 +31,24 @@ cd "$(dirname "$0")/.."
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     RUNS=${RUNS:-1}
+    SLICES=${SLICES:-1}
     DURATION=${DURATION:-3s}
-    WARMUP=1s
     CONNECT_PAIRS=500
     IDLE_SIZES=(1000)
 else
     RUNS=${RUNS:-3}
-    DURATION=${DURATION:-10s}
-    WARMUP=2s
+    SLICES=${SLICES:-5}
+    DURATION=${DURATION:-2s}
     CONNECT_PAIRS=2000
     IDLE_SIZES=(4000 9000)
 fi
+if [[ ! $DURATION =~ ^[0-9]+s$ ]]; then
+    echo "DURATION must be whole seconds, such as 2s (got $DURATION)" >&2
+    exit 2
+fi
+WARMUP=1s
+# The fairness step runs as long as one run's pingpong slices of one target together.
+FAIR_DURATION=$(( ${DURATION%s} * SLICES ))s
 PAIRS=100
 SIZE=512
 WINDOW=1
@@ -117,12 +127,14 @@ for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS" >&2
     start_relay "main.$run" "${RELAY_FLAGS[@]}"
     start_echo "$run"
-    generate pingpong-relay "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-        --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
-        --target relay
-    generate pingpong-echo "$run" pingpong --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
-        --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
-        --target echo
+    for slice in $(seq "$SLICES"); do
+        generate pingpong-relay "$run.$slice" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+            --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
+            --target relay
+        generate pingpong-echo "$run.$slice" pingpong --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
+            --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
+            --target echo
+    done
     generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
     generate connect-echo "$run" connect --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
@@ -137,10 +149,10 @@ for run in $(seq "$RUNS"); do
 
     start_relay "fair.$run" "${RELAY_FLAGS[@]}"
     generate fair-quiet "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$DURATION" --warmup $WARMUP \
+        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$FAIR_DURATION" --warmup $WARMUP \
         --target relay
     generate fair-flood "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$DURATION" --warmup $WARMUP \
+        --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$FAIR_DURATION" --warmup $WARMUP \
         --target relay --flooders 1
     stop "$RELAY_PID" || true
 
@@ -173,7 +185,7 @@ median() {
     cat "$RESULTS/$name".*.json 2>/dev/null | jq -s "map($expr) | map(select(. != null)) | sort |
         if length == 0 then null
         elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 end"
+        else (.[length / 2 - 1] + .[length / 2]) / 2 * 1000 | round / 1000 end"
 }
 
 # "min–max" of a jq expression over the runs, to show the spread next to the median.
@@ -194,17 +206,21 @@ difference() {
         else (($a - $b) * 100 | round) / 100 end'
 }
 
-# The relay/echo ratio of a pingpong figure within each run, in run order: the tail moves with the
-# machine's noise, so the ratio of medians hides how far single runs spread.
-per_run_ratio() {
-    local expr=$1 run out=()
-    for run in $(seq "$RUNS"); do
-        out+=("$(jq -rn --slurpfile r "$RESULTS/pingpong-relay.$run.json" \
-            --slurpfile e "$RESULTS/pingpong-echo.$run.json" \
+# The relay/echo ratios of a pingpong figure, one per slice pair (relay and echo measured back to
+# back), as "median<TAB>min–max<TAB>every ratio in order": the tail moves with the machine's noise,
+# so a ratio is taken within a slice pair and the median of those is the figure.
+paired_ratio() {
+    local expr=$1 relay suffix
+    for relay in "$RESULTS"/pingpong-relay.*.json; do
+        suffix=${relay#"$RESULTS"/pingpong-relay.}
+        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-echo.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
-             if \$a == null or \$b == null or \$b == 0 then \"-\" else (\$a / \$b * 100 | round) / 100 end")")
-    done
-    echo "${out[*]}"
+             if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
+    done | jq -rs 'map(select(. != null)) | map(. * 100 | round / 100) as $all | ($all | sort) as $s |
+        if $s == [] then "-\t-\t-" else
+        (if $s | length % 2 == 1 then $s[$s | length / 2 | floor]
+         else (($s[$s | length / 2 - 1] + $s[$s | length / 2]) / 2 * 100 | round / 100) end) as $median |
+        "\($median)\t\($s | first)–\($s | last)\t\($all | map(tostring) | join(" "))" end'
 }
 
 row() {
@@ -227,6 +243,9 @@ ECHO_P50=$(median pingpong-echo .rtt.p50_us)
 QUIET_P99=$(median fair-quiet .rtt.p99_us)
 FLOODED_P99=$(median fair-flood .rtt.p99_us)
 FLOOD_RATIO=$(ratio "$FLOODED_P99" "$QUIET_P99")
+IFS=$'\t' read -r CPU_RATIO CPU_RATIO_SPREAD _ < <(paired_ratio .cpu.us_per_message)
+IFS=$'\t' read -r P50_RATIO P50_RATIO_SPREAD _ < <(paired_ratio .rtt.p50_us)
+IFS=$'\t' read -r P99_RATIO P99_RATIO_SPREAD P99_RATIOS < <(paired_ratio .rtt.p99_us)
 WS_SETUP=$(median connect .cpu.us_per_setup)
 FLOOR_SETUP=$(median connect-echo .cpu.us_per_setup)
 WS_TEARDOWN=$(median connect .cpu.us_per_teardown)
@@ -237,13 +256,15 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; e
 
 echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
-echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $DURATION after $WARMUP warm-up;" \
+echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $SLICES slices per run of" \
+    "$DURATION after $WARMUP warm-up, relay and echo alternating;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
     "$CONCURRENCY at a time, after a warm-up round of the same;" \
     "idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
-echo "target pinned to core 0, generator to core 1; medians (min–max over runs)"
+echo "target pinned to core 0, generator to core 1; medians (min–max) over runs, and over" \
+    "pingpong slices: relay / echo ratios are taken within each slice pair, then the median"
 echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the" \
     "machine skews every figure)"
 echo "relay flags: ${RELAY_FLAGS[*]}"
@@ -253,12 +274,16 @@ row "relay: relayed messages/s (2 per round trip)" "$RELAY_MPS" "$(spread pingpo
 row "echo: echoes/s (1 per round trip)" "$ECHO_MPS" "$(spread pingpong-echo .messages_per_s)"
 row "relay: CPU-µs per relayed message" "$RELAY_CPU" "$(spread pingpong-relay .cpu.us_per_message)"
 row "echo: CPU-µs per echo" "$ECHO_CPU" "$(spread pingpong-echo .cpu.us_per_message)"
-row "CPU per message, relay / echo" "$(ratio "$RELAY_CPU" "$ECHO_CPU")" ""
+row "CPU per message, relay / echo" "$CPU_RATIO" \
+    "$CPU_RATIO_SPREAD; ratio of medians $(ratio "$RELAY_CPU" "$ECHO_CPU")"
 row "relay: RTT p50 µs" "$RELAY_P50" "$(spread pingpong-relay .rtt.p50_us)"
 row "echo: RTT p50 µs" "$ECHO_P50" "$(spread pingpong-echo .rtt.p50_us)"
 row "relay: RTT p99 µs" "$RELAY_P99" "$(spread pingpong-relay .rtt.p99_us)"
 row "echo: RTT p99 µs" "$ECHO_P99" "$(spread pingpong-echo .rtt.p99_us)"
-row "RTT p99, relay / echo" "$(ratio "$RELAY_P99" "$ECHO_P99")" "each run: $(per_run_ratio .rtt.p99_us)"
+row "RTT p50, relay / echo" "$P50_RATIO" \
+    "$P50_RATIO_SPREAD; ratio of medians $(ratio "$RELAY_P50" "$ECHO_P50")"
+row "RTT p99, relay / echo" "$P99_RATIO" \
+    "$P99_RATIO_SPREAD; ratio of medians $(ratio "$RELAY_P99" "$ECHO_P99")"
 row "relay: CPU share of core 0 during pingpong" "$(median pingpong-relay .cpu.core_share)" \
     "$(spread pingpong-relay .cpu.core_share)"
 row "echo: CPU share of core 0 during pingpong" "$(median pingpong-echo .cpu.core_share)" \
@@ -304,6 +329,7 @@ for pairs in "${IDLE_SIZES[@]}"; do
     fi
 done
 echo
+echo "RTT p99, relay / echo, each slice pair in order: $P99_RATIOS"
 echo "closes the relay left unanswered (connect ws, all runs): $(unanswered connect)"
 if [[ $TLS == 1 ]]; then
     echo "closes the relay left unanswered (connect wss, all runs): $(unanswered connect-wss)"
