@@ -6,7 +6,8 @@
 //!
 //! The modules, from the edge inwards:
 //! - [`config`]: every option, from command line, environment and TOML file, validated.
-//! - [`server`]: [`Relay`]: the accept loop, hyper's HTTP/1 per connection, graceful shutdown.
+//! - [`server`]: the runtime, and [`Relay`]: the accept loop, hyper's HTTP/1 per connection, graceful
+//!   shutdown.
 //! - [`stream`]: an accepted connection, plain or TLS, as one type for hyper.
 //! - [`coalesce`]: sends the 101 response in one write with the first WebSocket frame.
 //! - [`tls`]: the rustls server configuration from PEM files, reloadable while serving.

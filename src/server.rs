@@ -1,5 +1,5 @@
-//! The listening relay: the accept loop, one task per connection running hyper's HTTP/1 server,
-//! and the graceful shutdown that drains every session.
+//! The listening relay: the runtime it runs on, the accept loop, one task per connection running
+//! hyper's HTTP/1 server, and the graceful shutdown that drains every session.
 
 use crate::coalesce::Coalesce101;
 use crate::config::{Config, TlsSource};
