@@ -56,9 +56,10 @@ pub fn websocket_config(max_message_bytes: usize) -> WebSocketConfig {
 
 /// The runtime the relay runs on (and the bench's echo server, to compare like for like).
 ///
-/// One thread gets tokio's current-thread scheduler: with no second worker to hand work to, the
-/// multi-thread scheduler's bookkeeping on every wake-up buys nothing, and a relayed frame wakes
-/// a task per message.
+/// One thread gets tokio's current-thread scheduler. With no second worker to hand work to, the
+/// multi-thread scheduler's bookkeeping buys nothing, yet the relay would pay it on every wake-up
+/// (each relayed frame wakes its receiver's task). The relay's heap then also lives on the main
+/// thread, which grows it with `brk` rather than a worker arena's page-by-page `mprotect`.
 pub fn runtime(threads: NonZeroUsize) -> std::io::Result<Runtime> {
     let mut builder = if threads.get() == 1 {
         tokio::runtime::Builder::new_current_thread()
