@@ -280,7 +280,23 @@ impl Ca {
             .into_iter()
             .next()
             .with_context(|| format!("no certificate in {}", paths.ca_cert.display()))?;
-        let verifier = verifier_for(cert, &paths.ca_cert)?;
+        let verifier = verifier_for(cert.clone(), &paths.ca_cert)?;
+        let files = format!("{} and {}", paths.ca_cert.display(), paths.ca_key.display());
+        // webpki takes a trust anchor's key and name, not its dates, so the probe below would pass
+        // an expired CA that browsers refuse. But it checks a server certificate's dates before
+        // anything else: offered the CA itself, it answers `Expired`, or else that a CA is not a
+        // server certificate. Not remade quietly: each browser was told to trust the CA by hand.
+        let probe = [leaf_name("localhost")?];
+        let at = unix_time(now.checked_add(RENEW_MARGIN).unwrap_or(now));
+        if let Err(rustls::Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        )) = verifier.verify_server_cert(&cert, &[], &probe[0].server_name, &[], at)
+        {
+            bail!(
+                "the development CA in {files} has expired or expires within a day; delete both \
+                 to make a new one, then trust the new CA in place of the old"
+            );
+        }
         // Rebuilt from the same constants rather than parsed from the file, which would need
         // x509-parser and its ASN.1 stack only for this; the probe below catches a CA that these
         // constants do not describe (another tool's, or a key from a different CA).
@@ -290,7 +306,6 @@ impl Ca {
         };
         // Signed for the CA's own public key, so no key needs generating: the verifier looks only
         // at the signature, the chain and the names.
-        let probe = [leaf_name("localhost")?];
         let cert = leaf_params(&probe, now)?
             .signed_by(ca.issuer.key(), &ca.issuer)
             .context("signing a probe certificate with the CA key")?;
@@ -300,9 +315,7 @@ impl Ca {
                 other => format!("{other:?}"),
             };
             bail!(
-                "{} and {} are not a CA that intercessor made ({problem}); delete both to make a new one",
-                paths.ca_cert.display(),
-                paths.ca_key.display()
+                "{files} are not a CA that intercessor made ({problem}); delete both to make a new one"
             );
         }
         Ok(ca)
@@ -650,6 +663,21 @@ mod tests {
         assert_eq!(outcome.leaf_renewed, Some(Renewal::Expiring));
         assert!(!outcome.ca_created);
         assert_eq!(read(&paths.ca_cert), ca_cert);
+    }
+
+    #[test]
+    fn expiring_ca_is_an_error_that_says_so() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let start = SystemTime::now();
+        ensure_at(dir.path(), &[], start).expect("first");
+        let (_, outcome) =
+            ensure_at(dir.path(), &[], start + CA_VALIDITY - 2 * DAY).expect("two days before");
+        assert!(!outcome.ca_created);
+        let error = ensure_at(dir.path(), &[], start + CA_VALIDITY - DAY / 2)
+            .expect_err("half a day before");
+        let message = format!("{error:#}");
+        assert!(message.contains("expires within a day"), "{message}");
+        assert!(message.contains("delete both"), "{message}");
     }
 
     #[test]
