@@ -63,10 +63,8 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.set_up += other.set_up;
-        self.failed += other.failed;
         self.close_unanswered += other.close_unanswered;
-        self.peer_gone_missing += other.peer_gone_missing;
-        self.samples.extend(other.samples);
+        self.merge_failures(other);
     }
 }
 
