@@ -179,13 +179,15 @@ for run in $(seq "$RUNS"); do
     fi
 done
 
-# The median of a jq expression over every run of one step (mean of the middle two when even).
+# jq: the median of an array of numbers (the mean of the middle two when even), null if empty.
+JQ_MEDIAN='def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
+    else (.[length / 2 - 1] + .[length / 2]) / 2 end;'
+
+# The median of a jq expression over every run of one step, to three decimals.
 median() {
     local name=$1 expr=$2
-    cat "$RESULTS/$name".*.json 2>/dev/null | jq -s "map($expr) | map(select(. != null)) | sort |
-        if length == 0 then null
-        elif length % 2 == 1 then .[length / 2 | floor]
-        else (.[length / 2 - 1] + .[length / 2]) / 2 * 1000 | round / 1000 end"
+    cat "$RESULTS/$name".*.json 2>/dev/null | jq -s "$JQ_MEDIAN map($expr) | map(select(. != null)) |
+        median | if . == null then null else . * 1000 | round / 1000 end"
 }
 
 # "min–max" of a jq expression over the runs, to show the spread next to the median.
@@ -216,11 +218,9 @@ paired_ratio() {
         jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-echo.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
              if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
-    done | jq -rs 'map(select(. != null)) | map(. * 100 | round / 100) as $all | ($all | sort) as $s |
-        if $s == [] then "-\t-\t-" else
-        (if $s | length % 2 == 1 then $s[$s | length / 2 | floor]
-         else (($s[$s | length / 2 - 1] + $s[$s | length / 2]) / 2 * 100 | round / 100) end) as $median |
-        "\($median)\t\($s | first)–\($s | last)\t\($all | map(tostring) | join(" "))" end'
+    done | jq -rs "$JQ_MEDIAN"'map(select(. != null)) | map(. * 100 | round / 100) as $all |
+        if $all == [] then "-\t-\t-" else
+        "\($all | median * 100 | round / 100)\t\($all | min)–\($all | max)\t\($all | map(tostring) | join(" "))" end'
 }
 
 row() {
