@@ -47,6 +47,8 @@ pub const DEFAULT_CERTS_DIR: &str = "certs";
 pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(3600);
 /// How long a peer may exceed the rate limit without pause before it is disconnected.
 pub const DEFAULT_FLOOD_WINDOW: Duration = Duration::from_secs(10);
+/// Connections served at once before they become sessions; as many as the kernel's accept backlog.
+pub const DEFAULT_MAX_PENDING_CONNECTIONS: usize = 1024;
 
 /// The validated configuration the relay runs with.
 #[derive(Debug, Clone)]
@@ -71,6 +73,9 @@ pub struct Config {
     pub max_clients_per_server: usize,
     /// Live WebSocket sessions the relay accepts.
     pub max_connections: usize,
+    /// Connections that are not sessions (yet): in their TLS handshake, sending an HTTP request,
+    /// or idle between requests. Beyond it, new connections wait in the kernel's backlog.
+    pub max_pending_connections: usize,
     /// Live WebSocket sessions per client address; `0` turns the bound off.
     pub max_connections_per_ip: u32,
     /// Failed joins and registrations per client address per minute; `0` turns the bound off.
@@ -129,6 +134,7 @@ impl Default for Config {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_clients_per_server: DEFAULT_MAX_CLIENTS_PER_SERVER,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_pending_connections: DEFAULT_MAX_PENDING_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             max_failed_attempts_per_minute: DEFAULT_MAX_FAILED_ATTEMPTS_PER_MINUTE,
             client_ip_header: None,
@@ -582,6 +588,7 @@ impl Options {
                 defaults.max_connections,
                 1,
             )?,
+            max_pending_connections: defaults.max_pending_connections,
             send_queue_bytes: self.send_queue_bytes.unwrap_or(defaults.send_queue_bytes),
             passphrase,
             ping_interval: positive(

@@ -100,6 +100,11 @@ pub async fn handle(
                     header::SEC_WEBSOCKET_VERSION,
                     HeaderValue::from_static("13"),
                 );
+            } else {
+                // A broken handshake may be a smuggling attempt: nothing after it is trusted.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             return Ok(response);
         }
@@ -188,24 +193,16 @@ impl App {
     }
 
     /// Whether the request may register a server: no passphrase is configured, or it carries the
-    /// right one as `Authorization: Bearer …` or `?passphrase=…`. Compared in constant time.
+    /// right one exactly once, as `Authorization: Bearer …` or `?passphrase=…`. Compared in
+    /// constant time.
     fn authorized<B>(&self, request: &Request<B>) -> bool {
         let Some(expected) = self.sessions.config.passphrase.as_deref() else {
             return true;
         };
-        let matches = |given: &[u8]| bool::from(given.ct_eq(expected.as_bytes()));
-        let by_header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
-            .is_some_and(matches);
-        let by_query = || {
-            request.uri().query().is_some_and(|query| {
-                form_urlencoded::parse(query.as_bytes())
-                    .any(|(key, value)| key == "passphrase" && matches(value.as_bytes()))
-            })
-        };
-        by_header || by_query()
+        match secret(request, "Bearer", "passphrase") {
+            Secret::One(given) => bool::from(given.as_slice().ct_eq(expected.as_bytes())),
+            Secret::Absent | Secret::Repeated => false,
+        }
     }
 
     /// Browsers always send `Origin`; tools usually do not, and are let through.
@@ -217,6 +214,47 @@ impl App {
             }
             _ => true,
         }
+    }
+}
+
+/// A secret as a request carries it.
+#[derive(Debug, PartialEq, Eq)]
+enum Secret {
+    Absent,
+    One(Vec<u8>),
+    /// Given more than once, in the query or headers or both: refused whatever the values, or
+    /// one request could try as many guesses as its head has room for.
+    Repeated,
+}
+
+/// Finds a secret given as `Authorization: <scheme> SECRET` (the scheme in any case, RFC 9110
+/// §11.1) or as `?<key>=SECRET` (URL-encoded, for browsers, which cannot set headers on a
+/// WebSocket).
+fn secret<B>(request: &Request<B>, scheme: &str, key: &str) -> Secret {
+    let in_headers = request
+        .headers()
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| {
+            let value = value.as_bytes();
+            let (given_scheme, rest) = value.split_at_checked(scheme.len())?;
+            let credentials = rest.strip_prefix(b" ")?.trim_ascii_start();
+            given_scheme
+                .eq_ignore_ascii_case(scheme.as_bytes())
+                .then(|| credentials.to_vec())
+        });
+    let in_query = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|query| form_urlencoded::parse(query.as_bytes()))
+        .filter(|(name, _)| name == key)
+        .map(|(_, value)| value.as_bytes().to_vec());
+    let mut given = in_headers.chain(in_query);
+    match (given.next(), given.next()) {
+        (None, _) => Secret::Absent,
+        (Some(secret), None) => Secret::One(secret),
+        (Some(_), Some(_)) => Secret::Repeated,
     }
 }
 

@@ -210,6 +210,9 @@ pub enum Verdict {
     Allowed,
     /// Over the rate: drop it and tell the peer.
     Dropped,
+    /// Over the rate, and so are the notices of drops: drop it without a word. A peer that
+    /// ignores its `RATE_LIMITED` errors must not make the relay write one per frame it sends.
+    DroppedQuietly,
     /// Over the rate without pause for the whole flood window: disconnect.
     Flooding,
 }
@@ -217,12 +220,15 @@ pub enum Verdict {
 /// A token bucket (`rate` per second, burst twice that, starting full) that also notices floods.
 ///
 /// A flood is a run of dropped messages with no quiet second between them; one lasting
-/// `flood_window` means the peer ignores its `RATE_LIMITED` errors.
+/// `flood_window` means the peer ignores its `RATE_LIMITED` errors. The notices of drops have a
+/// bucket of their own, of the same size, so what the relay writes back is bounded by the rate
+/// too, however fast the peer sends.
 #[derive(Debug)]
 pub struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
+    notices: f64,
     refilled_at: Instant,
     flood_window: Duration,
     /// When the current run of drops began, and the last drop in it.
@@ -240,6 +246,7 @@ impl RateLimiter {
             rate,
             burst: 2.0 * rate,
             tokens: 2.0 * rate,
+            notices: 2.0 * rate,
             refilled_at: now,
             flood_window,
             flood: None,
@@ -255,6 +262,7 @@ impl RateLimiter {
             .saturating_duration_since(self.refilled_at)
             .as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.notices = (self.notices + elapsed * self.rate).min(self.burst);
         self.refilled_at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -267,8 +275,11 @@ impl RateLimiter {
         self.flood = Some((began, now));
         if now.saturating_duration_since(began) >= self.flood_window {
             Verdict::Flooding
-        } else {
+        } else if self.notices >= 1.0 {
+            self.notices -= 1.0;
             Verdict::Dropped
+        } else {
+            Verdict::DroppedQuietly
         }
     }
 }
@@ -290,6 +301,20 @@ mod tests {
         let later = start + Duration::from_millis(200);
         assert_eq!(limiter.check(later), Verdict::Allowed);
         assert_eq!(limiter.check(later), Verdict::Dropped);
+    }
+
+    #[test]
+    fn drops_are_told_only_at_the_rate_itself() {
+        let start = Instant::now();
+        let mut limiter = RateLimiter::new(5, WINDOW, start);
+        let verdicts: Vec<_> = (0..300).map(|_| limiter.check(start)).collect();
+        let count = |wanted| verdicts.iter().filter(|v| **v == wanted).count();
+        assert_eq!(count(Verdict::Allowed), 10);
+        assert_eq!(count(Verdict::Dropped), 10, "a burst's worth of notices");
+        assert_eq!(count(Verdict::DroppedQuietly), 280);
+        let later = start + Duration::from_millis(200);
+        assert_eq!(limiter.check(later), Verdict::Allowed);
+        assert_eq!(limiter.check(later), Verdict::Dropped, "notices refill too");
     }
 
     #[test]

@@ -72,7 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // the relay listens but would still die of the default action.
         let stop_signals = StopSignals::install()?;
         let hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        raise_open_file_limit(config.max_connections);
+        raise_open_file_limit(config.max_connections + config.max_pending_connections);
         let relay = Relay::bind(config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_signals.cancel_on_first(shutdown.clone()));
@@ -87,17 +87,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// Every peer holds a socket, so `--max-connections` needs as many open files, and more for
-/// connections still in their handshake. Raise the soft limit to the hard one, and say so if even
-/// that is short, rather than failing accepts quietly later.
-fn raise_open_file_limit(max_connections: usize) {
-    let needed = max_connections as u64 + 64;
+/// Every peer holds a socket, and so does every connection still in its handshake, so
+/// `sockets` needs as many open files and a few more. Raise the soft limit to the hard one, and
+/// say so if even that is short, rather than failing accepts quietly later.
+fn raise_open_file_limit(sockets: usize) {
+    let needed = sockets as u64 + 64;
     match rlimit::increase_nofile_limit(needed) {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,
-            max_connections,
-            "the open-file limit is below --max-connections: accepts will fail beyond about {limit} \
-             peers; raise `ulimit -n` or lower --max-connections"
+            needed,
+            "the open-file limit is below --max-connections and the handshakes beside them: \
+             accepts will fail beyond about {limit} sockets; raise `ulimit -n` or lower \
+             --max-connections"
         ),
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "cannot read or raise the open-file limit"),

@@ -19,7 +19,7 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, SystemTime};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, Sleep, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -32,6 +32,12 @@ use tracing::{debug, info};
 /// How long the relay waits for the peer's side of the closing handshake before dropping the
 /// socket, so a peer that never answers holds nothing for long.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Most bytes read and thrown away after the relay's close frame while waiting for the peer's
+/// close: room for the rest of one large message in flight, not a channel to keep sending on.
+const LINGER_BYTES: usize = 256 * 1024;
+/// What one read takes while lingering.
+const LINGER_CHUNK: usize = 4096;
 
 const IDLE: Closing = Closing {
     code: close::IDLE,
@@ -360,20 +366,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Box::pin(stalled.finish(written, timer, next_check)).await
     }
 
+    /// Charges every data frame, text or binary, well-formed or not, against the peer's rate
+    /// before anything else is done with it: a peer over its rate costs the relay no parsing, and
+    /// at most a rate's worth of replies.
     fn on_message(&mut self, message: Message, now: std::time::Instant) -> Result<(), End> {
-        match message {
-            Message::Text(text) => self.on_text(&text, now),
-            Message::Binary(_) => self.reply_error(
-                ErrorCode::BadMessage,
-                "binary frames are not supported: send JSON text",
-                None,
-            ),
-            Message::Close(frame) => Err(End::Left(frame.map_or(NO_STATUS, |f| f.code.into()))),
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
-        }
-    }
-
-    fn on_text(&mut self, text: &str, now: std::time::Instant) -> Result<(), End> {
+        let text = match message {
+            Message::Text(text) => Some(text),
+            Message::Binary(_) => None,
+            Message::Close(frame) => {
+                return Err(End::Left(frame.map_or(NO_STATUS, |f| f.code.into())));
+            }
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+        };
         match self.limiter.check(now) {
             Verdict::Allowed => {}
             Verdict::Dropped => {
@@ -383,8 +387,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     None,
                 );
             }
+            Verdict::DroppedQuietly => return Ok(()),
             Verdict::Flooding => return Err(End::Closed(FLOODING)),
         }
+        match text {
+            Some(text) => self.on_text(&text),
+            None => self.reply_error(
+                ErrorCode::BadMessage,
+                "binary frames are not supported: send JSON text",
+                None,
+            ),
+        }
+    }
+
+    fn on_text(&mut self, text: &str) -> Result<(), End> {
         let incoming = match protocol::parse_incoming(text) {
             Ok(incoming) => incoming,
             Err(error) => return self.reply_error(ErrorCode::BadMessage, &error.to_string(), None),
@@ -492,8 +508,12 @@ where
     );
 }
 
-/// Sends a close frame and waits briefly for the peer's reply; either way the socket is dropped
-/// within about [`CLOSE_GRACE`].
+/// Sends a close frame, then half-closes the connection and reads whatever the peer still sends
+/// until it closes too; either way the socket is dropped within about [`CLOSE_GRACE`].
+///
+/// Dropping a socket with unread bytes in its receive buffer makes the kernel answer with a reset,
+/// which can reach the peer before it has read the close frame: it would then see `1006` and never
+/// learn why it was closed. A peer cut off mid-message (`1009`) is exactly one still sending.
 async fn close_gracefully<S>(ws: &mut WebSocketStream<S>, closing: Closing)
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -504,8 +524,18 @@ where
     };
     let handshake = async {
         ws.close(Some(frame)).await.ok()?;
-        while let Some(Ok(_)) = ws.next().await {}
-        Some(())
+        let socket = ws.get_mut();
+        socket.shutdown().await.ok()?;
+        // On the heap, and only while closing: inline it would be memory every idle peer holds.
+        let mut discard = vec![0; LINGER_CHUNK];
+        let mut budget = LINGER_BYTES;
+        loop {
+            let read = socket.read(&mut discard).await.ok()?;
+            if read == 0 {
+                return Some(());
+            }
+            budget = budget.checked_sub(read)?;
+        }
     };
     let _ = timeout(CLOSE_GRACE, handshake).await;
 }

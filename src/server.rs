@@ -18,9 +18,11 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Runtime;
+use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -198,16 +200,27 @@ impl Relay {
             threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "relay listening"
         );
+        let pending = Arc::new(Semaphore::new(config.max_pending_connections));
         loop {
+            // A connection is accepted only once there is room for it: beyond the bound, new
+            // ones wait in the kernel's backlog rather than in the relay's memory.
+            let accepted = async {
+                let permit = pending.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, remote)) => {
+                (permit, accepted) = accepted => match (permit, accepted) {
+                    (Ok(permit), Ok((stream, remote))) => {
                         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
                         let connection = serve_connection(app.clone(), stream, remote, acceptor);
-                        app.tracker.spawn(connection);
+                        app.tracker.spawn(async move {
+                            connection.await;
+                            drop(permit);
+                        });
                     }
-                    Err(error) => {
+                    (Err(_), _) => break,
+                    (_, Err(error)) => {
                         warn!(%error, "accept failed");
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
@@ -292,8 +305,14 @@ async fn serve_http(app: Arc<App>, stream: Stream, remote: SocketAddr, header_ti
     let result = tokio::select! {
         result = connection.as_mut() => result,
         _ = shutdown.cancelled() => {
+            // Not a session (an upgrade ends this future), so nothing waits on it: a response
+            // that can finish at once does, and a half-sent request head is dropped rather than
+            // holding the drain for the whole --shutdown-timeout.
             connection.as_mut().graceful_shutdown();
-            connection.await
+            match std::future::poll_fn(|cx| Poll::Ready(connection.as_mut().poll(cx))).await {
+                Poll::Ready(result) => result,
+                Poll::Pending => return debug!(%remote, "connection dropped at shutdown"),
+            }
         }
     };
     if let Err(error) = result {

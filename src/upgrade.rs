@@ -3,7 +3,7 @@
 //! Pure: it looks at method, version and headers and says either "switch" (with the accept key)
 //! or why not, as the HTTP status and one-line reason the client gets.
 
-use http::{HeaderMap, Method, Request, StatusCode, Version, header};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Version, header};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Why a request to a WebSocket path is not a valid upgrade.
@@ -43,25 +43,46 @@ pub fn check<B>(request: &Request<B>) -> Result<String, Rejection> {
     if request.version() < Version::HTTP_11 {
         return Err(malformed("a WebSocket upgrade needs HTTP/1.1"));
     }
+    // RFC 9112 §3.2: an HTTP/1.1 request has exactly one Host.
+    if headers.get_all(header::HOST).iter().count() != 1 {
+        return Err(malformed("a request needs exactly one Host header"));
+    }
+    // RFC 9112 §6.1 makes Transfer-Encoding beside Content-Length a smuggling attempt; an upgrade
+    // has no body at all, so any body framing means the request is not what it claims to be.
+    if headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.contains_key(header::CONTENT_LENGTH)
+    {
+        return Err(malformed("a WebSocket upgrade has no body"));
+    }
     if !has_token(headers, header::CONNECTION, "upgrade") {
         return Err(malformed("Connection must include \"upgrade\""));
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
-        return Err(upgrade_required(
-            "only Sec-WebSocket-Version: 13 is supported",
-        ));
+    match only(headers, header::SEC_WEBSOCKET_VERSION) {
+        Ok(Some(version)) if version.as_bytes() == b"13" => {}
+        Err(()) => return Err(malformed("Sec-WebSocket-Version is given twice")),
+        _ => {
+            return Err(upgrade_required(
+                "only Sec-WebSocket-Version: 13 is supported",
+            ));
+        }
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
+    let key = only(headers, header::SEC_WEBSOCKET_KEY)
+        .map_err(|()| malformed("Sec-WebSocket-Key is given twice"))?
         .ok_or(malformed("Sec-WebSocket-Key is missing"))?;
     if !is_valid_key(key.as_bytes()) {
         return Err(malformed("Sec-WebSocket-Key must be 16 bytes in base64"));
     }
     Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// The header's one value; `Err` when it is given more than once (RFC 6455 §4.2.1 allows one
+/// `Sec-WebSocket-Key` and one `Sec-WebSocket-Version`).
+fn only(headers: &HeaderMap, name: header::HeaderName) -> Result<Option<&HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        (_, Some(_)) => Err(()),
+    }
 }
 
 /// Whether a comma-separated header holds `token`, ignoring case (`Connection: keep-alive, Upgrade`).
@@ -94,6 +115,7 @@ mod tests {
     fn request() -> http::request::Builder {
         Request::builder()
             .uri("/server")
+            .header(header::HOST, "relay.example")
             .header(header::UPGRADE, "websocket")
             .header(header::CONNECTION, "Upgrade")
             .header(header::SEC_WEBSOCKET_VERSION, "13")
@@ -202,5 +224,30 @@ mod tests {
             check(&request).map_err(|r| r.status),
             Err(StatusCode::BAD_REQUEST)
         );
+    }
+
+    #[rstest]
+    #[case::no_host(&[], "Host")]
+    #[case::two_hosts(&[(header::HOST, "other.example")], "Host")]
+    #[case::two_keys(&[(header::SEC_WEBSOCKET_KEY, "AQIDBAUGBwgJCgsMDQ4PEA==")], "Key")]
+    #[case::two_versions(&[(header::SEC_WEBSOCKET_VERSION, "13")], "Version")]
+    #[case::chunked(&[(header::TRANSFER_ENCODING, "chunked")], "body")]
+    #[case::content_length(&[(header::CONTENT_LENGTH, "0")], "body")]
+    fn repeated_or_missing_headers_and_any_body_are_refused(
+        #[case] extra: &[(header::HeaderName, &str)],
+        #[case] named: &str,
+    ) {
+        let mut request = request().body(()).expect("valid request");
+        if extra.is_empty() {
+            request.headers_mut().remove(header::HOST);
+        }
+        for (name, value) in extra {
+            request
+                .headers_mut()
+                .append(name.clone(), value.parse().expect("valid"));
+        }
+        let rejection = check(&request).expect_err("refused");
+        assert_eq!(rejection.status, StatusCode::BAD_REQUEST);
+        assert!(rejection.reason.contains(named), "{}", rejection.reason);
     }
 }

@@ -1040,8 +1040,9 @@ async fn a_peer_that_never_answers_pings_is_closed_4408_and_dropped_within_a_sec
         let mut silent = JoinSet::new();
         for _ in 0..20 {
             silent.spawn(async move {
-                let (mut stream, pending) = raw_websocket(addr, "/server").await;
+                // Before the upgrade: the relay's idle clock starts at it.
                 let opened = Instant::now();
+                let (mut stream, pending) = raw_websocket(addr, "/server").await;
                 let ending = read_close(&mut stream, pending).await;
                 (opened.elapsed(), ending)
             });
@@ -1422,5 +1423,378 @@ async fn a_flooder_does_not_starve_quiet_pairs() {
     }
     let exited = relay.child.try_wait().expect("the relay's status");
     assert!(exited.is_none(), "the relay exited: {exited:?}");
+    turn.no_task_panicked();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holes found by an independent hostile battery (issue 15), each with the attack that found it.
+// ---------------------------------------------------------------------------------------------
+
+/// A relay guarding registration with `correct-horse`, allowing 3 failed attempts a minute.
+async fn guarded_relay() -> TestRelay {
+    TestRelay::start(Config {
+        passphrase: Some("correct-horse".into()),
+        max_failed_attempts_per_minute: 3,
+        ..config()
+    })
+    .await
+}
+
+/// Opens `/server…` with `headers` and expects the ERROR code and close it is refused with.
+async fn expect_refused(
+    relay: &TestRelay,
+    path: &str,
+    headers: &[(&'static str, &str)],
+    code: (&str, u16),
+) {
+    let ws = TestPeer::connect_with(&relay.url(path), headers)
+        .await
+        .expect("upgraded to be refused");
+    let mut peer = TestPeer {
+        ws,
+        id: String::new(),
+    };
+    peer.expect_error(code.0).await;
+    peer.expect_close(code.1).await;
+}
+
+#[tokio::test]
+async fn one_request_cannot_try_many_passphrases() {
+    let turn = Alone::begin().await;
+    let relay = guarded_relay().await;
+    let mut guesses: Vec<String> = (0..299)
+        .map(|n| format!("passphrase=guess{n:03}"))
+        .collect();
+    guesses.push("passphrase=correct-horse".into());
+    let many = format!("/server?{}", guesses.join("&"));
+    expect_refused(&relay, &many, &[], ("UNAUTHORIZED", 4401)).await;
+    let header = [("authorization", "Bearer correct-horse")];
+    expect_refused(
+        &relay,
+        "/server?passphrase=guess",
+        &header,
+        ("UNAUTHORIZED", 4401),
+    )
+    .await;
+    expect_refused(
+        &relay,
+        "/server?passphrase=correct-horse&passphrase=correct-horse",
+        &[],
+        ("UNAUTHORIZED", 4401),
+    )
+    .await;
+    // Each of those was one failed attempt: the right passphrase now finds the address locked out.
+    expect_refused(
+        &relay,
+        "/server?passphrase=correct-horse",
+        &[],
+        ("RATE_LIMITED", 4429),
+    )
+    .await;
+    turn.no_task_panicked();
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let relay = guarded_relay().await;
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let header = format!("{scheme} correct-horse");
+        let ws = TestPeer::connect_with(&relay.url("/server"), &[("authorization", &header)])
+            .await
+            .expect("upgraded");
+        TestPeer::greeted(ws).await;
+    }
+}
+
+#[tokio::test]
+async fn binary_frames_count_against_the_rate_and_replies_stay_within_it() {
+    let turn = Alone::begin().await;
+    let relay = TestRelay::start(Config {
+        rate_limit: 5,
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    for _ in 0..300 {
+        client
+            .ws
+            .feed(Message::binary(vec![7u8]))
+            .await
+            .expect("fed");
+    }
+    client.ws.flush().await.expect("flushed");
+    client.send_to(&server.id, "AFTER", json!(1)).await;
+    let mut codes = std::collections::BTreeMap::<String, usize>::new();
+    while let Ok(frame) = timeout(Duration::from_millis(300), client.recv()).await {
+        let code = frame["message"]["code"]
+            .as_str()
+            .expect("an ERROR")
+            .to_owned();
+        *codes.entry(code).or_default() += 1;
+    }
+    // The burst of ten passes and is refused as binary; ten drops are told (a burst's worth of
+    // notices) and the other 280, like the text frame after them, are dropped without a word.
+    assert_eq!(
+        codes,
+        [
+            ("BAD_MESSAGE".to_owned(), 10),
+            ("RATE_LIMITED".to_owned(), 10)
+        ]
+        .into()
+    );
+    turn.no_task_panicked();
+}
+
+#[tokio::test]
+async fn a_binary_flood_is_closed_with_1008() {
+    let relay = TestRelay::start(Config {
+        rate_limit: 5,
+        flood_window: Duration::from_millis(500),
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    let flood = async {
+        while client.ws.send(Message::binary(vec![7u8; 7])).await.is_ok() {
+            sleep(Duration::from_millis(5)).await;
+        }
+        client
+    };
+    let mut client = timeout(PATIENCE, flood)
+        .await
+        .expect("the relay stops the flood");
+    let reason = client.expect_close(1008).await;
+    assert!(reason.contains("rate"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_peer_cut_off_mid_message_reads_its_1009_and_a_clean_end_not_a_reset() {
+    let turn = Alone::begin().await;
+    let relay = TestRelay::start(Config {
+        max_message_bytes: 4096,
+        ..config()
+    })
+    .await;
+    let (stream, pending) = raw_websocket(relay.addr, "/server").await;
+    let (mut reader, mut writer) = stream.into_split();
+    // A 10 KB message in 1 KB fragments, in one write: most of it is still unread when the
+    // relay refuses the message.
+    let mut message = Vec::new();
+    for n in 0..10u8 {
+        let first = match n {
+            0 => 0x01,
+            9 => 0x80,
+            _ => 0x00,
+        };
+        message.extend(client_frame(first, &[b'a'; 1024]));
+    }
+    writer.write_all(&message).await.expect("write the message");
+    let mut buffer = pending;
+    let mut chunk = [0u8; 4096];
+    let close = timeout(PATIENCE, async {
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&buffer) {
+                buffer.drain(..used);
+                if frame.first == 0x88 {
+                    return frame.payload;
+                }
+                continue;
+            }
+            let n = reader
+                .read(&mut chunk)
+                .await
+                .expect("read before the close");
+            assert!(n > 0, "ended before the close frame");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("the close arrives");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1009);
+    assert_eq!(&close[2..], b"message too big");
+    // The relay half-closes and reads on: its end arrives as EOF, not as a reset.
+    let end = timeout(PATIENCE, reader.read(&mut chunk))
+        .await
+        .expect("the end arrives");
+    assert!(
+        matches!(end, Ok(0)),
+        "expected EOF after the close, got {end:?}"
+    );
+    drop(writer);
+    turn.no_task_panicked();
+}
+
+/// `TestRelay::stop` within this bounds a drain that had nothing to wait for: the peers' close
+/// handshakes take a round trip, the relay's grace for a silent peer is a second.
+const PROMPT_DRAIN: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn a_half_sent_request_head_does_not_hold_shutdown() {
+    let turn = Alone::begin().await;
+    let relay = TestRelay::start(Config {
+        shutdown_timeout: Duration::from_secs(8),
+        handshake_timeout: Duration::from_secs(30),
+        ..config()
+    })
+    .await;
+    let mut server = TestPeer::server(&relay).await;
+    let mut half = TcpStream::connect(relay.addr).await.expect("connect");
+    half.write_all(b"GET /server HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let stopping = tokio::spawn(relay.stop());
+    server.expect_close(1001).await;
+    timeout(PATIENCE, stopping)
+        .await
+        .expect("stops")
+        .expect("no panic");
+    assert!(
+        started.elapsed() < PROMPT_DRAIN,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let _ = timeout(PATIENCE, half.read_to_end(&mut rest))
+        .await
+        .expect("dropped");
+    turn.no_task_panicked();
+}
+
+#[tokio::test]
+async fn a_half_sent_request_head_inside_tls_does_not_hold_shutdown() {
+    let turn = Alone::begin().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (paths, _) = intercessor::devcert::ensure(dir.path(), &[]).expect("certificates");
+    let relay = TestRelay::start(Config {
+        shutdown_timeout: Duration::from_secs(8),
+        handshake_timeout: Duration::from_secs(30),
+        tls: Some(TlsSource::Files {
+            cert: paths.cert.clone(),
+            key: paths.key.clone(),
+        }),
+        ..config()
+    })
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(trusting(&paths.ca_cert));
+    let tcp = TcpStream::connect(relay.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let mut half = connector.connect(name, tcp).await.expect("TLS handshake");
+    half.write_all(b"GET /server HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    half.flush().await.expect("flush");
+    sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    timeout(PATIENCE * 2, relay.stop()).await.expect("stops");
+    assert!(
+        started.elapsed() < PROMPT_DRAIN,
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    turn.no_task_panicked();
+}
+
+/// A handshake written by hand: `headers` after the request line, then a blank line.
+fn handshake_with(headers: &str) -> String {
+    format!(
+        "GET /server HTTP/1.1\r\n{headers}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn broken_handshakes_and_smuggled_bodies_get_400_and_lose_the_connection() {
+    let relay = TestRelay::start(config()).await;
+    let cases = [
+        ("no Host", handshake_with("")),
+        ("two Hosts", handshake_with("Host: a\r\nHost: b\r\n")),
+        (
+            "two keys",
+            handshake_with("Host: a\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n"),
+        ),
+        (
+            "chunked and a length",
+            handshake_with("Host: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n")
+                + "0\r\n\r\n",
+        ),
+        (
+            "a length",
+            handshake_with("Host: a\r\nContent-Length: 0\r\n"),
+        ),
+    ];
+    for (what, request) in cases {
+        // raw_http reads to the end: the relay must close the connection after its answer.
+        let response = common::raw_http(relay.addr, &request).await;
+        assert_eq!(status_of(&response), 400, "{what}: {response}");
+        assert!(!response.contains("\"HELLO\""), "{what}: {response}");
+    }
+}
+
+/// Sends `GET /healthz` on a kept-alive connection and reads the one answer.
+async fn keep_alive_health(stream: &mut TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    while !answer.ends_with(b"\r\n\r\nok") {
+        let n = stream.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "closed before answering: {answer:?}");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_bounded_in_number_and_time() {
+    let turn = Alone::begin().await;
+    const CAP: usize = 50;
+    let idle_for = Duration::from_secs(1);
+    let relay = TestRelay::start(Config {
+        max_pending_connections: CAP,
+        handshake_timeout: idle_for,
+        ..config()
+    })
+    .await;
+    let addr = relay.addr;
+    let mut holders = JoinSet::new();
+    for _ in 0..2 * CAP {
+        holders.spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let asked = Instant::now();
+            let answer = timeout(PATIENCE, keep_alive_health(&mut stream))
+                .await
+                .expect("answered");
+            assert_eq!(status_of(&answer), 200, "{answer}");
+            let waited = asked.elapsed();
+            let idle = Instant::now();
+            let mut rest = Vec::new();
+            timeout(PATIENCE, stream.read_to_end(&mut rest))
+                .await
+                .expect("the relay closes an idle keep-alive connection")
+                .expect("a clean close");
+            (waited, idle.elapsed())
+        });
+    }
+    let results = surface_all(holders).await;
+    let waited_for_room = results
+        .iter()
+        .filter(|(waited, _)| *waited >= idle_for / 2)
+        .count();
+    assert!(
+        waited_for_room >= CAP,
+        "only {CAP} connections are served at once; {waited_for_room} of {} waited",
+        2 * CAP
+    );
+    for (_, idle) in &results {
+        assert!(*idle < idle_for + SLACK, "kept idle for {idle:?}");
+    }
+    let (mut server, mut client) = Endpoint::Plain(relay.addr).pair().await;
+    exchange(&mut server, &mut client, 0).await;
     turn.no_task_panicked();
 }

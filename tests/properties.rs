@@ -462,7 +462,7 @@ fn valid_key() -> impl Strategy<Value = String> {
 fn noise() -> impl Strategy<Value = Vec<(HeaderName, HeaderValue)>> {
     let name = prop_oneof![
         prop::sample::select(vec![
-            header::HOST,
+            header::ACCEPT,
             header::ORIGIN,
             header::USER_AGENT,
             header::SEC_WEBSOCKET_PROTOCOL,
@@ -491,6 +491,7 @@ impl Handshake {
             .method(self.method.clone())
             .version(self.version)
             .uri("/server")
+            .header(header::HOST, "relay.example")
             .body(())
             .expect("method, version and a fixed path always build");
         let headers = request.headers_mut();
@@ -604,6 +605,11 @@ proptest! {
             prop_assert!(lists_token(&request, &header::UPGRADE, "websocket"));
             prop_assert!(lists_token(&request, &header::CONNECTION, "upgrade"));
             let headers = request.headers();
+            prop_assert_eq!(headers.get_all(header::HOST).iter().count(), 1);
+            prop_assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+            prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+            prop_assert_eq!(headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count(), 1);
+            prop_assert_eq!(headers.get_all(header::SEC_WEBSOCKET_VERSION).iter().count(), 1);
             let ws_version = headers.get(header::SEC_WEBSOCKET_VERSION);
             prop_assert_eq!(ws_version.map(HeaderValue::as_bytes), Some(&b"13"[..]));
             let key = headers

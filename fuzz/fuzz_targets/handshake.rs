@@ -72,6 +72,17 @@ fuzz_target!(|data: &[u8]| {
             assert!(lists_token(&request, header::UPGRADE, "websocket"));
             assert!(lists_token(&request, header::CONNECTION, "upgrade"));
             let headers = request.headers();
+            assert_eq!(headers.get_all(header::HOST).iter().count(), 1);
+            assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+            assert!(!headers.contains_key(header::CONTENT_LENGTH));
+            assert_eq!(headers.get_all(header::SEC_WEBSOCKET_KEY).iter().count(), 1);
+            assert_eq!(
+                headers
+                    .get_all(header::SEC_WEBSOCKET_VERSION)
+                    .iter()
+                    .count(),
+                1
+            );
             assert_eq!(
                 headers
                     .get(header::SEC_WEBSOCKET_VERSION)
