@@ -3,8 +3,8 @@
 //! `--message-schema`) validating it.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use intercessor::ids::JoinCode;
-use intercessor::protocol::{parse_incoming, relayed};
+use intercessor::relay::ids::JoinCode;
+use intercessor::relay::protocol::{parse_incoming, relayed};
 use std::hint::black_box;
 
 /// A client id as the relay issues them (21 URL-safe characters).
@@ -91,7 +91,7 @@ fn frame(c: &mut Criterion) {
 /// relay never calls it.
 #[cfg(feature = "schema")]
 fn schema(c: &mut Criterion) {
-    use intercessor::schema::MessageSchemas;
+    use intercessor::relay::schema::MessageSchemas;
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/webrtc-signaling.schema.json"

@@ -3,8 +3,8 @@
 //! [`Options`] is the raw, all-optional form shared by clap and the file parser; [`Config`] is the
 //! validated result the library runs on, with every default named here.
 
-use crate::ice::{self, IceConfig};
-use crate::schema::MessageSchemas;
+use crate::relay::ice::{self, IceConfig};
+use crate::relay::schema::MessageSchemas;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -498,7 +498,9 @@ impl Options {
             (None, None) => defaults.listen,
         };
         let code_length = self.code_length.unwrap_or(defaults.code_length);
-        if !(crate::ids::MIN_CODE_LENGTH..=crate::ids::MAX_CODE_LENGTH).contains(&code_length) {
+        if !(crate::relay::ids::MIN_CODE_LENGTH..=crate::relay::ids::MAX_CODE_LENGTH)
+            .contains(&code_length)
+        {
             bail!("--code-length must be between 4 and 16 (got {code_length})");
         }
         let passphrase = match (self.passphrase, self.passphrase_file) {

@@ -4,8 +4,8 @@
 //! `INTERCESSOR_*` variable they name with the ones the built binary reads (its `--help`).
 
 use intercessor::config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT, Span};
-use intercessor::http::HEALTH_PATH;
-use intercessor::metrics::METRICS_PATH;
+use intercessor::edge::http::HEALTH_PATH;
+use intercessor::edge::metrics::METRICS_PATH;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// How long the relay may keep closing peers after `--shutdown-timeout`: the close grace in
-/// `peer.rs` (about 1 s) for the last closing handshakes.
+/// `src/edge/session.rs` (about 1 s) for the last closing handshakes.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The signals the relay drains on (see `main.rs`).

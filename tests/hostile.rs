@@ -69,7 +69,7 @@ impl Alone {
 }
 
 /// How long the relay lingers after its close frame for the peer's answer (`CLOSE_GRACE` in
-/// src/peer.rs): a peer that never answers is dropped by then.
+/// src/edge/session.rs): a peer that never answers is dropped by then.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Allowance for a busy 2-core machine on top of any deadline the relay promises.
@@ -856,7 +856,7 @@ async fn a_tls_client_that_stalls_mid_handshake_is_dropped_at_the_deadline_while
 {
     let turn = Alone::begin().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (paths, _) = intercessor::devcert::ensure(dir.path(), &[]).expect("certificates");
+    let (paths, _) = intercessor::edge::devcert::ensure(dir.path(), &[]).expect("certificates");
     let relay = TestRelay::start(Config {
         handshake_timeout: HANDSHAKE_TIMEOUT,
         tls: Some(TlsSource::Files {
@@ -1668,7 +1668,7 @@ async fn a_half_sent_request_head_does_not_hold_shutdown() {
 async fn a_half_sent_request_head_inside_tls_does_not_hold_shutdown() {
     let turn = Alone::begin().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let (paths, _) = intercessor::devcert::ensure(dir.path(), &[]).expect("certificates");
+    let (paths, _) = intercessor::edge::devcert::ensure(dir.path(), &[]).expect("certificates");
     let relay = TestRelay::start(Config {
         shutdown_timeout: Duration::from_secs(8),
         handshake_timeout: Duration::from_secs(30),

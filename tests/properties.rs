@@ -14,9 +14,9 @@ use intercessor::config::{
     DEFAULT_PING_INTERVAL, DEFAULT_RATE_LIMIT, DEFAULT_SEND_QUEUE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT,
     DEFAULT_TURN_TTL, Options, Span,
 };
-use intercessor::ids::{CROCKFORD, JoinCode, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
-use intercessor::protocol::{MAX_TYPE_BYTES, ProtocolError, parse_incoming, relayed};
-use intercessor::{ice, upgrade};
+use intercessor::relay::ids::{CROCKFORD, JoinCode, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
+use intercessor::relay::protocol::{MAX_TYPE_BYTES, ProtocolError, parse_incoming, relayed};
+use intercessor::relay::{ice, upgrade};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::Value;

@@ -25,7 +25,7 @@ async fn hello_comes_first_with_a_join_code_and_server_info() {
     assert_eq!(code.len(), 6);
     assert!(
         code.chars()
-            .all(|c| intercessor::ids::CROCKFORD.contains(&c)),
+            .all(|c| intercessor::relay::ids::CROCKFORD.contains(&c)),
         "{code}"
     );
 }
@@ -190,7 +190,7 @@ async fn healthz_answers_ok_and_other_paths_404() {
 #[tokio::test]
 async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
     let relay = TestRelay::start(intercessor::Config {
-        ice: intercessor::ice::IceConfig {
+        ice: intercessor::relay::ice::IceConfig {
             urls: vec![
                 "stun:stun.example:3478".into(),
                 "turns:turn.example:5349".into(),
@@ -229,7 +229,7 @@ async fn hello_hands_out_ice_servers_with_expiring_turn_credentials() {
     );
     assert_eq!(
         turn["credential"],
-        intercessor::ice::turn_credential("north-wind", username).as_str()
+        intercessor::relay::ice::turn_credential("north-wind", username).as_str()
     );
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{TestPeer, TestRelay, config, start_error};
-use intercessor::schema::MessageSchemas;
+use intercessor::relay::schema::MessageSchemas;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -7,7 +7,7 @@ use common::{
     RelayProcess, Socket, TestPeer, TestRelay, config, connect_wss, start_error, trusting,
 };
 use intercessor::config::TlsSource;
-use intercessor::devcert::{self, DevCertPaths};
+use intercessor::edge::devcert::{self, DevCertPaths};
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;

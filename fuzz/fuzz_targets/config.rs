@@ -5,8 +5,8 @@
 
 use clap::{Command, CommandFactory, FromArgMatches};
 use intercessor::config::{Config, Options, Span};
-use intercessor::ice;
-use intercessor::ids::{MAX_CODE_LENGTH, MIN_CODE_LENGTH};
+use intercessor::relay::ice;
+use intercessor::relay::ids::{MAX_CODE_LENGTH, MIN_CODE_LENGTH};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::OsString;
 use std::sync::OnceLock;

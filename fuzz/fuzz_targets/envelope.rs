@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use intercessor::protocol::{MAX_TYPE_BYTES, parse_incoming, relayed};
+use intercessor::relay::protocol::{MAX_TYPE_BYTES, parse_incoming, relayed};
 use libfuzzer_sys::fuzz_target;
 use serde::Deserialize;
 use serde_json::value::RawValue;

@@ -7,7 +7,7 @@
 
 use data_encoding::BASE64;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
-use intercessor::upgrade;
+use intercessor::relay::upgrade;
 use libfuzzer_sys::fuzz_target;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 

@@ -2,7 +2,7 @@
 
 #![no_main]
 
-use intercessor::ids::{CROCKFORD, JoinCode, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
+use intercessor::relay::ids::{CROCKFORD, JoinCode, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
 use libfuzzer_sys::fuzz_target;
 
 /// The canonical code `input` spells, from the documented rules alone: any case, `-` and space

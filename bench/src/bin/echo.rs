@@ -42,15 +42,15 @@ struct Cli {
 
 /// The relay's own WebSocket buffers and limits, so the comparison is like for like.
 fn websocket_config() -> WebSocketConfig {
-    intercessor::server::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
+    intercessor::edge::server::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let threads = cli
         .threads
-        .unwrap_or_else(intercessor::server::available_threads);
-    let runtime = match intercessor::server::runtime(threads) {
+        .unwrap_or_else(intercessor::edge::server::available_threads);
+    let runtime = match intercessor::edge::server::runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -74,7 +74,7 @@ fn main() -> ExitCode {
 
 /// Accepts connections forever, like the relay's accept loop, on a listener bound the same way.
 async fn serve(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = intercessor::server::listen(listen)?;
+    let listener = intercessor::edge::server::listen(listen)?;
     eprintln!("listening on {}", listener.local_addr()?);
     loop {
         match listener.accept().await {

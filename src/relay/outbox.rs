@@ -21,13 +21,13 @@ pub struct Closing {
 
 /// The close for a peer whose queue overflowed: what is still queued for it is abandoned.
 pub const TOO_SLOW: Closing = Closing {
-    code: crate::protocol::close::POLICY,
+    code: crate::relay::protocol::close::POLICY,
     reason: "too slow",
 };
 
 /// The close every peer gets when the relay shuts down.
 pub const SHUTTING_DOWN: Closing = Closing {
-    code: crate::protocol::close::GOING_AWAY,
+    code: crate::relay::protocol::close::GOING_AWAY,
     reason: "going away",
 };
 

@@ -5,12 +5,12 @@
 //! for the peer (or a close, shutdown's included), a frame from the peer, or its ping/idle timer.
 
 use crate::config::Config;
-use crate::hub::{Hub, JoinError, Membership, PeerId};
-use crate::ids::JoinCode;
-use crate::limits::{RateLimiter, Slot, Verdict};
-use crate::metrics::Metrics;
-use crate::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
-use crate::protocol::{self, ErrorCode, close};
+use crate::edge::metrics::Metrics;
+use crate::relay::hub::{Hub, JoinError, Membership, PeerId};
+use crate::relay::ids::JoinCode;
+use crate::relay::limits::{RateLimiter, Slot, Verdict};
+use crate::relay::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
+use crate::relay::protocol::{self, ErrorCode, close};
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;

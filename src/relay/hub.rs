@@ -4,9 +4,9 @@
 //! while holding it: whatever must reach another peer is pushed into that peer's bounded
 //! [`Outbox`] and written by the peer's own task.
 
-use crate::ids::{ClientId, JoinCode};
-use crate::outbox::{Closing, Outbox, SHUTTING_DOWN, TOO_SLOW};
-use crate::protocol::{self, close};
+use crate::relay::ids::{ClientId, JoinCode};
+use crate::relay::outbox::{Closing, Outbox, SHUTTING_DOWN, TOO_SLOW};
+use crate::relay::protocol::{self, close};
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -321,7 +321,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outbox::{self, Inbox};
+    use crate::relay::outbox::{self, Inbox};
 
     const ROOMY: usize = 1 << 20;
 
@@ -504,7 +504,7 @@ mod tests {
     async fn a_leave_the_server_has_no_room_to_hear_evicts_the_server_and_closes_its_clients() {
         let hub = Hub::new(6, 8);
         // Room for HELLO and two PEER_JOINED, and not a byte more.
-        let joined = protocol::peer_joined(&"x".repeat(crate::ids::CLIENT_ID_LENGTH)).len();
+        let joined = protocol::peer_joined(&"x".repeat(crate::relay::ids::CLIENT_ID_LENGTH)).len();
         let (_s, server_inbox, code) = server_with_room(&hub, hello("ABCDEF").len() + 2 * joined);
         let (leaving, _leaving_inbox, _) = client(&hub, code);
         let (_staying, staying_inbox, _) = client(&hub, code);

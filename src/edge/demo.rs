@@ -1,6 +1,6 @@
 //! The browser demo, compiled into the binary so that the binary stays the only thing to deploy.
 
-use crate::http::Body;
+use crate::edge::http::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
@@ -9,22 +9,22 @@ const ASSETS: [(&str, &str, &str); 4] = [
     (
         "/",
         "text/html; charset=utf-8",
-        include_str!("demo/index.html"),
+        include_str!("../demo/index.html"),
     ),
     (
         "/demo.js",
         "text/javascript; charset=utf-8",
-        include_str!("demo/demo.js"),
+        include_str!("../demo/demo.js"),
     ),
     (
         "/demo.css",
         "text/css; charset=utf-8",
-        include_str!("demo/demo.css"),
+        include_str!("../demo/demo.css"),
     ),
     (
         "/qr.js",
         "text/javascript; charset=utf-8",
-        include_str!("demo/qr.js"),
+        include_str!("../demo/qr.js"),
     ),
 ];
 

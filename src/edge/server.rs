@@ -1,16 +1,16 @@
 //! The listening relay: the runtime it runs on, the accept loop, one task per connection running
 //! hyper's HTTP/1 server, and the graceful shutdown that drains every session.
 
-use crate::coalesce::Coalesce101;
 use crate::config::{Config, TlsSource};
-use crate::devcert;
-use crate::http::{self, App};
-use crate::hub::Hub;
-use crate::limits::ConnectionSlots;
-use crate::metrics::{self, Metrics, Scrape};
-use crate::peer;
-use crate::stream::Stream;
-use crate::tls::TlsFiles;
+use crate::edge::coalesce::Coalesce101;
+use crate::edge::devcert;
+use crate::edge::http::{self, App};
+use crate::edge::metrics::{self, Metrics, Scrape};
+use crate::edge::session;
+use crate::edge::stream::Stream;
+use crate::edge::tls::TlsFiles;
+use crate::relay::hub::Hub;
+use crate::relay::limits::ConnectionSlots;
 use anyhow::Context as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -144,7 +144,7 @@ impl Relay {
             ),
             tracker: TaskTracker::new(),
             websocket,
-            sessions: Arc::new(peer::Context {
+            sessions: Arc::new(session::Context {
                 hub: Hub::new(config.code_length, config.max_clients_per_server),
                 config: Arc::new(config),
                 shutdown: CancellationToken::new(),

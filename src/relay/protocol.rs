@@ -2,7 +2,7 @@
 //!
 //! Everything here is pure: it turns text into typed values and back, and never touches a socket.
 
-use crate::ice::IceServer;
+use crate::relay::ice::IceServer;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;

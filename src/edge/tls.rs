@@ -133,7 +133,7 @@ fn pem_error(error: pem::Error, path: &Path) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::devcert::{self, DevCertPaths};
+    use crate::edge::devcert::{self, DevCertPaths};
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, RootCertStore};
     use std::fs;

@@ -1,12 +1,13 @@
 //! The hyper service: routes, plain responses, the checks made before an upgrade, and the hand-off
-//! of upgraded connections to [`peer::run`].
+//! of upgraded connections to [`session::run`].
 
-use crate::demo;
-use crate::limits::{ConnectionSlots, IpVerdict};
-use crate::outbox::Closing;
-use crate::peer::{self, Admission, Refusal};
-use crate::protocol::{ErrorCode, close};
-use crate::{ids::JoinCode, upgrade};
+use crate::edge::demo;
+use crate::edge::session::{self, Admission, Refusal};
+use crate::relay::ids::JoinCode;
+use crate::relay::limits::{ConnectionSlots, IpVerdict};
+use crate::relay::outbox::Closing;
+use crate::relay::protocol::{ErrorCode, close};
+use crate::relay::upgrade;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
@@ -33,7 +34,7 @@ pub type Body = Full<Bytes>;
 /// What the HTTP layer shares across connections.
 pub struct App {
     /// Shared with every WebSocket session.
-    pub sessions: Arc<peer::Context>,
+    pub sessions: Arc<session::Context>,
     /// Live WebSocket sessions against `--max-connections`.
     pub slots: Arc<ConnectionSlots>,
     /// Tracks upgraded sessions, which hyper's graceful shutdown does not see.
@@ -71,8 +72,10 @@ pub async fn handle(
         (_, path) => match path.strip_prefix("/client/") {
             Some(code) if !code.contains('/') => {
                 let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
-                JoinCode::parse(&code)
-                    .map_or(Admission::Refused(peer::UNKNOWN_SERVER), Admission::Client)
+                JoinCode::parse(&code).map_or(
+                    Admission::Refused(session::UNKNOWN_SERVER),
+                    Admission::Client,
+                )
             }
             _ if request.method() == Method::GET || request.method() == Method::HEAD => {
                 return Ok(
@@ -142,7 +145,7 @@ pub async fn handle(
             // (see `coalesce`).
             let io = TokioIo::new(upgraded);
             let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(app.websocket)).await;
-            peer::run(ws, app.sessions.clone(), admission, slot, remote).await;
+            session::run(ws, app.sessions.clone(), admission, slot, remote).await;
         }
     };
     app.tracker.spawn(session);

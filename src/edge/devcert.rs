@@ -5,7 +5,7 @@
 //! trust it go on trusting every leaf it signs later; the leaf is remade whenever it would no
 //! longer be accepted.
 
-use crate::tls;
+use crate::edge::tls;
 use anyhow::{Context as _, anyhow, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,

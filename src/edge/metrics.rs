@@ -1,10 +1,10 @@
 //! Prometheus metrics, served on their own listener (`--metrics-listen`) so they are never
 //! exposed on the public port by accident.
 
-use crate::http::{Body, text};
-use crate::hub::Hub;
-use crate::limits::ConnectionSlots;
-use crate::peer;
+use crate::edge::http::{Body, text};
+use crate::edge::session;
+use crate::relay::hub::Hub;
+use crate::relay::limits::ConnectionSlots;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -178,7 +178,7 @@ impl Metrics {
 /// What the metrics listener needs to answer.
 pub struct Scrape {
     /// The metrics, the hub for live peer counts, and the shutdown token for `/readyz`.
-    pub sessions: Arc<peer::Context>,
+    pub sessions: Arc<session::Context>,
     /// For the live session count.
     pub slots: Arc<ConnectionSlots>,
 }
@@ -191,7 +191,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) {
             Ok(accepted) => accepted,
             Err(error) => {
                 warn!(%error, "metrics accept failed");
-                tokio::time::sleep(crate::server::ACCEPT_BACKOFF).await;
+                tokio::time::sleep(crate::edge::server::ACCEPT_BACKOFF).await;
                 continue;
             }
         };
@@ -201,7 +201,7 @@ pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) {
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(SCRAPE_TIMEOUT)
-                .serve_connection(crate::server::http_io(stream), service);
+                .serve_connection(crate::edge::server::http_io(stream), service);
             if let Err(error) = connection.await {
                 debug!(%error, "metrics connection ended with an error");
             }
@@ -229,8 +229,8 @@ async fn answer(
             );
             response
         }
-        crate::http::HEALTH_PATH => text(StatusCode::OK, "ok"),
-        crate::http::READY_PATH => crate::http::readiness(&scrape.sessions.shutdown),
+        crate::edge::http::HEALTH_PATH => text(StatusCode::OK, "ok"),
+        crate::edge::http::READY_PATH => crate::edge::http::readiness(&scrape.sessions.shutdown),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     })
 }

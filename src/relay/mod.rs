@@ -1,0 +1,11 @@
+//! The relay's rules, pure: what peers send and receive, who may send to whom, the bounds a peer
+//! runs into. Nothing here touches a socket; everything is unit-tested without one.
+
+pub mod hub;
+pub mod ice;
+pub mod ids;
+pub mod limits;
+pub mod outbox;
+pub mod protocol;
+pub mod schema;
+pub mod upgrade;
