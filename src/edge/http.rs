@@ -2,11 +2,12 @@
 //! of upgraded connections to [`session::run`].
 
 use crate::edge::demo;
-use crate::edge::session::{self, Admission, Refusal};
+use crate::edge::session::{self, Admission};
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::{ConnectionSlots, IpVerdict};
-use crate::relay::outbox::Closing;
-use crate::relay::protocol::{ErrorCode, close};
+use crate::relay::outcome::{
+    TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES, UNAUTHORIZED, UNKNOWN_SERVER,
+};
 use crate::relay::upgrade;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -43,15 +44,6 @@ pub struct App {
     pub websocket: WebSocketConfig,
 }
 
-const UNAUTHORIZED: Refusal = Refusal {
-    code: ErrorCode::Unauthorized,
-    reason: "registering a server needs the relay's passphrase",
-    closing: Closing {
-        code: close::UNAUTHORIZED,
-        reason: "unauthorized",
-    },
-};
-
 /// Answers one HTTP request.
 pub async fn handle(
     app: Arc<App>,
@@ -72,10 +64,7 @@ pub async fn handle(
         (_, path) => match path.strip_prefix("/client/") {
             Some(code) if !code.contains('/') => {
                 let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
-                JoinCode::parse(&code).map_or(
-                    Admission::Refused(session::UNKNOWN_SERVER),
-                    Admission::Client,
-                )
+                JoinCode::parse(&code).map_or(Admission::Refused(UNKNOWN_SERVER), Admission::Client)
             }
             _ if request.method() == Method::GET || request.method() == Method::HEAD => {
                 return Ok(
@@ -160,24 +149,6 @@ pub async fn handle(
     );
     Ok(response)
 }
-
-const TOO_MANY_CONNECTIONS: Refusal = Refusal {
-    code: ErrorCode::RateLimited,
-    reason: "too many connections from your address",
-    closing: Closing {
-        code: close::RATE_LIMITED,
-        reason: "too many connections",
-    },
-};
-
-const TOO_MANY_FAILURES: Refusal = Refusal {
-    code: ErrorCode::RateLimited,
-    reason: "too many failed attempts from your address: wait a minute",
-    closing: Closing {
-        code: close::RATE_LIMITED,
-        reason: "too many failed attempts",
-    },
-};
 
 impl App {
     /// The client's address: from `--client-ip-header` when set and parseable (the last entry,

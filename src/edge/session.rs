@@ -9,8 +9,12 @@ use crate::edge::metrics::Metrics;
 use crate::relay::hub::{Hub, JoinError, Membership, PeerId};
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
-use crate::relay::outbox::{self, Closing, Inbox, Outbox, TOO_SLOW};
-use crate::relay::protocol::{self, ErrorCode, close};
+use crate::relay::outbox::{self, Inbox, Outbox};
+use crate::relay::outcome::{
+    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, NOT_UTF8, Notice, PROTOCOL_ERROR, Refusal,
+    SERVER_FULL, TOO_BIG, TOO_SLOW, UNKNOWN_SERVER, close,
+};
+use crate::relay::protocol;
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -39,32 +43,6 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// What one read takes while lingering.
 const LINGER_CHUNK: usize = 4096;
 
-const IDLE: Closing = Closing {
-    code: close::IDLE,
-    reason: "idle timeout",
-};
-const FLOODING: Closing = Closing {
-    code: close::POLICY,
-    reason: "rate limit exceeded for too long",
-};
-const TOO_BIG: Closing = Closing {
-    code: close::TOO_BIG,
-    reason: "message too big",
-};
-const PROTOCOL_ERROR: Closing = Closing {
-    code: 1002,
-    reason: "protocol error",
-};
-const NOT_UTF8: Closing = Closing {
-    code: 1007,
-    reason: "invalid UTF-8",
-};
-
-/// The code recorded for a connection that dropped without a close frame (RFC 6455 §7.1.5).
-const ABNORMAL: u16 = 1006;
-/// The code recorded for a close frame that carried no code.
-const NO_STATUS: u16 = 1005;
-
 /// What the relay shares with every session.
 pub struct Context {
     /// The validated configuration.
@@ -88,51 +66,11 @@ pub enum Admission {
     Refused(Refusal),
 }
 
-/// Why a peer is turned away after the upgrade: an ERROR frame, then a close.
-#[derive(Debug, Clone, Copy)]
-pub struct Refusal {
-    /// The ERROR's code.
-    pub code: ErrorCode,
-    /// The ERROR's reason.
-    pub reason: &'static str,
-    /// The close that follows.
-    pub closing: Closing,
-}
-
-impl Refusal {
-    /// Whether the refusal is a failed guess, which the per-address failure bound counts.
-    fn is_failed_attempt(&self) -> bool {
-        matches!(
-            self.code,
-            ErrorCode::UnknownServer | ErrorCode::Unauthorized
-        )
-    }
-}
-
-/// The refusal for a code that cannot name a live server.
-pub const UNKNOWN_SERVER: Refusal = Refusal {
-    code: ErrorCode::UnknownServer,
-    reason: "no server has this code",
-    closing: Closing {
-        code: close::UNKNOWN_SERVER,
-        reason: "unknown server",
-    },
-};
-
-const SERVER_FULL: Refusal = Refusal {
-    code: ErrorCode::ServerFull,
-    reason: "the server holds its maximum number of clients",
-    closing: Closing {
-        code: close::SERVER_FULL,
-        reason: "server full",
-    },
-};
-
 /// How a session ended, for the log line.
 enum End {
     /// The relay closed it with this code.
     Closed(Closing),
-    /// The peer closed it with this code, or its connection dropped ([`ABNORMAL`]).
+    /// The peer closed it with this code, or its connection dropped ([`close::ABNORMAL`]).
     Left(u16),
 }
 
@@ -203,7 +141,7 @@ where
             if refusal.is_failed_attempt() {
                 slot.record_failure(std::time::Instant::now());
             }
-            context.metrics.error(refusal.code.as_str());
+            context.metrics.error(refusal.notice.code.as_str());
             context.metrics.closed(refusal.closing.code);
             // Boxed: refusals are rare and short, and inline they would set every session's size.
             Either::Right(Box::pin(refuse(ws, refusal, remote)))
@@ -249,7 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 End::Left(code) => {
                     // tungstenite queued the reply to the peer's close frame; reading sends it and
                     // then sees the end of the stream, so the peer gets a clean close, not a reset.
-                    if code != ABNORMAL {
+                    if code != close::ABNORMAL {
                         let _ = timeout(CLOSE_GRACE, async {
                             while let Some(Ok(_)) = self.ws.next().await {}
                         })
@@ -293,7 +231,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 message = self.ws.next() => match message {
                     Some(Ok(message)) => Event::Incoming(message),
                     Some(Err(error)) => Event::Ended(ended_by(error)),
-                    None => Event::Ended(End::Left(ABNORMAL)),
+                    None => Event::Ended(End::Left(close::ABNORMAL)),
                 },
                 _ = &mut timer => Event::Timer,
             };
@@ -374,29 +312,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Message::Text(text) => Some(text),
             Message::Binary(_) => None,
             Message::Close(frame) => {
-                return Err(End::Left(frame.map_or(NO_STATUS, |f| f.code.into())));
+                return Err(End::Left(frame.map_or(close::NO_STATUS, |f| f.code.into())));
             }
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
         };
         match self.limiter.check(now) {
             Verdict::Allowed => {}
-            Verdict::Dropped => {
-                return self.reply_error(
-                    ErrorCode::RateLimited,
-                    "too many messages: this one was dropped",
-                    None,
-                );
-            }
+            Verdict::Dropped => return self.reply(DROPPED),
             Verdict::DroppedQuietly => return Ok(()),
             Verdict::Flooding => return Err(End::Closed(FLOODING)),
         }
         match text {
             Some(text) => self.on_text(&text),
-            None => self.reply_error(
-                ErrorCode::BadMessage,
-                "binary frames are not supported: send JSON text",
-                None,
-            ),
+            None => self.reply(BINARY),
         }
     }
 
@@ -428,6 +356,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Some(&incoming.to),
             ),
         }
+    }
+
+    fn reply(&mut self, notice: Notice) -> Result<(), End> {
+        self.reply_error(notice.code, notice.reason, None)
     }
 
     fn reply_error(&mut self, code: ErrorCode, reason: &str, id: Option<&str>) -> Result<(), End> {
@@ -481,12 +413,14 @@ impl Stalled<'_> {
 fn ended_by(error: WsError) -> End {
     match error {
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => End::Closed(TOO_BIG),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => End::Left(ABNORMAL),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Left(close::ABNORMAL)
+        }
         WsError::Capacity(_) | WsError::Protocol(_) => End::Closed(PROTOCOL_ERROR),
         WsError::Utf8(_) => End::Closed(NOT_UTF8),
         other => {
             debug!(error = %other, "connection lost");
-            End::Left(ABNORMAL)
+            End::Left(close::ABNORMAL)
         }
     }
 }
@@ -496,14 +430,14 @@ async fn refuse<S>(mut ws: WebSocketStream<S>, refusal: Refusal, remote: SocketA
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = Message::text(protocol::error(refusal.code, refusal.reason, None));
+    let frame = Message::text(protocol::notice(refusal.notice));
     if let Ok(Ok(())) = timeout(CLOSE_GRACE, ws.send(frame)).await {
         close_gracefully(&mut ws, refusal.closing).await;
     }
     info!(
         %remote,
         close = refusal.closing.code,
-        reason = refusal.reason,
+        reason = refusal.notice.reason,
         "peer refused"
     );
 }

@@ -5,17 +5,12 @@
 //! [`Outbox`] and written by the peer's own task.
 
 use crate::relay::ids::{ClientId, JoinCode};
-use crate::relay::outbox::{Closing, Outbox, SHUTTING_DOWN, TOO_SLOW};
-use crate::relay::protocol::{self, close};
+use crate::relay::outbox::Outbox;
+use crate::relay::outcome::{Closing, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW};
+use crate::relay::protocol;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-/// The close a client gets after its server left.
-pub const SERVER_GONE: Closing = Closing {
-    code: close::SERVER_GONE,
-    reason: "server gone",
-};
 
 /// A handle to the registry; cheap to clone, one per connection.
 #[derive(Clone)]

@@ -6,6 +6,7 @@ pub mod ice;
 pub mod ids;
 pub mod limits;
 pub mod outbox;
+pub mod outcome;
 pub mod protocol;
 pub mod schema;
 pub mod upgrade;

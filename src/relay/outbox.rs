@@ -5,38 +5,16 @@
 //! the server it shares with hundreds of other clients, nor grow the relay's memory. Frames accepted
 //! for a peer that keeps reading are always delivered, in order.
 
+use crate::relay::outcome::{Closing, SHUTTING_DOWN, TOO_SLOW};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-/// Why the relay is closing a peer: the close frame it will send once queued frames are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closing {
-    /// WebSocket close code.
-    pub code: u16,
-    /// Close reason, shown to the peer.
-    pub reason: &'static str,
-}
-
-/// The close for a peer whose queue overflowed: what is still queued for it is abandoned.
-pub const TOO_SLOW: Closing = Closing {
-    code: crate::relay::protocol::close::POLICY,
-    reason: "too slow",
-};
-
-/// The close every peer gets when the relay shuts down.
-pub const SHUTTING_DOWN: Closing = Closing {
-    code: crate::relay::protocol::close::GOING_AWAY,
-    reason: "going away",
-};
-
-impl Closing {
-    /// Whether a write the peer is not reading is given up for this close rather than waited on:
-    /// the peer is too slow, or the relay is going away.
-    fn abandons_writes(self) -> bool {
-        self == TOO_SLOW || self == SHUTTING_DOWN
-    }
+/// Whether a write the peer is not reading is given up for this close rather than waited on: the
+/// peer is too slow, or the relay is going away.
+fn abandons_writes(closing: Closing) -> bool {
+    closing == TOO_SLOW || closing == SHUTTING_DOWN
 }
 
 /// The push side, held by the hub.
@@ -159,7 +137,7 @@ impl Inbox {
         poll_fn(|cx| {
             let mut queue = self.0.lock();
             match queue.closing {
-                Some(closing) if closing.abandons_writes() => Poll::Ready(closing),
+                Some(closing) if abandons_writes(closing) => Poll::Ready(closing),
                 _ => queue.wait(cx),
             }
         })
@@ -171,10 +149,7 @@ impl Inbox {
 mod tests {
     use super::*;
 
-    const GONE: Closing = Closing {
-        code: 4410,
-        reason: "server gone",
-    };
+    use crate::relay::outcome::SERVER_GONE as GONE;
 
     #[tokio::test]
     async fn delivers_in_order_in_one_batch() {

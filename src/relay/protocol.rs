@@ -3,6 +3,7 @@
 //! Everything here is pure: it turns text into typed values and back, and never touches a socket.
 
 use crate::relay::ice::IceServer;
+use crate::relay::outcome::{ErrorCode, Notice};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -12,28 +13,6 @@ pub const RELAY_ID: &str = "0";
 
 /// Longest `type` a peer may send, in bytes.
 pub const MAX_TYPE_BYTES: usize = 64;
-
-/// WebSocket close codes the relay uses, and why.
-pub mod close {
-    /// The relay is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
-    /// The peer broke a rule it was told about: too slow a reader, or a sustained flood.
-    pub const POLICY: u16 = 1008;
-    /// A frame or message larger than `--max-message-bytes`.
-    pub const TOO_BIG: u16 = 1009;
-    /// Registration at `/server` without the right passphrase.
-    pub const UNAUTHORIZED: u16 = 4401;
-    /// `/client/{CODE}` names no live server.
-    pub const UNKNOWN_SERVER: u16 = 4404;
-    /// Nothing, not even a pong, arrived for `--idle-timeout`.
-    pub const IDLE: u16 = 4408;
-    /// The server already holds `--max-clients-per-server` clients.
-    pub const SERVER_FULL: u16 = 4409;
-    /// The client's server left.
-    pub const SERVER_GONE: u16 = 4410;
-    /// Too many connections or failed attempts from the client's address.
-    pub const RATE_LIMITED: u16 = 4429;
-}
 
 /// A message as a peer sends it: `{"to","type","message"}`.
 ///
@@ -159,40 +138,6 @@ pub fn peer_gone(id: &str) -> String {
     frame(RELAY_ID, "PEER_GONE", &PeerRef { id })
 }
 
-/// The codes an ERROR frame carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    /// Not a valid envelope, or a binary frame.
-    BadMessage,
-    /// `to` names no peer this sender may reach.
-    UnknownPeer,
-    /// Over the message rate limit.
-    RateLimited,
-    /// `/client/{CODE}` for no live server.
-    UnknownServer,
-    /// The server is at `--max-clients-per-server`.
-    ServerFull,
-    /// Wrong or missing passphrase at `/server`.
-    Unauthorized,
-    /// Refused by the `--message-schema` for its type.
-    InvalidMessage,
-}
-
-impl ErrorCode {
-    /// The code as it appears on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadMessage => "BAD_MESSAGE",
-            ErrorCode::UnknownPeer => "UNKNOWN_PEER",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::UnknownServer => "UNKNOWN_SERVER",
-            ErrorCode::ServerFull => "SERVER_FULL",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
-        }
-    }
-}
-
 /// An ERROR frame's `message`.
 #[derive(Serialize)]
 struct ErrorBody<'a> {
@@ -219,6 +164,11 @@ pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
             path: None,
         },
     )
+}
+
+/// Builds the ERROR for a notice with a fixed reason.
+pub fn notice(notice: Notice) -> String {
+    error(notice.code, notice.reason, None)
 }
 
 /// Builds the ERROR for a message its type's schema refused: `path` is a JSON pointer into it.
