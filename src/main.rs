@@ -5,7 +5,7 @@ use clap::Parser;
 use intercessor::Relay;
 use intercessor::config::{Cli, Command, LogFormat, Options};
 use intercessor::edge::devcert;
-use intercessor::edge::server;
+use intercessor::edge::net;
 use intercessor::edge::tls::TlsFiles;
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -62,11 +62,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let options = cli.options.or(file);
     let log_format = options.log_format.unwrap_or_default();
-    let threads = options.threads.unwrap_or_else(server::available_threads);
+    let threads = options.threads.unwrap_or_else(net::available_threads);
     let config = options.into_config(std::env::var("PORT").ok().as_deref())?;
     init_logging(log_format);
 
-    let runtime = server::runtime(threads)?;
+    let runtime = net::runtime(threads)?;
     runtime.block_on(async {
         // Signal handlers go in before the listener exists, so that no SIGTERM can arrive while
         // the relay listens but would still die of the default action.

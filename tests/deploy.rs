@@ -4,8 +4,8 @@
 //! `INTERCESSOR_*` variable they name with the ones the built binary reads (its `--help`).
 
 use intercessor::config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT, Span};
-use intercessor::edge::http::HEALTH_PATH;
-use intercessor::edge::metrics::METRICS_PATH;
+use intercessor::edge::admin::METRICS_PATH;
+use intercessor::relay::admission::HEALTH_PATH;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};

@@ -1,34 +1,14 @@
-//! Prometheus metrics, served on their own listener (`--metrics-listen`) so they are never
-//! exposed on the public port by accident.
+//! The relay's Prometheus metrics: counters kept as atomics, rendered in the OpenMetrics text
+//! format when [`crate::edge::admin`] is scraped.
 
-use crate::edge::http::{Body, text};
-use crate::edge::session;
-use crate::relay::hub::Hub;
-use crate::relay::limits::ConnectionSlots;
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::net::TcpListener;
-use tracing::{debug, warn};
-
-/// Where the metrics listener serves the Prometheus text.
-pub const METRICS_PATH: &str = "/metrics";
-
-/// A scrape that has not sent its request by then is dropped.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
@@ -43,6 +23,17 @@ struct Code {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseCode {
     code: u16,
+}
+
+/// Live counts, read when scraped.
+#[derive(Debug, Clone, Copy)]
+pub struct Live {
+    /// Server peers.
+    pub servers: usize,
+    /// Client peers.
+    pub clients: usize,
+    /// WebSocket sessions.
+    pub connections: usize,
 }
 
 /// Every metric the relay keeps. Counters are atomics: counting costs the hot path no lock.
@@ -163,74 +154,13 @@ impl Metrics {
     }
 
     /// The OpenMetrics text, with live counts read at scrape time rather than kept on every join.
-    pub fn render(&self, hub: &Hub, slots: &ConnectionSlots) -> String {
-        let (servers, clients) = hub.counts();
-        self.servers.set(servers as i64);
-        self.clients.set(clients as i64);
-        self.connections.set(slots.live() as i64);
+    pub fn render(&self, live: Live) -> String {
+        self.servers.set(live.servers as i64);
+        self.clients.set(live.clients as i64);
+        self.connections.set(live.connections as i64);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
     }
-}
-
-/// What the metrics listener needs to answer.
-pub struct Scrape {
-    /// The metrics, the hub for live peer counts, and the shutdown token for `/readyz`.
-    pub sessions: Arc<session::Context>,
-    /// For the live session count.
-    pub slots: Arc<ConnectionSlots>,
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until the task is dropped. It keeps answering
-/// during the shutdown drain, so the last figures and the 503 from `/readyz` stay visible.
-pub async fn serve(listener: TcpListener, scrape: Arc<Scrape>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "metrics accept failed");
-                tokio::time::sleep(crate::edge::server::ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
-        let scrape = scrape.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request| answer(scrape.clone(), request));
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(SCRAPE_TIMEOUT)
-                .serve_connection(crate::edge::server::http_io(stream), service);
-            if let Err(error) = connection.await {
-                debug!(%error, "metrics connection ended with an error");
-            }
-        });
-    }
-}
-
-async fn answer(
-    scrape: Arc<Scrape>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "GET only"));
-    }
-    Ok(match request.uri().path() {
-        METRICS_PATH => {
-            let sessions = &scrape.sessions;
-            let body = sessions.metrics.render(&sessions.hub, &scrape.slots);
-            let mut response = Response::new(Body::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-            );
-            response
-        }
-        crate::edge::http::HEALTH_PATH => text(StatusCode::OK, "ok"),
-        crate::edge::http::READY_PATH => crate::edge::http::readiness(&scrape.sessions.shutdown),
-        _ => text(StatusCode::NOT_FOUND, "not found"),
-    })
 }

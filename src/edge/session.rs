@@ -4,10 +4,9 @@
 //! A single task owns the socket (no split): it reacts to whichever comes first of frames queued
 //! for the peer (or a close, shutdown's included), a frame from the peer, or its ping/idle timer.
 
-use crate::config::Config;
-use crate::edge::metrics::Metrics;
-use crate::relay::hub::{Hub, JoinError, Membership, PeerId};
-use crate::relay::ids::JoinCode;
+use crate::edge::state::Shared;
+use crate::relay::admission::Admission;
+use crate::relay::hub::{JoinError, Membership, PeerId};
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
 use crate::relay::outbox::{self, Inbox, Outbox};
 use crate::relay::outcome::{
@@ -30,7 +29,6 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 /// How long the relay waits for the peer's side of the closing handshake before dropping the
@@ -42,29 +40,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 /// What one read takes while lingering.
 const LINGER_CHUNK: usize = 4096;
-
-/// What the relay shares with every session.
-pub struct Context {
-    /// The validated configuration.
-    pub config: Arc<Config>,
-    /// The registry of live peers.
-    pub hub: Hub,
-    /// Cancelled when the relay shuts down.
-    pub shutdown: CancellationToken,
-    /// Counters for `/metrics`.
-    pub metrics: Metrics,
-}
-
-/// What the HTTP layer decided about a connection before upgrading it.
-#[derive(Debug)]
-pub enum Admission {
-    /// Register as a server.
-    Server,
-    /// Join the server with this code.
-    Client(JoinCode),
-    /// Upgrade only to say why not.
-    Refused(Refusal),
-}
 
 /// How a session ended, for the log line.
 enum End {
@@ -89,7 +64,7 @@ enum Event {
 /// lives as long as its peer stays connected, so its size is memory every idle peer holds.
 pub fn run<S>(
     ws: WebSocketStream<S>,
-    context: Arc<Context>,
+    shared: Arc<Shared>,
     admission: Admission,
     slot: Slot,
     remote: SocketAddr,
@@ -98,17 +73,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
-    let (outbox, inbox) = outbox::bounded(context.config.send_queue_bytes);
+    let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
     let hello = |id: &str| {
         protocol::hello(&protocol::Hello {
             id,
-            server_info: context.config.server_info.as_deref(),
-            ice_servers: &context.config.ice.for_peer(id, SystemTime::now()),
+            server_info: shared.config.server_info.as_deref(),
+            ice_servers: &shared.config.ice.for_peer(id, SystemTime::now()),
         })
     };
     let registered = match admission {
-        Admission::Server => Ok(context.hub.register_server(outbox.clone(), hello)),
-        Admission::Client(code) => context
+        Admission::Server => Ok(shared.hub.register_server(outbox.clone(), hello)),
+        Admission::Client(code) => shared
             .hub
             .join(code, outbox.clone(), hello)
             .map_err(|error| match error {
@@ -120,8 +95,8 @@ where
     match registered {
         Ok(membership) => {
             let limiter = RateLimiter::new(
-                context.config.rate_limit,
-                context.config.flood_window,
+                shared.config.rate_limit,
+                shared.config.flood_window,
                 started.into_std(),
             );
             let session = Session {
@@ -129,7 +104,7 @@ where
                 outbox,
                 inbox,
                 membership,
-                context,
+                shared,
                 limiter,
                 _slot: slot,
                 remote,
@@ -141,8 +116,8 @@ where
             if refusal.is_failed_attempt() {
                 slot.record_failure(std::time::Instant::now());
             }
-            context.metrics.error(refusal.notice.code.as_str());
-            context.metrics.closed(refusal.closing.code);
+            shared.metrics.error(refusal.notice.code.as_str());
+            shared.metrics.closed(refusal.closing.code);
             // Boxed: refusals are rare and short, and inline they would set every session's size.
             Either::Right(Box::pin(refuse(ws, refusal, remote)))
         }
@@ -156,7 +131,7 @@ struct Session<S> {
     outbox: Outbox,
     inbox: Inbox,
     membership: Membership,
-    context: Arc<Context>,
+    shared: Arc<Shared>,
     limiter: RateLimiter,
     /// Released when the session ends.
     _slot: Slot,
@@ -196,7 +171,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     code
                 }
             };
-            self.context.metrics.closed(code);
+            self.shared.metrics.closed(code);
             let role = match id {
                 PeerId::Server(_) => "server",
                 PeerId::Client(_) => "client",
@@ -216,7 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// from the peer, or the ping/idle timer.
     async fn relay(&mut self) -> End {
         let mut heard_at = Instant::now();
-        let mut ping_at = heard_at + self.context.config.ping_interval;
+        let mut ping_at = heard_at + self.shared.config.ping_interval;
         let timer = tokio::time::sleep_until(ping_at);
         tokio::pin!(timer);
         loop {
@@ -235,7 +210,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 },
                 _ = &mut timer => Event::Timer,
             };
-            let idle_timeout = self.context.config.idle_timeout;
+            let idle_timeout = self.shared.config.idle_timeout;
             match event {
                 Event::Ended(end) => return end,
                 Event::Outgoing(batch) => {
@@ -258,7 +233,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     }
                     let due = now >= ping_at;
                     if due {
-                        ping_at = now + self.context.config.ping_interval;
+                        ping_at = now + self.shared.config.ping_interval;
                     }
                     let next_check = ping_at.min(heard_at + idle_timeout);
                     timer.as_mut().reset(next_check);
@@ -299,7 +274,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let stalled = Stalled {
             inbox: &self.inbox,
-            idle_timeout: self.context.config.idle_timeout,
+            idle_timeout: self.shared.config.idle_timeout,
         };
         Box::pin(stalled.finish(written, timer, next_check)).await
     }
@@ -333,10 +308,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(incoming) => incoming,
             Err(error) => return self.reply_error(ErrorCode::BadMessage, &error.to_string(), None),
         };
-        if let Some(schemas) = &self.context.config.message_schemas
+        if let Some(schemas) = &self.shared.config.message_schemas
             && let Err(invalid) = schemas.check(&incoming.kind, incoming.message)
         {
-            self.context
+            self.shared
                 .metrics
                 .error(ErrorCode::InvalidMessage.as_str());
             let error = protocol::invalid_message(&incoming.kind, &invalid.path, &invalid.reason);
@@ -345,9 +320,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let from = self.membership.id();
         let frame = protocol::relayed(from.as_str(), &incoming.kind, incoming.message);
         let bytes = frame.len();
-        match self.context.hub.route(from, &incoming.to, frame) {
+        match self.shared.hub.route(from, &incoming.to, frame) {
             Ok(()) => {
-                self.context.metrics.relayed(bytes);
+                self.shared.metrics.relayed(bytes);
                 Ok(())
             }
             Err(unknown) => self.reply_error(
@@ -363,7 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     fn reply_error(&mut self, code: ErrorCode, reason: &str, id: Option<&str>) -> Result<(), End> {
-        self.context.metrics.error(code.as_str());
+        self.shared.metrics.error(code.as_str());
         self.outbox
             .push(protocol::error(code, reason, id))
             .map_err(|_| End::Closed(TOO_SLOW))

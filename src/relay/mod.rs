@@ -1,6 +1,7 @@
 //! The relay's rules, pure: what peers send and receive, who may send to whom, the bounds a peer
 //! runs into. Nothing here touches a socket; everything is unit-tested without one.
 
+pub mod admission;
 pub mod hub;
 pub mod ice;
 pub mod ids;

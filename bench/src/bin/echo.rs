@@ -4,12 +4,12 @@
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Empty;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use intercessor::edge::net;
+use intercessor::edge::response::{self, Body};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -20,9 +20,6 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-
-/// The relay's hyper read buffer (`HTTP_MAX_BUFFER` in src/server.rs).
-const HTTP_MAX_BUFFER: usize = 8 * 1024;
 
 /// The relay's `--handshake-timeout` default, applied the same way (hyper's header read timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,15 +39,13 @@ struct Cli {
 
 /// The relay's own WebSocket buffers and limits, so the comparison is like for like.
 fn websocket_config() -> WebSocketConfig {
-    intercessor::edge::server::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
+    net::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let threads = cli
-        .threads
-        .unwrap_or_else(intercessor::edge::server::available_threads);
-    let runtime = match intercessor::edge::server::runtime(threads) {
+    let threads = cli.threads.unwrap_or_else(net::available_threads);
+    let runtime = match net::runtime(threads) {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -74,7 +69,7 @@ fn main() -> ExitCode {
 
 /// Accepts connections forever, like the relay's accept loop, on a listener bound the same way.
 async fn serve(listen: SocketAddr) -> std::io::Result<()> {
-    let listener = intercessor::edge::server::listen(listen)?;
+    let listener = net::listen(listen)?;
     eprintln!("listening on {}", listener.local_addr()?);
     loop {
         match listener.accept().await {
@@ -91,26 +86,21 @@ async fn serve(listen: SocketAddr) -> std::io::Result<()> {
 
 /// HTTP/1 on one connection, with the relay's builder settings, until it is upgraded or ends.
 async fn serve_connection(stream: TcpStream) {
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .max_buf_size(HTTP_MAX_BUFFER);
-    let _ = builder
+    let _ = net::http1(HANDSHAKE_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service_fn(upgrade))
         .with_upgrades()
         .await;
 }
 
 /// Answers any WebSocket upgrade on any path; anything else gets `400`.
-async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Empty<Bytes>>, Infallible> {
+async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let is_websocket = request
         .headers()
         .get(header::UPGRADE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let key = request.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let (true, Some(key)) = (is_websocket, key) else {
-        let mut response = Response::new(Empty::new());
+        let mut response = Response::new(Body::default());
         *response.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(response);
     };
@@ -126,16 +116,9 @@ async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Empty<Bytes>
             echo(ws).await;
         }
     });
-    let mut response = Response::new(Empty::new());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(
-        header::SEC_WEBSOCKET_ACCEPT,
-        HeaderValue::from_str(&derive_accept_key(key.as_bytes())).expect("an accept key is base64"),
-    );
-    Ok(response)
+    Ok(response::switching_protocols(&derive_accept_key(
+        key.as_bytes(),
+    )))
 }
 
 /// Writes every text frame back. Pings are answered and a close is returned by tungstenite

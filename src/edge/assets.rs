@@ -1,6 +1,7 @@
-//! The browser demo, compiled into the binary so that the binary stays the only thing to deploy.
+//! The files served to browsers (the demo), compiled into the binary so that the binary stays the
+//! only thing to deploy.
 
-use crate::edge::http::Body;
+use crate::edge::response::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
