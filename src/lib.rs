@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod options;
 pub mod relay;
 
 pub use config::Config;

@@ -1,12 +1,11 @@
 //! The `intercessor` binary: read the configuration, set up logging, run until SIGTERM or SIGINT.
 
 use anyhow::Context as _;
-use clap::Parser;
 use intercessor::Relay;
-use intercessor::config::{Cli, Command, LogFormat, Options};
 use intercessor::edge::devcert;
 use intercessor::edge::net;
 use intercessor::edge::tls::TlsFiles;
+use intercessor::options::{self, Command, LogFormat, Options, ParseError, Parsed};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,20 +14,30 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) if !error.use_stderr() => {
+    let options = match options::parse(std::env::args_os()) {
+        Ok(Parsed::Relay(options)) => *options,
+        Ok(Parsed::Command(command)) => return finish(run_command(command)),
+        // `--help` and `--version` are clap "errors" for stdout.
+        Err(ParseError::Clap(error)) if !error.use_stderr() => {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
-        Err(error) => {
-            // clap's first line names the option and the problem; the rest is usage text.
-            let rendered = error.render().to_string();
-            eprintln!("{}", rendered.lines().next().unwrap_or("invalid arguments"));
+        // clap's whole message: it names the option, and often the fix (the possible values,
+        // the option meant, the one missing).
+        Err(ParseError::Clap(error)) => {
+            let _ = error.print();
+            return ExitCode::from(2);
+        }
+        Err(ParseError::File(line)) => {
+            eprintln!("error: {line}");
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    finish(run(options))
+}
+
+fn finish(outcome: anyhow::Result<()>) -> ExitCode {
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -37,31 +46,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(Command::GenCerts { dir, sans }) = cli.command {
-        let (paths, outcome) = devcert::ensure(&dir, &sans)?;
-        println!("{outcome}");
-        println!("CA (trust this once):  {}", paths.ca_cert.display());
-        println!("certificate:           {}", paths.cert.display());
-        println!("key:                   {}", paths.key.display());
-        println!(
-            "serve with: intercessor --tls-cert {} --tls-key {}   (or --dev-tls --certs-dir {})",
-            paths.cert.display(),
-            paths.key.display(),
-            dir.display()
-        );
-        println!(
-            "check with: curl --cacert {} https://localhost:8080/healthz",
-            paths.ca_cert.display()
-        );
-        return Ok(());
-    }
-    let file = match &cli.config {
-        Some(path) => Options::from_file(path)?,
-        None => Options::default(),
-    };
-    let options = cli.options.or(file);
-    let log_format = options.log_format.unwrap_or_default();
+fn run_command(command: Command) -> anyhow::Result<()> {
+    let Command::GenCerts { dir, sans } = command;
+    let (paths, outcome) = devcert::ensure(&dir, &sans)?;
+    println!("{outcome}");
+    println!("CA (trust this once):  {}", paths.ca_cert.display());
+    println!("certificate:           {}", paths.cert.display());
+    println!("key:                   {}", paths.key.display());
+    println!(
+        "serve with: intercessor --tls-cert {} --tls-key {}   (or --dev-tls --certs-dir {})",
+        paths.cert.display(),
+        paths.key.display(),
+        dir.display()
+    );
+    println!(
+        "check with: curl --cacert {} https://localhost:8443/healthz   (after --listen 127.0.0.1:8443)",
+        paths.ca_cert.display()
+    );
+    Ok(())
+}
+
+fn run(options: Options) -> anyhow::Result<()> {
+    let log_format = options.log_format;
     let threads = options.threads.unwrap_or_else(net::available_threads);
     let config = options.into_config(std::env::var("PORT").ok().as_deref())?;
     init_logging(log_format);

@@ -4,6 +4,8 @@
 mod common;
 
 use common::{RelayProcess, TestPeer, start_error};
+use intercessor::Config;
+use intercessor::options::{self, Parsed};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -67,24 +69,94 @@ async fn passphrase_from_the_environment_and_from_a_file() {
 }
 
 #[test]
-fn invalid_values_fail_at_start_with_one_line_naming_the_option() {
-    let bad_file = file("ping_interval = \"soon\"\n");
+fn the_relays_own_checks_fail_at_start_with_one_line_naming_the_option() {
+    let bad_file = file("code_length = 8\nping_interval = \"soon\"\n");
     let bad_path = bad_file.path().to_str().expect("utf-8");
-    let refused = |args: &[&str], env: &[(&str, &str)], option: &str| {
+    let unknown_key = file("code_lenght = 8\n");
+    let unknown_path = unknown_key.path().to_str().expect("utf-8");
+    let refused = |args: &[&str], env: &[(&str, &str)], says: &[&str]| {
         let error = start_error(args, env);
         assert_eq!(error.trim_end().lines().count(), 1, "one line: {error:?}");
-        assert!(error.contains(option), "{error:?} should name {option}");
+        for text in says {
+            assert!(error.contains(text), "{error:?} should say {text:?}");
+        }
     };
-    refused(&["--code-length", "3"], &[], "--code-length");
-    refused(&["--rate-limit", "many"], &[], "--rate-limit");
+    refused(
+        &["--code-length", "3"],
+        &[],
+        &["--code-length", "between 4 and 16"],
+    );
+    refused(
+        &["--tls-cert", "x.pem"],
+        &[],
+        &["--tls-cert needs --tls-key"],
+    );
+    refused(
+        &["--config", bad_path],
+        &[],
+        &[
+            "line 2",
+            "ping_interval = \"soon\"",
+            "--ping-interval",
+            "expected seconds",
+        ],
+    );
+    refused(
+        &["--config", unknown_path],
+        &[],
+        &["line 1", "unknown option `code_lenght`"],
+    );
+    refused(&["--config", "/nonexistent/relay.toml"], &[], &["--config"]);
+}
+
+#[test]
+fn command_line_mistakes_get_claps_whole_message() {
+    let refused = |args: &[&str], env: &[(&str, &str)], says: &[&str]| {
+        let error = start_error(args, env);
+        for text in says {
+            assert!(error.contains(text), "{error:?} should say {text:?}");
+        }
+    };
+    refused(
+        &["--rate-limit", "many"],
+        &[],
+        &["'many'", "--rate-limit", "invalid digit"],
+    );
     refused(
         &[],
         &[("INTERCESSOR_IDLE_TIMEOUT", "forever")],
-        "--idle-timeout",
+        &["'forever'", "--idle-timeout", "expected seconds"],
     );
-    refused(&["--config", bad_path], &[], "ping_interval");
-    refused(&["--config", "/nonexistent/relay.toml"], &[], "--config");
-    refused(&["--threads", "0"], &[], "--threads");
+    refused(&["--threads", "0"], &[], &["--threads"]);
+    refused(
+        &["--log-format", "yaml"],
+        &[],
+        &["possible values: text, json"],
+    );
+    refused(
+        &["--lisen", "127.0.0.1:0"],
+        &[],
+        &["--lisen", "a similar argument exists: '--listen'"],
+    );
+    refused(
+        &["--passphrase", "a", "--passphrase-file", "b"],
+        &[],
+        &["cannot be used with"],
+    );
+}
+
+#[test]
+fn gen_certs_takes_only_its_own_options() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_intercessor"))
+        .args(["gen-certs", "--help"])
+        .output()
+        .expect("runs");
+    let help = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(help.contains("--san"), "{help}");
+    assert!(
+        !help.contains("--config"),
+        "gen-certs has no --config: {help}"
+    );
 }
 
 /// Sends SIGTERM and expects `peer` closed with 1001 and the relay to exit with status 0.
@@ -144,34 +216,108 @@ async fn one_thread_or_several_relays_and_shuts_down() {
     }
 }
 
-#[test]
-fn the_readme_documents_every_option_and_variable() {
+/// Each option of `--help` with the default it states, if any: `(long name, default)`.
+fn help_defaults() -> Vec<(String, Option<String>)> {
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_intercessor"))
         .arg("--help")
         .output()
         .expect("--help runs");
     let help = String::from_utf8(help.stdout).expect("utf-8");
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut options: Vec<(String, Option<String>)> = Vec::new();
+    for line in help.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("--") {
+            let name = rest.split([' ', '[']).next().expect("a name").to_owned();
+            options.push((name, None));
+        } else if let (Some(at), Some(last)) = (line.find("[default: "), options.last_mut()) {
+            let default = &line[at + "[default: ".len()..];
+            let default = default.split([']', ',']).next().expect("a value").trim();
+            last.1 = Some(default.to_owned());
+        }
+    }
+    options.retain(|(name, _)| !["help", "version", "config"].contains(&name.as_str()));
+    options
+}
+
+#[test]
+fn every_default_the_help_states_is_the_configs_default() {
+    let defaults = format!("{:?}", Config::default());
+    let command = options::command();
     let mut checked = 0;
-    for line in help.lines().map(str::trim).filter(|l| l.starts_with("--")) {
-        let option = line.split([' ', '=', '[']).next().expect("an option name");
-        if option == "--help" || option == "--version" {
+    for (name, default) in help_defaults() {
+        let Some(default) = default else { continue };
+        // Defaults written as prose ("[default: off]") are not clap's: nothing to parse.
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name.as_str()));
+        if arg.is_none_or(|arg| arg.get_default_values().is_empty()) {
             continue;
         }
-        assert!(
-            readme.contains(&format!("`{option}")),
-            "README lacks {option}"
+        let argv = [
+            "intercessor".to_owned(),
+            format!("--{name}"),
+            default.clone(),
+        ];
+        let Ok(Parsed::Relay(options)) = options::parse(&argv) else {
+            continue;
+        };
+        let config = options
+            .into_config(None)
+            .expect("the stated default is valid");
+        assert_eq!(
+            format!("{config:?}"),
+            defaults,
+            "--help says --{name} defaults to {default}, but that is not the default"
         );
-        let variable = format!(
-            "INTERCESSOR_{}",
-            option
-                .trim_start_matches("--")
-                .replace('-', "_")
-                .to_uppercase()
-        );
-        assert!(readme.contains(&variable), "README lacks {variable}");
         checked += 1;
     }
-    assert!(checked >= 25, "only {checked} options found in --help");
+    assert!(checked >= 15, "only {checked} defaults checked");
+}
+
+#[test]
+fn the_readme_documents_every_option_with_its_variable_file_key_and_default() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let command = options::command();
+    let options = help_defaults();
+    assert!(
+        options.len() >= 29,
+        "only {} options in --help",
+        options.len()
+    );
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|line| !line.starts_with("| option | environment | file key |"))
+        .take_while(|line| line.starts_with('|'))
+        .collect();
+    for (name, default) in options {
+        let row = table
+            .iter()
+            .find(|line| line.starts_with(&format!("| `--{name}")))
+            .unwrap_or_else(|| panic!("the README's options table has no row for --{name}"));
+        let variable = options::env_name(&name);
+        let key = options::file_key(&name);
+        assert!(
+            row.contains(&format!("`{variable}`")),
+            "{name}: README lacks {variable}"
+        );
+        assert!(
+            row.contains(&format!("`{key}`")),
+            "{name}: README lacks file key {key}"
+        );
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(name.as_str()));
+        let clap_default = arg.is_some_and(|arg| !arg.get_default_values().is_empty());
+        if let Some(default) = default.filter(|_| clap_default) {
+            let shown = if default == "false" {
+                "off".to_owned()
+            } else {
+                format!("`{default}`")
+            };
+            assert!(
+                row.contains(&shown),
+                "{name}: README does not show its default {shown}"
+            );
+        }
+    }
 }

@@ -3,8 +3,9 @@
 //! build). Ports, paths, signals and timeouts are compared with the relay's own constants, and every
 //! `INTERCESSOR_*` variable they name with the ones the built binary reads (its `--help`).
 
-use intercessor::config::{DEFAULT_MAX_CONNECTIONS, DEFAULT_SHUTDOWN_TIMEOUT, Span};
+use intercessor::Config;
 use intercessor::edge::admin::METRICS_PATH;
+use intercessor::options::Span;
 use intercessor::relay::admission::HEALTH_PATH;
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,12 +34,24 @@ fn read(name: &str) -> String {
 #[derive(Debug, Deserialize)]
 struct Fly {
     kill_signal: String,
-    kill_timeout: Span,
+    /// Seconds, or a duration such as "15s".
+    kill_timeout: toml::Value,
     build: FlyBuild,
     #[serde(default)]
     env: BTreeMap<String, String>,
     http_service: HttpService,
     metrics: FlyMetrics,
+}
+
+impl Fly {
+    fn kill_timeout(&self) -> Duration {
+        let text = match &self.kill_timeout {
+            toml::Value::Integer(seconds) => seconds.to_string(),
+            toml::Value::String(text) => text.clone(),
+            other => panic!("kill_timeout should be seconds or a duration, got {other:?}"),
+        };
+        text.parse::<Span>().expect("kill_timeout parses").0
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -437,17 +450,18 @@ fn fly_lets_the_relay_drain_and_never_stops_it_for_idleness() {
     );
 
     let env = fly_environment(&fly, &image);
-    let shutdown_timeout =
-        env.get("INTERCESSOR_SHUTDOWN_TIMEOUT")
-            .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |text| {
-                text.parse::<Span>()
-                    .expect("INTERCESSOR_SHUTDOWN_TIMEOUT")
-                    .0
-            });
+    let shutdown_timeout = env.get("INTERCESSOR_SHUTDOWN_TIMEOUT").map_or(
+        Config::default().shutdown_timeout,
+        |text| {
+            text.parse::<Span>()
+                .expect("INTERCESSOR_SHUTDOWN_TIMEOUT")
+                .0
+        },
+    );
     assert!(
-        fly.kill_timeout.0 > shutdown_timeout + CLOSE_GRACE,
+        fly.kill_timeout() > shutdown_timeout + CLOSE_GRACE,
         "kill_timeout {:?} should exceed the shutdown timeout {shutdown_timeout:?} plus {CLOSE_GRACE:?} close grace",
-        fly.kill_timeout.0
+        fly.kill_timeout()
     );
 
     let service = &fly.http_service;
@@ -461,7 +475,7 @@ fn fly_lets_the_relay_drain_and_never_stops_it_for_idleness() {
 
     let max_connections = env
         .get("INTERCESSOR_MAX_CONNECTIONS")
-        .map_or(DEFAULT_MAX_CONNECTIONS, |n| {
+        .map_or(Config::default().max_connections, |n| {
             n.parse().expect("INTERCESSOR_MAX_CONNECTIONS")
         });
     let concurrency = &service.concurrency;
@@ -593,7 +607,7 @@ fn the_relay_starts_with_the_fly_environment_and_stops_on_the_kill_signal() {
         .status()
         .expect("running kill");
     assert!(sent.success(), "kill -s {signal} failed");
-    let deadline = Instant::now() + fly.kill_timeout.0;
+    let deadline = Instant::now() + fly.kill_timeout();
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for the relay") {
             break status;
@@ -602,7 +616,8 @@ fn the_relay_starts_with_the_fly_environment_and_stops_on_the_kill_signal() {
             let _ = child.kill();
             panic!(
                 "the relay did not exit within kill_timeout {:?} of {}",
-                fly.kill_timeout.0, fly.kill_signal
+                fly.kill_timeout(),
+                fly.kill_signal
             );
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -5,18 +5,13 @@
 //! here with a shrunk counterexample. Inputs that once broke something are pinned as plain tests at
 //! the end. `fuzz/` drives the same parsers with libFuzzer for much longer runs.
 
-use clap::Parser;
 use data_encoding::BASE64;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, Version, header};
-use intercessor::config::{
-    Config, DEFAULT_CODE_LENGTH, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_CLIENTS_PER_SERVER, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PING_INTERVAL, DEFAULT_RATE_LIMIT, DEFAULT_SEND_QUEUE_BYTES, DEFAULT_SHUTDOWN_TIMEOUT,
-    DEFAULT_TURN_TTL, Options, Span,
-};
+use intercessor::config::Config;
+use intercessor::options::{self, Options, ParseError, Parsed, Span};
 use intercessor::relay::ids::{CROCKFORD, JoinCode, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
 use intercessor::relay::protocol::{MAX_TYPE_BYTES, ProtocolError, parse_incoming, relayed};
-use intercessor::relay::{ice, upgrade};
+use intercessor::relay::upgrade;
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use serde_json::Value;
@@ -701,33 +696,20 @@ proptest! {
 // Configuration
 // ---------------------------------------------------------------------------------------------
 
-/// Every relay option's long name, as the command line spells it.
-const OPTION_NAMES: [&str; 24] = [
-    "listen",
-    "allowed-origin",
-    "handshake-timeout",
-    "code-length",
-    "server-info",
-    "rate-limit",
-    "max-message-bytes",
-    "max-clients-per-server",
-    "max-connections",
-    "send-queue-bytes",
-    "passphrase",
-    "passphrase-file",
-    "ping-interval",
-    "idle-timeout",
-    "shutdown-timeout",
-    "ice-server",
-    "turn-secret",
-    "turn-ttl",
-    "tls-cert",
-    "tls-key",
-    "dev-tls",
-    "certs-dir",
-    "metrics-listen",
-    "log-format",
-];
+/// Every relay option's long name, as clap spells it (`--config` has its own tests).
+fn option_names() -> Vec<&'static str> {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES
+        .get_or_init(|| {
+            options::command()
+                .get_arguments()
+                .filter_map(|arg| arg.get_long())
+                .filter(|long| !["help", "version", "config"].contains(long))
+                .map(|long| &*Box::leak(long.to_owned().into_boxed_str()))
+                .collect()
+        })
+        .clone()
+}
 
 /// `--passphrase-file` values are put under a directory that cannot exist, so no test reads a
 /// real file (say /dev/zero) whatever the generated path.
@@ -769,7 +751,7 @@ fn option_value() -> impl Strategy<Value = String> {
 fn arguments() -> impl Strategy<Value = (Vec<String>, Vec<&'static str>)> {
     prop::collection::vec(
         (
-            prop::sample::select(OPTION_NAMES.to_vec()),
+            prop::sample::select(option_names()),
             option_value(),
             any::<bool>(),
         ),
@@ -797,7 +779,7 @@ fn arguments() -> impl Strategy<Value = (Vec<String>, Vec<&'static str>)> {
 }
 
 /// Checks what `into_config` made of `options`: an error is one line naming an option that was
-/// given (or PORT), and a config keeps every bound and every value that was given.
+/// given (or PORT), and a config keeps every bound (`Config::validate`) and every value given.
 fn check_config(
     options: &Options,
     result: anyhow::Result<Config>,
@@ -821,74 +803,21 @@ fn check_config(
         }
         Ok(config) => config,
     };
-    let span = |value: Option<Span>, default: Duration| value.map_or(default, |s| s.0);
-
-    prop_assert!((MIN_CODE_LENGTH..=MAX_CODE_LENGTH).contains(&config.code_length));
-    prop_assert!(config.idle_timeout > config.ping_interval);
-    prop_assert!(!config.ping_interval.is_zero());
-    prop_assert!(!config.handshake_timeout.is_zero());
-    prop_assert!(!config.ice.turn_ttl.is_zero());
-    prop_assert!(config.max_message_bytes >= 128);
-    prop_assert!(config.send_queue_bytes >= config.max_message_bytes + 256);
-    prop_assert!(config.max_clients_per_server >= 1 && config.max_connections >= 1);
-    prop_assert_ne!(config.passphrase.as_deref(), Some(""));
-    for url in &config.ice.urls {
-        prop_assert!(ice::is_ice_url(url), "{:?}", url);
-        prop_assert!(
-            !ice::is_turn(url) || config.ice.turn_secret.is_some(),
-            "{:?}",
-            url
-        );
-    }
-
-    prop_assert_eq!(
-        config.code_length,
-        options.code_length.unwrap_or(DEFAULT_CODE_LENGTH)
-    );
-    prop_assert_eq!(
-        config.rate_limit,
-        options.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT)
-    );
-    prop_assert_eq!(
-        config.max_message_bytes,
-        options
-            .max_message_bytes
-            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
-    );
-    prop_assert_eq!(
-        config.send_queue_bytes,
-        options.send_queue_bytes.unwrap_or(DEFAULT_SEND_QUEUE_BYTES)
-    );
-    prop_assert_eq!(
-        config.max_connections,
-        options.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
-    );
+    prop_assert!(config.validate().is_ok(), "{:?}", config);
+    prop_assert_eq!(config.code_length, options.code_length);
+    prop_assert_eq!(config.rate_limit, options.rate_limit);
+    prop_assert_eq!(config.max_message_bytes, options.max_message_bytes);
+    prop_assert_eq!(config.send_queue_bytes, options.send_queue_bytes);
+    prop_assert_eq!(config.max_connections, options.max_connections);
     prop_assert_eq!(
         config.max_clients_per_server,
-        options
-            .max_clients_per_server
-            .unwrap_or(DEFAULT_MAX_CLIENTS_PER_SERVER)
+        options.max_clients_per_server
     );
-    prop_assert_eq!(
-        config.ping_interval,
-        span(options.ping_interval, DEFAULT_PING_INTERVAL)
-    );
-    prop_assert_eq!(
-        config.idle_timeout,
-        span(options.idle_timeout, DEFAULT_IDLE_TIMEOUT)
-    );
-    prop_assert_eq!(
-        config.handshake_timeout,
-        span(options.handshake_timeout, DEFAULT_HANDSHAKE_TIMEOUT)
-    );
-    prop_assert_eq!(
-        config.shutdown_timeout,
-        span(options.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT)
-    );
-    prop_assert_eq!(
-        config.ice.turn_ttl,
-        span(options.turn_ttl, DEFAULT_TURN_TTL)
-    );
+    prop_assert_eq!(config.ping_interval, options.ping_interval.0);
+    prop_assert_eq!(config.idle_timeout, options.idle_timeout.0);
+    prop_assert_eq!(config.handshake_timeout, options.handshake_timeout.0);
+    prop_assert_eq!(config.shutdown_timeout, options.shutdown_timeout.0);
+    prop_assert_eq!(config.ice.turn_ttl, options.turn_ttl.0);
     prop_assert_eq!(&config.server_info, &options.server_info);
     prop_assert_eq!(&config.allowed_origins, &options.allowed_origins);
     prop_assert_eq!(&config.ice.urls, &options.ice_servers);
@@ -900,6 +829,15 @@ fn check_config(
         prop_assert_eq!(&config.passphrase, &options.passphrase);
     }
     Ok(())
+}
+
+/// `argv` read as the binary reads it; `None` when clap refuses it (its own errors are tested
+/// apart) or it names a subcommand.
+fn relay_options<T: Into<std::ffi::OsString> + Clone>(argv: &[T]) -> Option<Options> {
+    match options::parse(argv.iter().cloned()) {
+        Ok(Parsed::Relay(options)) => Some(*options),
+        _ => None,
+    }
 }
 
 /// A TOML options file: some known keys (and now and then an unknown one) with values of any
@@ -919,7 +857,7 @@ fn toml_file() -> impl Strategy<Value = (String, Vec<&'static str>)> {
         )),
     ];
     let key = prop_oneof![
-        20 => prop::sample::select(OPTION_NAMES.to_vec()),
+        20 => prop::sample::select(option_names()),
         1 => Just("code-lenght"),
     ];
     prop::collection::btree_map(key, value, 0..6).prop_map(|entries| {
@@ -998,30 +936,51 @@ proptest! {
         (argv, named) in arguments(),
         port in prop::option::of(prop_oneof!["[0-9]{1,6}", any::<String>()]),
     ) {
-        // Parsed twice: `Options` is not `Clone`, and `into_config` consumes one.
-        let (parsed, copy) = (Options::try_parse_from(&argv), Options::try_parse_from(&argv));
-        if let (Ok(options), Ok(copy)) = (parsed, copy) {
-            check_config(&copy, options.into_config(port.as_deref()), &named, port.as_deref())?;
+        if let Some(options) = relay_options(&argv) {
+            let result = options.clone().into_config(port.as_deref());
+            check_config(&options, result, &named, port.as_deref())?;
         }
     }
 
     #[test]
-    fn toml_never_panics(
+    fn any_file_is_read_or_refused_in_one_line_naming_it(
         text in prop_oneof![any::<String>(), "[a-z_ =\"\\[\\]{},.0-9\n#']{0,60}"],
     ) {
-        let _ = toml::from_str::<Options>(&text);
+        let file = options_file(&text);
+        if let Err(ParseError::File(message)) = parse_file(&file) {
+            prop_assert!(!message.contains('\n'), "not one line: {:?}", message);
+            prop_assert!(message.contains("--config"), "{:?}", message);
+        }
     }
 
     #[test]
-    fn toml_options_become_a_valid_config_or_a_one_line_error((text, named) in toml_file()) {
-        let parsed = toml::from_str::<Options>(&text);
-        if named.contains(&"code-lenght") {
-            prop_assert!(parsed.is_err(), "unknown keys are refused: {}", text);
-        }
-        if let (Ok(options), Ok(copy)) = (parsed, toml::from_str::<Options>(&text)) {
-            check_config(&copy, options.into_config(None), &named, None)?;
+    fn file_options_become_a_valid_config_or_a_one_line_error((text, named) in toml_file()) {
+        let file = options_file(&text);
+        match parse_file(&file) {
+            Ok(Parsed::Relay(options)) => {
+                prop_assert!(!named.contains(&"code-lenght"), "unknown keys are refused: {}", text);
+                let result = options.clone().into_config(None);
+                check_config(&options, result, &named, None)?;
+            }
+            Err(ParseError::File(message)) => {
+                prop_assert!(!message.contains('\n'), "not one line: {:?}", message);
+                prop_assert!(message.contains("--config"), "{:?}", message);
+            }
+            other => prop_assert!(false, "{:?}", other),
         }
     }
+}
+
+/// A temporary options file holding `text`.
+fn options_file(text: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), text).expect("write");
+    file
+}
+
+fn parse_file(file: &tempfile::NamedTempFile) -> Result<Parsed, ParseError> {
+    let path = file.path().to_str().expect("utf-8 path");
+    options::parse(["intercessor", "--config", path])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1056,7 +1015,7 @@ fn option_errors_stay_on_one_line() {
         ],
     ];
     for argv in cases {
-        let error = Options::try_parse_from(argv)
+        let error = relay_options(argv)
             .expect("clap accepts any text as these values")
             .into_config(None)
             .expect_err("each value is refused")

@@ -31,8 +31,11 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Binds `config.listen`; port 0 picks a free port (see [`Relay::local_addr`]).
+    /// Binds `config.listen`; port 0 picks a free port (see [`Relay::local_addr`]). The
+    /// configuration is validated first: a `Config` built by hand gets the same checks as
+    /// one read from the command line.
     pub async fn bind(config: Config) -> anyhow::Result<Relay> {
+        config.validate()?;
         let listener = net::listen(config.listen)
             .with_context(|| format!("binding --listen {}", config.listen))?;
         let metrics_listener = match config.metrics_listen {

@@ -6,12 +6,12 @@
 
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
-use crate::relay::hub::{JoinError, Membership, PeerId};
+use crate::relay::hub::{JoinError, Membership, NoFreeId, PeerId};
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
 use crate::relay::outbox::{self, Inbox, Outbox};
 use crate::relay::outcome::{
-    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, NOT_UTF8, Notice, PROTOCOL_ERROR, Refusal,
-    SERVER_FULL, TOO_BIG, TOO_SLOW, UNKNOWN_SERVER, close,
+    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, NO_FREE_ID, NOT_UTF8, Notice,
+    PROTOCOL_ERROR, Refusal, SERVER_FULL, TOO_BIG, TOO_SLOW, UNKNOWN_SERVER, close,
 };
 use crate::relay::protocol;
 use futures_util::future::Either;
@@ -82,13 +82,17 @@ where
         })
     };
     let registered = match admission {
-        Admission::Server => Ok(shared.hub.register_server(outbox.clone(), hello)),
+        Admission::Server => shared
+            .hub
+            .register_server(outbox.clone(), hello)
+            .map_err(|NoFreeId| NO_FREE_ID),
         Admission::Client(code) => shared
             .hub
             .join(code, outbox.clone(), hello)
             .map_err(|error| match error {
                 JoinError::UnknownServer => UNKNOWN_SERVER,
                 JoinError::ServerFull => SERVER_FULL,
+                JoinError::NoFreeId => NO_FREE_ID,
             }),
         Admission::Refused(refusal) => Err(refusal),
     };

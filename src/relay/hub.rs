@@ -31,12 +31,28 @@ struct State {
 impl State {
     /// Queues a new member's HELLO and, once shutdown has begun, its close right behind it.
     fn greet(&self, outbox: &Outbox, hello: String) {
-        // A fresh queue always has room for HELLO, which the relay builds small.
-        let _ = outbox.push(hello);
+        // `Config::validate` makes every send queue big enough for the largest HELLO; a peer
+        // whose queue still cannot take it is closed rather than left without one.
+        if outbox.push(hello).is_err() {
+            outbox.close(TOO_SLOW);
+        }
         if self.shutting_down {
             outbox.close(SHUTTING_DOWN);
         }
     }
+}
+
+/// Fresh ids drawn before giving up: with the code space `Config::validate` demands (64 codes
+/// per connection), all of them collide with a chance of 2⁻⁹⁶, so giving up means the space is
+/// exhausted (or shared far beyond its size), never bad luck. The bound keeps the hub's lock
+/// from being held by a search that cannot end.
+pub const MAX_DRAWS: usize = 16;
+
+/// Draws ids with `draw` until `taken` says one is free, at most [`MAX_DRAWS`] times.
+fn free_id<T: Copy>(mut draw: impl FnMut() -> T, taken: impl Fn(&T) -> bool) -> Option<T> {
+    std::iter::repeat_with(&mut draw)
+        .take(MAX_DRAWS)
+        .find(|id| !taken(id))
 }
 
 struct ServerEntry {
@@ -75,9 +91,17 @@ impl fmt::Display for PeerId {
     }
 }
 
+/// No free id was found within [`MAX_DRAWS`] draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no free id")]
+pub struct NoFreeId;
+
 /// Why a client could not join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum JoinError {
+    /// No free client id was found.
+    #[error("no free client id")]
+    NoFreeId,
     /// No live server has this code.
     #[error("no server has this code")]
     UnknownServer,
@@ -143,14 +167,13 @@ impl Hub {
         &self,
         outbox: Outbox,
         hello: impl FnOnce(&str) -> String,
-    ) -> Membership {
+    ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
-        let code = loop {
-            let code = JoinCode::generate(self.code_length);
-            if !state.servers.contains_key(&code) {
-                break code;
-            }
-        };
+        let code = free_id(
+            || JoinCode::generate(self.code_length),
+            |code| state.servers.contains_key(code),
+        )
+        .ok_or(NoFreeId)?;
         state.greet(&outbox, hello(code.as_str()));
         state.servers.insert(
             code,
@@ -159,11 +182,11 @@ impl Hub {
                 clients: Vec::new(),
             },
         );
-        Membership {
+        Ok(Membership {
             hub: self.clone(),
             id: PeerId::Server(code),
             left: false,
-        }
+        })
     }
 
     /// Adds a client to the server with `code` and tells that server with PEER_JOINED.
@@ -176,12 +199,8 @@ impl Hub {
         hello: impl FnOnce(&str) -> String,
     ) -> Result<Membership, JoinError> {
         let mut state = self.lock();
-        let id = loop {
-            let id = ClientId::generate();
-            if !state.clients.contains_key(&id) {
-                break id;
-            }
-        };
+        let id = free_id(ClientId::generate, |id| state.clients.contains_key(id))
+            .ok_or(JoinError::NoFreeId)?;
         let server = state
             .servers
             .get_mut(&code)
@@ -346,7 +365,7 @@ mod tests {
     /// A server whose queue holds at most `limit_bytes`.
     fn server_with_room(hub: &Hub, limit_bytes: usize) -> (Membership, Inbox, JoinCode) {
         let (outbox, inbox) = outbox::bounded(limit_bytes);
-        let membership = hub.register_server(outbox, hello);
+        let membership = hub.register_server(outbox, hello).expect("a free code");
         let PeerId::Server(code) = membership.id() else {
             panic!("a server gets a code")
         };
@@ -547,11 +566,45 @@ mod tests {
     fn codes_are_unique_among_live_servers() {
         let hub = Hub::new(4, 8);
         let memberships: Vec<_> = (0..2000)
-            .map(|_| hub.register_server(outbox::bounded(ROOMY).0, hello))
+            .map(|_| {
+                hub.register_server(outbox::bounded(ROOMY).0, hello)
+                    .expect("a free code")
+            })
             .collect();
         let mut codes: Vec<_> = memberships.iter().map(|m| m.id().to_string()).collect();
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), 2000);
+    }
+
+    #[test]
+    fn an_exhausted_code_space_refuses_the_newcomer_after_a_bounded_search() {
+        // 4-character codes number 32⁴ = 1,048,576: fill every one of them.
+        let hub = Hub::new(4, 8);
+        {
+            let mut state = hub.lock();
+            let (outbox, _) = outbox::bounded(ROOMY);
+            for n in 0..32u32.pow(4) {
+                let text: String = (0..4)
+                    .map(|place| crate::relay::ids::CROCKFORD[(n >> (5 * place)) as usize % 32])
+                    .collect();
+                let code = JoinCode::parse(&text).expect("a code");
+                let entry = ServerEntry {
+                    outbox: outbox.clone(),
+                    clients: Vec::new(),
+                };
+                state.servers.insert(code, entry);
+            }
+        }
+        let refused = hub.register_server(outbox::bounded(ROOMY).0, hello);
+        assert_eq!(refused.err(), Some(NoFreeId));
+    }
+
+    #[tokio::test]
+    async fn a_hello_that_does_not_fit_closes_the_peer_rather_than_leaving_it_without_one() {
+        let hub = Hub::new(6, 8);
+        let (outbox, inbox) = outbox::bounded(4);
+        let _member = hub.register_server(outbox, hello).expect("a free code");
+        assert_eq!(drain(&inbox).await, (vec![], Some(TOO_SLOW)));
     }
 }

@@ -19,11 +19,13 @@ pub enum ErrorCode {
     Unauthorized,
     /// Refused by the `--message-schema` for its type.
     InvalidMessage,
+    /// The relay cannot take the peer now; it may try again later.
+    ServerUnavailable,
 }
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 7] = [
+    pub const ALL: [ErrorCode; 8] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownPeer,
         ErrorCode::RateLimited,
@@ -31,6 +33,7 @@ impl ErrorCode {
         ErrorCode::ServerFull,
         ErrorCode::Unauthorized,
         ErrorCode::InvalidMessage,
+        ErrorCode::ServerUnavailable,
     ];
 
     /// The code as it appears on the wire.
@@ -43,6 +46,7 @@ impl ErrorCode {
             ErrorCode::ServerFull => "SERVER_FULL",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::InvalidMessage => "INVALID_MESSAGE",
+            ErrorCode::ServerUnavailable => "SERVER_UNAVAILABLE",
         }
     }
 }
@@ -65,6 +69,8 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// A frame or message larger than `--max-message-bytes`.
     pub const TOO_BIG: u16 = 1009;
+    /// The relay cannot serve the peer now (RFC 6455's "Try Again Later", IANA-registered).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Registration at `/server` without the right passphrase.
     pub const UNAUTHORIZED: u16 = 4401;
     /// `/client/{CODE}` names no live server.
@@ -79,7 +85,7 @@ pub mod close {
     pub const RATE_LIMITED: u16 = 4429;
 
     /// Every code above except [`NORMAL`], which is the peer's own: the README's close table.
-    pub const DOCUMENTED: [u16; 13] = [
+    pub const DOCUMENTED: [u16; 14] = [
         GOING_AWAY,
         PROTOCOL_ERROR,
         NO_STATUS,
@@ -87,6 +93,7 @@ pub mod close {
         NOT_UTF8,
         POLICY,
         TOO_BIG,
+        TRY_AGAIN_LATER,
         UNAUTHORIZED,
         UNKNOWN_SERVER,
         IDLE,
@@ -241,6 +248,18 @@ pub const TOO_MANY_FAILURES: Refusal = Refusal {
     },
 };
 
+/// No free id could be drawn for the newcomer: the code space is exhausted.
+pub const NO_FREE_ID: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "no free join code or client id: try again later",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,12 +286,13 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 5] = [
+    const REFUSALS: [Refusal; 6] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
         TOO_MANY_CONNECTIONS,
         TOO_MANY_FAILURES,
+        NO_FREE_ID,
     ];
 
     #[test]

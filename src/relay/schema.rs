@@ -44,11 +44,10 @@ impl MessageSchemas {
     /// Reads and compiles the schema file; errors name the file and, for a bad schema, the type.
     pub fn load(path: &Path) -> anyhow::Result<MessageSchemas> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --message-schema {}", path.display()))?;
+            .with_context(|| format!("reading --message-schema {path:?}"))?;
         let document: Value = serde_json::from_str(&text)
-            .with_context(|| format!("--message-schema {}: not JSON", path.display()))?;
-        MessageSchemas::compile(&document)
-            .with_context(|| format!("--message-schema {}", path.display()))
+            .with_context(|| format!("--message-schema {path:?}: not JSON"))?;
+        MessageSchemas::compile(&document).with_context(|| format!("--message-schema {path:?}"))
     }
 
     /// Compiles a document `{TYPE: SCHEMA, ...}`. Remote `$ref`s are refused: the relay never

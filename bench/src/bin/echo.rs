@@ -8,12 +8,14 @@ use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use intercessor::Config;
 use intercessor::edge::net;
 use intercessor::edge::response::{self, Body};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::process::ExitCode;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
@@ -39,7 +41,9 @@ struct Cli {
 
 /// The relay's own WebSocket buffers and limits, so the comparison is like for like.
 fn websocket_config() -> WebSocketConfig {
-    net::websocket_config(intercessor::config::DEFAULT_MAX_MESSAGE_BYTES)
+    static CONFIG: LazyLock<WebSocketConfig> =
+        LazyLock::new(|| net::websocket_config(Config::default().max_message_bytes));
+    *CONFIG
 }
 
 fn main() -> ExitCode {
