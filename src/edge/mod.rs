@@ -2,15 +2,17 @@
 //! metrics listener. It calls into [`crate::relay`], never the other way.
 
 pub mod admin;
-pub mod assets;
-pub mod coalesce;
+pub(crate) mod assets;
+pub(crate) mod coalesce;
 pub mod devcert;
-pub mod http;
-pub mod metrics;
+pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod net;
 pub mod response;
 pub mod server;
-pub mod session;
-pub mod state;
-pub mod stream;
+pub(crate) mod session;
+pub(crate) mod state;
+pub(crate) mod stream;
 pub mod tls;
+
+pub use session::CLOSE_GRACE;

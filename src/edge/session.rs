@@ -33,7 +33,7 @@ use tracing::{debug, info};
 
 /// How long the relay waits for the peer's side of the closing handshake before dropping the
 /// socket, so a peer that never answers holds nothing for long.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Most bytes read and thrown away after the relay's close frame while waiting for the peer's
 /// close: room for the rest of one large message in flight, not a channel to keep sending on.

@@ -2,12 +2,12 @@
 //! runs into. Nothing here touches a socket; everything is unit-tested without one.
 
 pub mod admission;
-pub mod hub;
+pub(crate) mod hub;
 pub mod ice;
 pub mod ids;
-pub mod limits;
-pub mod outbox;
-pub mod outcome;
+pub(crate) mod limits;
+pub(crate) mod outbox;
+pub(crate) mod outcome;
 pub mod protocol;
 pub mod schema;
 pub mod upgrade;
