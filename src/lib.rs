@@ -4,12 +4,28 @@
 //! `/client/{CODE}`; the relay forwards `{"to","type","message"}` envelopes between a server and its
 //! clients as `{"from","type","message"}` and tells each side when the other joins or leaves.
 //!
-//! The modules, from the edge inwards:
-//! - [`config`]: every option, from command line, environment and TOML file, validated.
-//! - [`edge`]: everything that does I/O: the listener and its [`Relay`], TLS, HTTP, each peer's
-//!   WebSocket session, the metrics listener.
-//! - [`relay`]: the rules, pure: the wire protocol, join codes, the hub of who may send to whom,
-//!   per-peer queues and bounds.
+//! The modules, from the edge inwards; every arrow of import points down this list:
+//! - [`options`]: the command line, `INTERCESSOR_*` variables and a TOML file, layered by clap.
+//! - [`config`]: the validated [`Config`] made from them, and every bound in `Config::validate`.
+//! - [`edge`]: everything that does I/O.
+//!   - `server`: [`Relay`], the accept loop, TLS then HTTP per connection, the shutdown drain.
+//!   - `http`: the hyper service: routes as `relay::admission` decides, connection bounds, and
+//!     the hand-off of upgraded connections to `session`.
+//!   - `session`: one WebSocket session, from HELLO to the close frame; the only place that
+//!     touches both a socket and the hub.
+//!   - `admin`: the metrics listener; `metrics`: the counters it renders.
+//!   - `state`: the relay-wide handles every connection shares.
+//!   - `net`, `response`, `stream`, `coalesce`: listening, hyper's settings, responses, the
+//!     connection type, the 101 sent with the first frame (`net` and `response` also serve the
+//!     bench's echo floor).
+//!   - `tls`, `devcert`, `assets`: certificates, development CA, the files served to browsers.
+//! - [`relay`]: the rules, pure: no sockets, unit-tested without one.
+//!   - `admission`: who may open a WebSocket, decided from the request alone.
+//!   - `hub`: the registry of live peers and who may send to whom; `outbox`: each peer's bounded
+//!     queue; `limits`: connection caps and the rate limiter.
+//!   - `protocol`: wire types; `outcome`: every ERROR and close code; `ids`: join codes and
+//!     client ids; `upgrade`: the WebSocket handshake check; `ice`: TURN credentials; `schema`:
+//!     optional JSON Schema checks.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
