@@ -3,10 +3,13 @@
 
 mod common;
 
-use common::{RelayProcess, TestPeer, start_error};
+use common::{PATIENCE, RelayProcess, TestPeer, relay_command, start_error};
 use intercessor::Config;
 use intercessor::options::{self, Parsed};
 use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
 use std::time::Duration;
 
 async fn hello(relay: &RelayProcess) -> Value {
@@ -320,4 +323,71 @@ fn the_readme_documents_every_option_with_its_variable_file_key_and_default() {
             );
         }
     }
+}
+
+/// The JSON log lines of a starting relay up to both "relay listening" and "metrics listening".
+fn start_up_log(args: &[&str]) -> Vec<Value> {
+    let mut child = relay_command(args, &[])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary starts");
+    let stderr = child.stderr.take().expect("piped");
+    let (sender, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = sender.send(serde_json::from_str::<Value>(&line).expect("a JSON line"));
+        }
+    });
+    let mut log = Vec::new();
+    let started = |log: &[Value], message: &str| {
+        log.iter()
+            .any(|entry: &Value| entry["fields"]["message"] == message)
+    };
+    while !(started(&log, "relay listening") && started(&log, "metrics listening")) {
+        log.push(
+            lines
+                .recv_timeout(PATIENCE)
+                .expect("the relay logs its start"),
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    log
+}
+
+#[test]
+fn start_up_names_the_urls_and_warns_about_origins_no_browser_sends() {
+    let log = start_up_log(&[
+        "--allowed-origin",
+        "https://app.example/,https://ok.example,app.example",
+        "--metrics-listen",
+        "127.0.0.1:0",
+    ]);
+
+    let fields = |message: &str| {
+        log.iter()
+            .find(|entry| entry["fields"]["message"] == message)
+            .map(|entry| entry["fields"].clone())
+            .expect(message)
+    };
+    let relay = fields("relay listening");
+    let listen = relay["listen"].as_str().expect("an address");
+    assert_eq!(relay["url"], format!("http://{listen}/"));
+    let metrics = fields("metrics listening")["url"].to_string();
+    assert!(
+        metrics.starts_with("\"http://127.0.0.1:") && metrics.ends_with("/metrics\""),
+        "{metrics}"
+    );
+    let warnings: Vec<&str> = log
+        .iter()
+        .filter(|entry| entry["level"] == "WARN")
+        .filter_map(|entry| entry["fields"]["message"].as_str())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "--allowed-origin \"https://app.example/\" will never match a browser: browsers send no trailing slash",
+            "--allowed-origin \"app.example\" will never match a browser: it has no scheme: write https://host or http://host:port",
+        ]
+    );
 }

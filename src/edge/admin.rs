@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Where the metrics listener serves the Prometheus text.
 pub const METRICS_PATH: &str = "/metrics";
@@ -25,6 +25,12 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves until the task is dropped. It keeps answering during the shutdown drain, so the last
 /// figures and the 503 from `/readyz` stay visible.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(
+            url = net::local_url("http", addr, METRICS_PATH),
+            "metrics listening"
+        );
+    }
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,

@@ -18,9 +18,12 @@ use rustls::{CertificateError, RootCertStore};
 use std::fmt;
 use std::fs;
 use std::io::{self, Write as _};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+use yasna::models::ObjectIdentifier;
+use yasna::{Tag, TagClass};
 
 /// File name of the CA certificate, the one to import into browsers.
 pub const CA_CERT_FILE: &str = "dev-ca.pem";
@@ -168,13 +171,13 @@ fn ensure_at(
     } else {
         leaf_problem(&paths, &ca, &names, now)
     };
-    if leaf_renewed.is_some() {
+    let names = if leaf_renewed.is_some() {
         make_leaf(&paths, &ca, &names, now)?;
+        names.into_iter().map(|name| name.text).collect()
     } else {
         restrict_to_owner(&paths.key)?;
-    }
-
-    let names = names.iter().map(|name| name.text.clone()).collect();
+        names_held(&paths.cert)?
+    };
     let outcome = Outcome {
         ca_created,
         leaf_renewed,
@@ -401,6 +404,83 @@ fn leaf_problem(
     }
 }
 
+/// Every name the leaf at `path` is valid for, in its own order: a kept leaf may hold more
+/// than this run asked for (names an earlier `--san` added).
+fn names_held(path: &Path) -> anyhow::Result<Vec<String>> {
+    let chain = tls::read_certificates(path)?;
+    let leaf = chain
+        .first()
+        .with_context(|| format!("{} holds no certificate", path.display()))?;
+    subject_alt_names(leaf)
+        .map_err(|error| anyhow!("reading the names in {}: {error}", path.display()))
+}
+
+/// The DNS names and IP addresses in a certificate's subjectAltName (RFC 5280 §4.2.1.6), read
+/// with yasna, the DER codec rcgen already links: only this one extension is needed, not a
+/// whole X.509 parser (x509-parser would add about 130 KB to the binary).
+fn subject_alt_names(cert: &[u8]) -> Result<Vec<String>, yasna::ASN1Error> {
+    let extensions = yasna::parse_der(cert, |certificate| {
+        certificate.read_sequence(|certificate| {
+            let extensions = certificate.next().read_sequence(|tbs| {
+                tbs.read_optional(|version| {
+                    version.read_tagged(Tag::context(0), |v| v.read_der())
+                })?;
+                // serial, signature algorithm, issuer, validity, subject, public key
+                for _ in 0..6 {
+                    tbs.next().read_der()?;
+                }
+                let extensions = tbs.read_optional(|extensions| {
+                    extensions.read_tagged(Tag::context(3), |extensions| {
+                        extensions.collect_sequence_of(|extension| {
+                            extension.read_sequence(|extension| {
+                                let oid = extension.next().read_oid()?;
+                                extension.read_optional(|critical| critical.read_bool())?;
+                                Ok((oid, extension.next().read_bytes()?))
+                            })
+                        })
+                    })
+                })?;
+                Ok(extensions.unwrap_or_default())
+            })?;
+            certificate.next().read_der()?;
+            certificate.next().read_der()?;
+            Ok(extensions)
+        })
+    })?;
+    let subject_alt_name = ObjectIdentifier::from_slice(&[2, 5, 29, 17]);
+    let Some((_, names)) = extensions.iter().find(|(oid, _)| *oid == subject_alt_name) else {
+        return Ok(Vec::new());
+    };
+    let names = yasna::parse_der(names, |names| {
+        names.collect_sequence_of(|name| name.read_tagged_der())
+    })?;
+    Ok(names
+        .iter()
+        .filter_map(|name| match (name.tag().tag_class, name.tag().tag_number) {
+            (TagClass::ContextSpecific, DNS_NAME) => {
+                std::str::from_utf8(name.value()).ok().map(str::to_owned)
+            }
+            (TagClass::ContextSpecific, IP_ADDRESS) => {
+                ip_address(name.value()).map(|ip| ip.to_string())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// GeneralName's `dNSName [2] IA5String`.
+const DNS_NAME: u64 = 2;
+/// GeneralName's `iPAddress [7] OCTET STRING`.
+const IP_ADDRESS: u64 = 7;
+
+/// An IPv4 or IPv6 address from its 4 or 16 octets.
+fn ip_address(octets: &[u8]) -> Option<IpAddr> {
+    match <[u8; 4]>::try_from(octets) {
+        Ok(v4) => Some(IpAddr::from(v4)),
+        Err(_) => <[u8; 16]>::try_from(octets).ok().map(IpAddr::from),
+    }
+}
+
 fn make_leaf(
     paths: &DevCertPaths,
     ca: &Ca,
@@ -614,6 +694,21 @@ mod tests {
 
         let (_, outcome) = ensure(dir.path(), &extra).expect("third");
         assert_eq!(outcome.leaf_renewed, None);
+    }
+
+    #[test]
+    fn a_kept_leaf_reports_every_name_it_holds() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let extra = names(&["relay.test", "192.168.1.20", "fd00::2"]);
+        ensure(dir.path(), &extra).expect("first, with extra names");
+
+        let (_, outcome) = ensure(dir.path(), &[]).expect("second, asking for the defaults only");
+
+        assert_eq!(outcome.leaf_renewed, None);
+        let mut held = names(&DEFAULT_NAMES);
+        held.extend(extra);
+        assert_eq!(outcome.names, held);
+        assert!(outcome.to_string().ends_with(&held.join(", ")), "{outcome}");
     }
 
     #[test]

@@ -30,6 +30,17 @@ const WS_READ_BUFFER: usize = 1024;
 /// after each batch sends the rest.
 const WS_WRITE_BUFFER: usize = 16 * 1024;
 
+/// A URL a person on this machine can open for a listener bound to `addr`: a wildcard address
+/// is reached as `localhost`.
+pub fn local_url(scheme: &str, addr: SocketAddr, path: &str) -> String {
+    let port = addr.port();
+    match addr.ip() {
+        ip if ip.is_unspecified() => format!("{scheme}://localhost:{port}{path}"),
+        std::net::IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{port}{path}"),
+        std::net::IpAddr::V4(ip) => format!("{scheme}://{ip}:{port}{path}"),
+    }
+}
+
 /// The runtime the relay runs on (and the bench's echo server, to compare like for like).
 ///
 /// One thread gets tokio's current-thread scheduler. With no second worker to hand work to, the

@@ -9,6 +9,7 @@ use crate::edge::net;
 use crate::edge::state::Shared;
 use crate::edge::stream::Stream;
 use crate::edge::tls::TlsFiles;
+use crate::relay::admission;
 use anyhow::Context as _;
 use hyper::service::service_fn;
 use std::net::SocketAddr;
@@ -36,6 +37,11 @@ impl Relay {
     /// one read from the command line.
     pub async fn bind(config: Config) -> anyhow::Result<Relay> {
         config.validate()?;
+        for origin in &config.allowed_origins {
+            if let Some(mistake) = admission::origin_mistake(origin) {
+                warn!("--allowed-origin {origin:?} will never match a browser: {mistake}");
+            }
+        }
         let listener = net::listen(config.listen)
             .with_context(|| format!("binding --listen {}", config.listen))?;
         let metrics_listener = match config.metrics_listen {
@@ -100,8 +106,11 @@ impl Relay {
         let config = &shared.config;
         let metrics_task =
             metrics_listener.map(|listener| tokio::spawn(admin::serve(listener, shared.clone())));
+        let listen = listener.local_addr().map_or(config.listen, |a| a);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         info!(
-            listen = %listener.local_addr().map_or(config.listen, |a| a),
+            %listen,
+            url = net::local_url(scheme, listen, "/"),
             threads = tokio::runtime::Handle::current().metrics().num_workers(),
             "relay listening"
         );

@@ -147,6 +147,40 @@ impl Door {
     }
 }
 
+/// Why an `--allowed-origin` entry can never equal the `Origin` a browser sends, if it cannot.
+/// Browsers send `scheme://host[:port]` (RFC 6454 §6.1): lower case, no path, no trailing
+/// slash, no default port; or `null` from sandboxed and file pages.
+pub fn origin_mistake(origin: &str) -> Option<&'static str> {
+    if origin == "null" {
+        return None;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return Some("it has no scheme: write https://host or http://host:port");
+    };
+    if authority.is_empty() {
+        return Some("it has no host");
+    }
+    match authority.find(['/', '?', '#']).map(|at| &authority[at..]) {
+        Some("/") => return Some("browsers send no trailing slash"),
+        Some(_) => return Some("browsers send no path, query or fragment"),
+        None => {}
+    }
+    if origin.chars().any(char::is_whitespace) {
+        return Some("it contains white space");
+    }
+    if origin.chars().any(|c| c.is_ascii_uppercase()) {
+        return Some("browsers send the scheme and host in lower case");
+    }
+    let default_port = match scheme {
+        "https" => ":443",
+        "http" => ":80",
+        _ => return None,
+    };
+    authority
+        .ends_with(default_port)
+        .then_some("browsers leave the scheme's default port out")
+}
+
 /// A secret as a request carries it.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Secret {
@@ -327,6 +361,39 @@ mod tests {
         } else {
             assert_eq!(route, Route::Rejected(FORBIDDEN_ORIGIN));
         }
+    }
+
+    #[rstest]
+    #[case("https://app.example", None)]
+    #[case("http://localhost:8080", None)]
+    #[case("http://[::1]:8080", None)]
+    #[case("null", None)]
+    #[case(
+        "app.example",
+        Some("it has no scheme: write https://host or http://host:port")
+    )]
+    #[case("https://", Some("it has no host"))]
+    #[case("https://app.example/", Some("browsers send no trailing slash"))]
+    #[case(
+        "https://app.example/chat",
+        Some("browsers send no path, query or fragment")
+    )]
+    #[case("https://app.example ", Some("it contains white space"))]
+    #[case(
+        "https://App.example",
+        Some("browsers send the scheme and host in lower case")
+    )]
+    #[case(
+        "https://app.example:443",
+        Some("browsers leave the scheme's default port out")
+    )]
+    #[case(
+        "http://app.example:80",
+        Some("browsers leave the scheme's default port out")
+    )]
+    #[case("http://app.example:8080", None)]
+    fn origins_browsers_never_send_are_named(#[case] origin: &str, #[case] mistake: Option<&str>) {
+        assert_eq!(origin_mistake(origin), mistake);
     }
 
     #[rstest]
