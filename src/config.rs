@@ -1,7 +1,8 @@
 //! The validated configuration the relay runs on: [`Config`], made from [`Options`] by
 //! [`Options::into_config`], and every bound on it in one place, [`Config::validate`].
 
-use crate::options::{Options, Span};
+use crate::options::{ClusterRouting, Options, Span};
+use crate::relay::directory::{MIN_LEASE_TTL, instance_id_problem};
 use crate::relay::ice::{self, IceConfig};
 use crate::relay::ids::{CLIENT_ID_LENGTH, CROCKFORD, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
 use crate::relay::protocol::{self, Hello};
@@ -88,6 +89,35 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Schemas every message must satisfy, by type; `None` checks nothing and costs nothing.
     pub message_schemas: Option<Arc<MessageSchemas>>,
+    /// The Redis directory shared with other instances; `None` runs a single instance.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A relay that shares its join codes with other instances through Redis.
+#[derive(Clone)]
+pub struct ClusterConfig {
+    /// `redis://…` or `redis+unix://…`; may hold a password, so it is never logged whole.
+    pub redis_url: String,
+    /// How clients that reached the wrong instance get to their room.
+    pub routing: ClusterRouting,
+    /// This instance's id; `None` takes `FLY_MACHINE_ID` or a random one at start.
+    pub instance_id: Option<String>,
+    /// Prefix of every key.
+    pub prefix: String,
+    /// How long the instance's lease outlives its last renewal.
+    pub lease_ttl: Duration,
+}
+
+/// Shown without the URL, which may carry the Redis password.
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("routing", &self.routing)
+            .field("instance_id", &self.instance_id)
+            .field("prefix", &self.prefix)
+            .field("lease_ttl", &self.lease_ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The certificate and key the relay serves TLS with.
@@ -154,6 +184,13 @@ impl Options {
                 Some(path) => Some(Arc::new(MessageSchemas::load(path)?)),
                 None => None,
             },
+            cluster: self.cluster_redis_url.map(|redis_url| ClusterConfig {
+                redis_url,
+                routing: self.cluster_routing,
+                instance_id: self.instance_id,
+                prefix: self.cluster_prefix,
+                lease_ttl: self.cluster_lease_ttl.0,
+            }),
         };
         config.validate()?;
         Ok(config)
@@ -244,6 +281,9 @@ impl Config {
         if self.passphrase.as_deref() == Some("") {
             bail!("--passphrase must not be empty");
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         for url in &self.ice.urls {
             if !ice::is_ice_url(url) || url.contains(|c: char| c.is_whitespace() || c.is_control())
             {
@@ -269,6 +309,40 @@ impl Config {
             ice_servers: &self.ice.for_peer(&id, far_future),
         })
         .len()
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let scheme = self.redis_url.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("redis" | "redis+unix" | "unix") => {}
+            Some("rediss") => bail!(
+                "--cluster-redis-url: rediss:// (TLS) is not supported yet; reach Redis over a \
+                 private network (Fly's Upstash is redis:// on it) or a TLS tunnel"
+            ),
+            _ => bail!("--cluster-redis-url must be a redis:// or redis+unix:// URL"),
+        }
+        if let Some(problem) = self.instance_id.as_deref().and_then(instance_id_problem) {
+            bail!("--instance-id {problem}");
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            bail!("--cluster-prefix must be non-empty, without white space");
+        }
+        if self.lease_ttl < MIN_LEASE_TTL || self.lease_ttl > MAX_DURATION {
+            bail!(
+                "--cluster-lease-ttl must be between {} and 24h (got {})",
+                Span(MIN_LEASE_TTL),
+                Span(self.lease_ttl)
+            );
+        }
+        if self.routing == ClusterRouting::Pubsub {
+            bail!(
+                "--cluster-routing pubsub is not built yet: use fly-replay (on Fly.io, or behind a \
+                 proxy that replays like Fly's)"
+            );
+        }
+        Ok(())
     }
 }
 

@@ -15,12 +15,15 @@
 //!     touches both a socket and the hub.
 //!   - `admin`: the metrics listener; `metrics`: the counters it renders.
 //!   - `state`: the relay-wide handles every connection shares.
+//!   - `cluster`: the cluster directory in Redis: claiming codes, finding a code's owner, the
+//!     instance's lease (with `--cluster-redis-url`).
 //!   - `net`, `response`, `stream`, `coalesce`: listening, hyper's settings, responses, the
 //!     connection type, the 101 sent with the first frame (`net` and `response` also serve the
 //!     bench's echo floor).
 //!   - `tls`, `devcert`, `assets`: certificates, development CA, the files served to browsers.
 //! - [`relay`]: the rules, pure: no sockets, unit-tested without one.
 //!   - `admission`: who may open a WebSocket, decided from the request alone.
+//!   - `directory`: the cluster's rules: key names, owners, where a misplaced client is sent.
 //!   - `hub`: the registry of live peers and who may send to whom; `outbox`: each peer's bounded
 //!     queue; `limits`: connection caps and the rate limiter.
 //!   - `protocol`: wire types; `outcome`: every ERROR and close code; `ids`: join codes and

@@ -58,6 +58,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--cluster-routing`: how a client that reached the wrong instance gets to its room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum ClusterRouting {
+    /// fly-replay when FLY_MACHINE_ID is set (on Fly.io), else pubsub.
+    #[default]
+    Auto,
+    /// Ask Fly's proxy to replay the request to the owner (`fly-replay: instance=…`).
+    FlyReplay,
+    /// Accept the client here and forward its frames to the owner over Redis pub/sub.
+    Pubsub,
+}
+
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(name = "intercessor", version, about, args_override_self = true)]
@@ -225,6 +237,28 @@ pub struct Options {
     /// process may run on]
     #[arg(long, value_name = "N")]
     pub threads: Option<NonZeroUsize>,
+
+    /// Redis holding the cluster directory (redis:// or redis+unix://): relays sharing it share
+    /// one set of join codes [default: off, a single instance]
+    #[arg(long, value_name = "URL", hide_env_values = true)]
+    pub cluster_redis_url: Option<String>,
+
+    /// How a client that reached another instance than its room's gets there
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub cluster_routing: ClusterRouting,
+
+    /// This instance's id in the cluster (fly-replay names it) [default: $FLY_MACHINE_ID, else
+    /// random]
+    #[arg(long, value_name = "ID")]
+    pub instance_id: Option<String>,
+
+    /// Prefix of every Redis key the cluster uses
+    #[arg(long, value_name = "PREFIX", default_value = "intercessor")]
+    pub cluster_prefix: String,
+
+    /// How long an instance's lease in Redis outlives its last renewal; its join codes die with it
+    #[arg(long, value_name = "DURATION", default_value = "15s")]
+    pub cluster_lease_ttl: Span,
 }
 
 /// How the command line was read.

@@ -73,6 +73,7 @@ fn metrics(shared: &Shared) -> Response<Body> {
         servers,
         clients,
         connections: shared.slots.live(),
+        directory_up: shared.cluster.as_ref().map(|cluster| cluster.is_up()),
     };
     let mut response = Response::new(Body::new(Bytes::from(shared.metrics.render(live))));
     response.headers_mut().insert(

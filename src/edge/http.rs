@@ -2,14 +2,19 @@
 //! decides, applies the connection bounds, and hands upgraded connections to [`session::run`].
 
 use crate::edge::assets;
+use crate::edge::cluster::Cluster;
 use crate::edge::response::{self, Body};
 use crate::edge::session;
 use crate::edge::state::Shared;
 use crate::relay::admission::{Admission, Route, Upgrade};
+use crate::relay::directory::{self, Detour, Placement};
+use crate::relay::ids::JoinCode;
 use crate::relay::limits::IpVerdict;
-use crate::relay::outcome::{TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES};
+use crate::relay::outcome::{
+    DIRECTORY_DOWN, NO_FREE_ID, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
+};
 use crate::relay::upgrade::Rejection;
-use http::{Request, Response, StatusCode, header};
+use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
@@ -35,7 +40,7 @@ pub async fn handle(
         Route::Upgrade(upgrade) => upgrade,
     };
     let on_upgrade = hyper::upgrade::on(&mut request);
-    Ok(start_session(shared, remote, upgrade, on_upgrade))
+    Ok(start_session(shared, remote, request.headers(), upgrade, on_upgrade).await)
 }
 
 /// Counts and answers a request refused before any upgrade.
@@ -58,10 +63,12 @@ fn reject<B>(shared: &Shared, request: &Request<B>, rejection: Rejection) -> Res
 }
 
 /// Takes a connection slot and spawns the session that awaits the upgrade, answering `101` at
-/// once; beyond `--max-connections`, `503` instead.
-fn start_session(
+/// once; beyond `--max-connections`, `503` instead; for a room on another instance of a cluster,
+/// `307` with `fly-replay`.
+async fn start_session(
     shared: Arc<Shared>,
     remote: SocketAddr,
+    headers: &HeaderMap,
     upgrade: Upgrade,
     on_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Response<Body> {
@@ -72,11 +79,18 @@ fn start_session(
             "the relay is at its connection limit",
         );
     };
-    let admission = match verdict {
+    let mut admission = match verdict {
         IpVerdict::Allowed => upgrade.admission,
         IpVerdict::TooManyConnections => Admission::Refused(TOO_MANY_CONNECTIONS),
         IpVerdict::TooManyFailures => Admission::Refused(TOO_MANY_FAILURES),
     };
+    if let (Some(cluster), Admission::Client(code)) = (&shared.cluster, admission) {
+        match place(cluster, &shared, headers, code).await {
+            Placed::Here => {}
+            Placed::Refused(refusal) => admission = Admission::Refused(refusal),
+            Placed::Replay(value) => return response::replay(&value),
+        }
+    }
     shared.metrics.upgrade("accepted");
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
@@ -84,6 +98,8 @@ fn start_session(
             Ok(upgraded) => upgraded,
             Err(error) => return debug!(%remote, %error, "upgrade failed"),
         };
+        // Boxed: it lasts one Redis round trip, and inline it would grow every session's task.
+        let admission = Box::pin(claim(&shared, admission)).await;
         // The session writes first (HELLO or its refusal), and that write carries the 101 (see
         // `coalesce`).
         let io = TokioIo::new(upgraded);
@@ -91,4 +107,54 @@ fn start_session(
         session::run(ws, shared, admission, slot, remote).await;
     });
     response::switching_protocols(&upgrade.accept_key)
+}
+
+/// Where a client's room is, seen from this instance of a cluster.
+enum Placed {
+    /// Here, or nowhere: the hub decides (joins, or `UNKNOWN_SERVER`).
+    Here,
+    /// Refused before it joins anything.
+    Refused(Refusal),
+    /// On another instance: answer `307` with this `fly-replay` value.
+    Replay(String),
+}
+
+/// Finds the room with `code`: a room here needs no round trip; for any other the directory
+/// says which instance owns it.
+async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: JoinCode) -> Placed {
+    if shared.hub.holds(&code) {
+        return Placed::Here;
+    }
+    match cluster.lookup(&code, &shared.metrics).await {
+        Ok(Placement::Elsewhere(owner)) => match directory::detour(headers, &owner) {
+            Detour::Replay(value) => {
+                shared.metrics.directory("replayed");
+                Placed::Replay(value)
+            }
+            Detour::GiveUp => {
+                shared.metrics.directory("gave_up");
+                Placed::Refused(ROOM_UNREACHABLE)
+            }
+        },
+        Ok(Placement::Here | Placement::Nowhere) => Placed::Here,
+        Err(error) => {
+            debug!(%error, "join refused: the cluster directory is unreachable");
+            Placed::Refused(DIRECTORY_DOWN)
+        }
+    }
+}
+
+/// In a cluster, a registering server's code is claimed in the directory first.
+async fn claim(shared: &Shared, admission: Admission) -> Admission {
+    let (Some(cluster), Admission::Server) = (&shared.cluster, admission) else {
+        return admission;
+    };
+    match cluster.claim_code(&shared.hub, &shared.metrics).await {
+        Ok(Some(code)) => Admission::ClaimedServer(code),
+        Ok(None) => Admission::Refused(NO_FREE_ID),
+        Err(error) => {
+            debug!(%error, "registration refused: the cluster directory is unreachable");
+            Admission::Refused(DIRECTORY_DOWN)
+        }
+    }
 }

@@ -34,6 +34,8 @@ pub struct Live {
     pub clients: usize,
     /// WebSocket sessions.
     pub connections: usize,
+    /// Whether this instance holds its cluster lease; `None` without a cluster.
+    pub directory_up: Option<bool>,
 }
 
 /// Every metric the relay keeps. Counters are atomics: counting costs the hot path no lock.
@@ -48,6 +50,8 @@ pub struct Metrics {
     errors: Family<Code, Counter>,
     closes: Family<CloseCode, Counter>,
     tls_failures: Counter,
+    directory: Family<Outcome, Counter>,
+    directory_up: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,6 +74,8 @@ impl Metrics {
             errors: Family::default(),
             closes: Family::default(),
             tls_failures: Counter::default(),
+            directory: Family::default(),
+            directory_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("servers", "Live server peers", metrics.servers.clone());
@@ -108,6 +114,18 @@ impl Metrics {
             "tls_handshake_failures",
             "TLS handshakes that failed or timed out",
             metrics.tls_failures.clone(),
+        );
+        registry.register(
+            "directory_operations",
+            "Cluster directory steps by outcome: claimed, clash, lookup_here, lookup_elsewhere, \
+             lookup_nowhere, replayed, gave_up, lost, error",
+            metrics.directory.clone(),
+        );
+        registry.register(
+            "directory_up",
+            "1 while this instance holds its lease in the cluster directory, else 0 (always 0 \
+             without --cluster-redis-url)",
+            metrics.directory_up.clone(),
         );
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -148,6 +166,11 @@ impl Metrics {
         self.closes.get_or_create(&CloseCode { code }).inc();
     }
 
+    /// Counts a cluster directory step's outcome.
+    pub fn directory(&self, outcome: &'static str) {
+        self.directory.get_or_create(&Outcome { outcome }).inc();
+    }
+
     /// Counts a failed or timed-out TLS handshake.
     pub fn tls_failure(&self) {
         self.tls_failures.inc();
@@ -158,6 +181,8 @@ impl Metrics {
         self.servers.set(live.servers as i64);
         self.clients.set(live.clients as i64);
         self.connections.set(live.connections as i64);
+        self.directory_up
+            .set(live.directory_up.map_or(0, i64::from));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");

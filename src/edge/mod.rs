@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub(crate) mod assets;
+pub(crate) mod cluster;
 pub(crate) mod coalesce;
 pub mod devcert;
 pub(crate) mod http;

@@ -1,6 +1,7 @@
 //! The relay's own HTTP responses: one-line plain text, health and readiness, and the `101` that
 //! switches to WebSocket (shared with the bench's echo floor).
 
+use crate::relay::directory::REPLAY;
 use crate::relay::upgrade::Rejection;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -57,6 +58,17 @@ pub fn rejection(rejection: Rejection) -> Response<Body> {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         _ => {}
+    }
+    response
+}
+
+/// `307` with `fly-replay: VALUE` and no body: Fly's proxy replays the request where the value
+/// says rather than pass this answer on. The request is not upgraded here.
+pub fn replay(value: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(REPLAY, value);
     }
     response
 }

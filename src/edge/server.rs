@@ -3,6 +3,7 @@
 
 use crate::config::{Config, TlsSource};
 use crate::edge::admin;
+use crate::edge::cluster::Cluster;
 use crate::edge::devcert;
 use crate::edge::http;
 use crate::edge::net;
@@ -67,10 +68,17 @@ impl Relay {
                 Some(Arc::new(TlsFiles::load(&paths.cert, &paths.key)?))
             }
         };
+        let cluster = match &config.cluster {
+            Some(cluster) => {
+                let fly_machine_id = std::env::var("FLY_MACHINE_ID").ok();
+                Some(Cluster::start(cluster, fly_machine_id).await?)
+            }
+            None => None,
+        };
         Ok(Relay {
             listener,
             metrics_listener,
-            shared: Arc::new(Shared::new(config)),
+            shared: Arc::new(Shared::new(config, cluster)),
             tls,
         })
     }
@@ -106,6 +114,14 @@ impl Relay {
         let config = &shared.config;
         let metrics_task =
             metrics_listener.map(|listener| tokio::spawn(admin::serve(listener, shared.clone())));
+        let directory_task = shared.cluster.clone().map(|cluster| {
+            let maintain = cluster.maintain(
+                shared.hub.clone(),
+                shared.metrics.clone(),
+                shared.shutdown.clone(),
+            );
+            tokio::spawn(maintain)
+        });
         let listen = listener.local_addr().map_or(config.listen, |a| a);
         let scheme = if tls.is_some() { "https" } else { "http" };
         info!(
@@ -144,6 +160,10 @@ impl Relay {
         drop(listener);
         info!(live = shared.slots.live(), "shutting down");
         shared.shutdown.cancel();
+        // Before the peers hear 1001, so none of them is sent back here by a stale entry.
+        if let Some(cluster) = &shared.cluster {
+            cluster.drain().await;
+        }
         shared.hub.shut_down();
         shared.tracker.close();
         if tokio::time::timeout(config.shutdown_timeout, shared.tracker.wait())
@@ -155,7 +175,7 @@ impl Relay {
                 "shutdown timeout reached with sessions still open"
             );
         }
-        if let Some(task) = metrics_task {
+        for task in [metrics_task, directory_task].into_iter().flatten() {
             task.abort();
         }
     }

@@ -86,6 +86,10 @@ where
             .hub
             .register_server(outbox.clone(), hello)
             .map_err(|NoFreeId| NO_FREE_ID),
+        Admission::ClaimedServer(code) => shared
+            .hub
+            .register_server_as(code, outbox.clone(), hello)
+            .map_err(|NoFreeId| NO_FREE_ID),
         Admission::Client(code) => shared
             .hub
             .join(code, outbox.clone(), hello)
@@ -158,6 +162,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let id = self.membership.id();
             // Leave the hub before the closing handshake, so counterparts hear PEER_GONE at once.
             self.membership.leave();
+            if let (PeerId::Server(code), Some(cluster)) = (id, &self.shared.cluster) {
+                cluster.release(code);
+            }
             let code = match end {
                 End::Closed(closing) => {
                     close_gracefully(&mut self.ws, closing).await;

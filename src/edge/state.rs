@@ -2,6 +2,7 @@
 //! every connection, every session and the metrics listener.
 
 use crate::config::Config;
+use crate::edge::cluster::Cluster;
 use crate::edge::metrics::Metrics;
 use crate::edge::net;
 use crate::relay::admission::Door;
@@ -23,7 +24,9 @@ pub struct Shared {
     /// Live WebSocket sessions against `--max-connections` and the per-address bounds.
     pub slots: Arc<ConnectionSlots>,
     /// Counters for `/metrics`.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// The directory shared with other instances, with `--cluster-redis-url`.
+    pub cluster: Option<Arc<Cluster>>,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
     /// Tracks every connection and session, which hyper's graceful shutdown does not see.
@@ -33,8 +36,8 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for a relay running `config`.
-    pub fn new(config: Config) -> Shared {
+    /// The shared state for a relay running `config`, in `cluster` if it is one's member.
+    pub fn new(config: Config, cluster: Option<Arc<Cluster>>) -> Shared {
         Shared {
             door: Door {
                 allowed_origins: config.allowed_origins.clone(),
@@ -47,7 +50,8 @@ impl Shared {
                 config.max_connections_per_ip,
                 config.max_failed_attempts_per_minute,
             ),
-            metrics: Metrics::new(),
+            metrics: Arc::new(Metrics::new()),
+            cluster,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             websocket: net::websocket_config(config.max_message_bytes),

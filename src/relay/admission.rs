@@ -62,6 +62,8 @@ pub struct Upgrade {
 pub enum Admission {
     /// Register as a server.
     Server,
+    /// Register as a server under this code, claimed in the cluster directory beforehand.
+    ClaimedServer(JoinCode),
     /// Join the server with this code.
     Client(JoinCode),
     /// Upgrade only to say why not.

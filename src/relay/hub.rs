@@ -6,7 +6,7 @@
 
 use crate::relay::ids::{ClientId, JoinCode};
 use crate::relay::outbox::Outbox;
-use crate::relay::outcome::{Closing, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW};
+use crate::relay::outcome::{Closing, Refusal, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW};
 use crate::relay::protocol;
 use std::collections::HashMap;
 use std::fmt;
@@ -169,11 +169,46 @@ impl Hub {
         hello: impl FnOnce(&str) -> String,
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
-        let code = free_id(
+        let code = self.free_code(&state)?;
+        Ok(self.insert_server(&mut state, code, outbox, hello))
+    }
+
+    /// A code no live server here holds, for a claim in the cluster directory before
+    /// [`Hub::register_server_as`].
+    pub fn fresh_code(&self) -> Result<JoinCode, NoFreeId> {
+        self.free_code(&self.lock())
+    }
+
+    /// Registers a server under `code`, claimed in the cluster directory beforehand; fails if a
+    /// server here holds it already.
+    pub fn register_server_as(
+        &self,
+        code: JoinCode,
+        outbox: Outbox,
+        hello: impl FnOnce(&str) -> String,
+    ) -> Result<Membership, NoFreeId> {
+        let mut state = self.lock();
+        if state.servers.contains_key(&code) {
+            return Err(NoFreeId);
+        }
+        Ok(self.insert_server(&mut state, code, outbox, hello))
+    }
+
+    fn free_code(&self, state: &State) -> Result<JoinCode, NoFreeId> {
+        free_id(
             || JoinCode::generate(self.code_length),
             |code| state.servers.contains_key(code),
         )
-        .ok_or(NoFreeId)?;
+        .ok_or(NoFreeId)
+    }
+
+    fn insert_server(
+        &self,
+        state: &mut State,
+        code: JoinCode,
+        outbox: Outbox,
+        hello: impl FnOnce(&str) -> String,
+    ) -> Membership {
         state.greet(&outbox, hello(code.as_str()));
         state.servers.insert(
             code,
@@ -182,11 +217,30 @@ impl Hub {
                 clients: Vec::new(),
             },
         );
-        Ok(Membership {
+        Membership {
             hub: self.clone(),
             id: PeerId::Server(code),
             left: false,
-        })
+        }
+    }
+
+    /// Whether a live server here has `code`.
+    pub fn holds(&self, code: &JoinCode) -> bool {
+        self.lock().servers.contains_key(code)
+    }
+
+    /// The codes of every live server here, for claiming them again in the cluster directory.
+    pub fn server_codes(&self) -> Vec<JoinCode> {
+        self.lock().servers.keys().copied().collect()
+    }
+
+    /// Tells the server with `code` why with the refusal's ERROR, then closes it and its room.
+    pub fn close_server(&self, code: JoinCode, refusal: Refusal) {
+        let mut state = self.lock();
+        if let Some(server) = state.servers.get(&code) {
+            let _ = server.outbox.push(protocol::notice(refusal.notice));
+            Self::evict_locked(&mut state, PeerId::Server(code), Some(refusal.closing));
+        }
     }
 
     /// Adds a client to the server with `code` and tells that server with PEER_JOINED.

@@ -259,6 +259,47 @@ pub const NO_FREE_ID: Refusal = Refusal {
     },
 };
 
+/// The cluster directory (Redis) cannot be reached, or this instance does not hold its lease.
+pub const DIRECTORY_DOWN: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "the cluster directory cannot be reached: try again later",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
+/// The code's room is on another instance that this request could not be brought to: it was
+/// replayed once already (the owner could not be reached, or the room moved).
+pub const ROOM_UNREACHABLE: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "this code's room is on another instance that cannot be reached now: try again later",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
+/// Sent to a server whose code another instance claimed while this one could not reach the
+/// cluster directory: clients can no longer find the room, so it closes.
+pub const CODE_LOST: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "your join code was given to another server while the cluster directory was unreachable: register again",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
+/// What every `SERVER_UNAVAILABLE` tells the peer to wait before trying again, as `retryAfterMs`.
+pub const RETRY_AFTER_MS: u64 = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,13 +326,16 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 6] = [
+    const REFUSALS: [Refusal; 9] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
         TOO_MANY_CONNECTIONS,
         TOO_MANY_FAILURES,
         NO_FREE_ID,
+        DIRECTORY_DOWN,
+        ROOM_UNREACHABLE,
+        CODE_LOST,
     ];
 
     #[test]

@@ -3,7 +3,7 @@
 //! Everything here is pure: it turns text into typed values and back, and never touches a socket.
 
 use crate::relay::ice::IceServer;
-use crate::relay::outcome::{ErrorCode, Notice};
+use crate::relay::outcome::{ErrorCode, Notice, RETRY_AFTER_MS};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -149,9 +149,12 @@ struct ErrorBody<'a> {
     kind: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<&'a str>,
+    #[serde(rename = "retryAfterMs", skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
 }
 
-/// Builds an ERROR frame; `id` names the peer concerned, for `UNKNOWN_PEER`.
+/// Builds an ERROR frame; `id` names the peer concerned, for `UNKNOWN_PEER`. Every
+/// `SERVER_UNAVAILABLE` says when to try again (`retryAfterMs`).
 pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
     frame(
         RELAY_ID,
@@ -162,6 +165,7 @@ pub fn error(code: ErrorCode, reason: &str, id: Option<&str>) -> String {
             id,
             kind: None,
             path: None,
+            retry_after_ms: (code == ErrorCode::ServerUnavailable).then_some(RETRY_AFTER_MS),
         },
     )
 }
@@ -182,6 +186,7 @@ pub fn invalid_message(kind: &str, path: &str, reason: &str) -> String {
             id: None,
             kind: Some(kind),
             path: Some(path),
+            retry_after_ms: None,
         },
     )
 }

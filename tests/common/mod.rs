@@ -1,6 +1,9 @@
 //! Test harness: a relay on 127.0.0.1:0 in this process, and a typed WebSocket peer.
 #![allow(dead_code)]
 
+pub mod fly_proxy;
+pub mod redis;
+
 use futures_util::{SinkExt, StreamExt};
 use intercessor::{Config, Relay};
 use serde_json::{Value, json};

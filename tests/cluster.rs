@@ -1,0 +1,373 @@
+//! Several relay processes sharing one set of join codes through a real `redis-server`, with
+//! clients sent to their room's instance by a Fly-like replaying proxy; and each fault of Redis
+//! or of an instance ending in a documented answer, never a hang.
+
+mod common;
+
+use common::fly_proxy::FlyProxy;
+use common::redis::{RedisServer, free_port};
+use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, raw_http, relay_command};
+use futures_util::future::join_all;
+use intercessor::config::ClusterConfig;
+use intercessor::options::ClusterRouting;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+/// Short, so that lapses and renewals happen within a test.
+const LEASE_TTL: &str = "2s";
+
+/// A relay process named `id` in the cluster on `redis`, with `extra` arguments.
+fn instance(redis: &str, id: &str, extra: &[&str]) -> RelayProcess {
+    let mut args = vec![
+        "--cluster-redis-url",
+        redis,
+        "--cluster-routing",
+        "fly-replay",
+        "--instance-id",
+        id,
+        "--cluster-lease-ttl",
+        LEASE_TTL,
+    ];
+    args.extend_from_slice(extra);
+    RelayProcess::start(&args, &[])
+}
+
+/// Two instances, `a` and `b`, on one Redis, behind a proxy that sends connections to `b` first.
+async fn cluster(redis: &RedisServer) -> (RelayProcess, RelayProcess, FlyProxy) {
+    let a = instance(&redis.url(), "a", &[]);
+    let b = instance(&redis.url(), "b", &[]);
+    let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "b").await;
+    (a, b, proxy)
+}
+
+/// A connection to `url` that has not read HELLO.
+async fn connect(url: &str) -> TestPeer {
+    TestPeer {
+        ws: TestPeer::connect_raw(url).await,
+        id: String::new(),
+    }
+}
+
+/// Expects the relay to refuse with `code` and close with `close`.
+async fn expect_refused(url: &str, code: &str, close: u16) -> serde_json::Value {
+    let mut peer = connect(url).await;
+    let error = peer.expect_error(code).await;
+    peer.expect_close(close).await;
+    error
+}
+
+/// Retries `attempt` until it returns `Some`, for at most `within`.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    within: Duration,
+    attempt: impl Fn() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "did not happen within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a fresh registration at `url` gets: its code, or the ERROR code it was refused with.
+async fn register(url: &str) -> Result<TestPeer, String> {
+    let mut peer = connect(url).await;
+    let first = peer.recv().await;
+    match first["type"].as_str() {
+        Some("HELLO") => {
+            peer.id = first["message"]["id"].as_str().expect("an id").to_owned();
+            Ok(peer)
+        }
+        _ => Err(first["message"]["code"].as_str().unwrap_or("?").to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn codes_stay_unique_across_instances_where_unshared_ones_would_collide() {
+    // 2 × 3,000 servers on 4-character codes (about a million): unshared, about eight codes would
+    // be handed out twice (3,000² / 32⁴), and none at all only once in 5,000 runs.
+    let redis = RedisServer::start();
+    let open = ["--code-length", "4", "--max-connections-per-ip", "0"];
+    let a = instance(&redis.url(), "a", &open);
+    let b = instance(&redis.url(), "b", &open);
+
+    let urls = [format!("{}/server", a.url), format!("{}/server", b.url)];
+    let mut servers = Vec::new();
+    for _ in 0..60 {
+        let batch = (0..100).map(|i| TestPeer::join(&urls[i % 2]));
+        servers.extend(join_all(batch).await);
+    }
+
+    let codes: HashSet<&str> = servers.iter().map(|server| server.id.as_str()).collect();
+    assert_eq!(
+        codes.len(),
+        servers.len(),
+        "a join code was handed out twice"
+    );
+}
+
+#[tokio::test]
+async fn a_client_on_the_wrong_instance_is_replayed_to_its_room_and_relays_both_ways() {
+    let redis = RedisServer::start();
+    let (a, _b, proxy) = cluster(&redis).await;
+    let mut server = TestPeer::join(&format!("{}/server", a.url)).await;
+
+    let mut client =
+        TestPeer::join(&proxy.url(&format!("/client/{}", server.id.to_lowercase()))).await;
+
+    assert_eq!(proxy.replays(), 1);
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    client
+        .send_to(&server.id, "OFFER", json!({"sdp": "v=0"}))
+        .await;
+    assert_eq!(
+        server.recv().await,
+        json!({"from": client.id, "type": "OFFER", "message": {"sdp": "v=0"}})
+    );
+    server
+        .send_to(&client.id, "ANSWER", json!({"sdp": "v=0"}))
+        .await;
+    assert_eq!(
+        client.recv().await,
+        json!({"from": server.id, "type": "ANSWER", "message": {"sdp": "v=0"}})
+    );
+    let code = server.id.clone();
+    drop(server);
+    client.expect_relay("PEER_GONE", json!({"id": code})).await;
+    client.expect_close(4410).await;
+}
+
+#[tokio::test]
+async fn a_replay_that_cannot_reach_the_owner_comes_back_and_is_told_to_try_again() {
+    // The proxy knows no address for `a`, as when a's machine is unreachable.
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a", &[]);
+    let b = instance(&redis.url(), "b", &[]);
+    let proxy = FlyProxy::start(&[("b", b.addr)], "b").await;
+    let server = TestPeer::join(&format!("{}/server", a.url)).await;
+
+    let error = expect_refused(
+        &proxy.url(&format!("/client/{}", server.id)),
+        "SERVER_UNAVAILABLE",
+        1013,
+    )
+    .await;
+
+    assert_eq!(proxy.failed_replays(), 1);
+    assert_eq!(error["retryAfterMs"], 1000, "{error}");
+}
+
+#[tokio::test]
+async fn a_code_no_instance_owns_is_unknown_everywhere() {
+    let redis = RedisServer::start();
+    let (_a, _b, proxy) = cluster(&redis).await;
+
+    expect_refused(&proxy.url("/client/ZZZZZZ"), "UNKNOWN_SERVER", 4404).await;
+
+    assert_eq!(proxy.replays(), 0);
+}
+
+#[tokio::test]
+async fn a_killed_owners_codes_die_within_its_lease() {
+    let redis = RedisServer::start();
+    let (mut a, _b, proxy) = cluster(&redis).await;
+    let server = TestPeer::join(&format!("{}/server", a.url)).await;
+    let url = proxy.url(&format!("/client/{}", server.id));
+
+    a.child.kill().expect("SIGKILL");
+    let killed = Instant::now();
+
+    // Until the lease lapses the replay to `a` fails and comes back (1013); then 4404.
+    let code = eventually(PATIENCE, || async {
+        let error = connect(&url).await.recv().await;
+        match error["message"]["code"].as_str() {
+            Some("UNKNOWN_SERVER") => Some(4404),
+            Some("SERVER_UNAVAILABLE") => None,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(code, 4404);
+    assert!(killed.elapsed() < Duration::from_secs(2) + PATIENCE);
+}
+
+#[tokio::test]
+async fn a_draining_instance_releases_its_codes_at_once() {
+    let redis = RedisServer::start();
+    let (a, b, _proxy) = cluster(&redis).await;
+    let mut server = TestPeer::join(&format!("{}/server", a.url)).await;
+    let key = format!("intercessor:code:{}", server.id);
+    assert_eq!(redis.command(&["EXISTS", &key]), "1");
+
+    a.signal("TERM");
+    server.expect_close(1001).await;
+
+    assert_eq!(redis.command(&["EXISTS", &key]), "0");
+    assert_eq!(redis.command(&["EXISTS", "intercessor:instance:a"]), "0");
+    expect_refused(
+        &format!("{}/client/{}", b.url, server.id),
+        "UNKNOWN_SERVER",
+        4404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn without_redis_at_start_the_relay_serves_and_registers_once_redis_answers() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let relay = instance(&url, "a", &[]);
+    let register_url = format!("{}/server", relay.url);
+
+    let refused = register(&register_url).await.err();
+    assert_eq!(refused.as_deref(), Some("SERVER_UNAVAILABLE"));
+
+    let _redis = RedisServer::start_on(port);
+    let server = eventually(PATIENCE, || async { register(&register_url).await.ok() }).await;
+    assert!(!server.id.is_empty());
+}
+
+#[tokio::test]
+async fn a_stalled_redis_refuses_registrations_quickly_while_local_rooms_relay_on() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a", &[]);
+    let mut server = TestPeer::join(&format!("{}/server", a.url)).await;
+    let mut client = TestPeer::join(&format!("{}/client/{}", a.url, server.id)).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+
+    redis.pause();
+    let asked = Instant::now();
+    let refused = register(&format!("{}/server", a.url)).await.err();
+    let waited = asked.elapsed();
+    client
+        .send_to(&server.id, "OFFER", json!("during the stall"))
+        .await;
+    let relayed = server.recv().await;
+    redis.resume();
+
+    assert_eq!(refused.as_deref(), Some("SERVER_UNAVAILABLE"));
+    assert!(waited < PATIENCE, "the refusal took {waited:?}");
+    assert_eq!(relayed["message"], "during the stall");
+    eventually(PATIENCE, || async {
+        register(&format!("{}/server", a.url)).await.ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn after_redis_restarts_empty_the_owner_claims_its_live_codes_again() {
+    let mut redis = RedisServer::start();
+    let (a, _b, proxy) = cluster(&redis).await;
+    let mut server = TestPeer::join(&format!("{}/server", a.url)).await;
+
+    redis.restart();
+
+    let url = proxy.url(&format!("/client/{}", server.id));
+    let client = eventually(PATIENCE, || async {
+        let first = connect(&url).await.recv().await;
+        let hello = first["type"] == "HELLO";
+        hello.then(|| first["message"]["id"].as_str().map(str::to_owned))?
+    })
+    .await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client}))
+        .await;
+}
+
+#[test]
+fn two_live_processes_cannot_share_an_instance_id() {
+    let redis = RedisServer::start();
+    let _first = instance(&redis.url(), "a", &["--cluster-lease-ttl", "1s"]);
+
+    let output = relay_command(
+        &[
+            "--cluster-redis-url",
+            &redis.url(),
+            "--cluster-routing",
+            "fly-replay",
+            "--instance-id",
+            "a",
+            "--cluster-lease-ttl",
+            "1s",
+        ],
+        &[],
+    )
+    .output()
+    .expect("the binary runs");
+
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("another live relay holds this instance id"),
+        "{stderr}"
+    );
+}
+
+/// An in-process relay in the cluster on `redis`, serving metrics.
+async fn in_process(redis: &RedisServer, id: &str) -> TestRelay {
+    TestRelay::start(intercessor::Config {
+        metrics_listen: Some("127.0.0.1:0".parse().expect("an address")),
+        cluster: Some(ClusterConfig {
+            redis_url: redis.url(),
+            routing: ClusterRouting::FlyReplay,
+            instance_id: Some(id.to_owned()),
+            prefix: "test".to_owned(),
+            lease_ttl: Duration::from_secs(2),
+        }),
+        ..common::config()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_server_that_leaves_gives_its_code_up() {
+    let redis = RedisServer::start();
+    let relay = in_process(&redis, "a").await;
+    let server = TestPeer::server(&relay).await;
+    let key = format!("test:code:{}", server.id);
+    assert_eq!(redis.command(&["GET", &key]).split(' ').next(), Some("a"));
+
+    drop(server);
+
+    eventually(PATIENCE, || async {
+        (redis.command(&["EXISTS", &key]) == "0").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_show_the_lease_and_each_directory_step() {
+    let redis = RedisServer::start();
+    let relay = in_process(&redis, "a").await;
+    let _server = TestPeer::server(&relay).await;
+    let _ = tokio_tungstenite::connect_async(relay.url("/client/ZZZZZZ")).await;
+
+    let metrics = relay.metrics_addr.expect("metrics listener");
+    let text = raw_http(
+        metrics,
+        "GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+
+    for series in [
+        "intercessor_directory_up 1",
+        "intercessor_directory_operations_total{outcome=\"claimed\"} 1",
+        "intercessor_directory_operations_total{outcome=\"lookup_nowhere\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|line| line == series),
+            "no {series:?} in {text}"
+        );
+    }
+}
