@@ -3,13 +3,19 @@
 // Signaling goes through the relay's WebSocket (/server for the host, /client/CODE for a guest);
 // everything else goes over WebRTC. The host keeps one RTCPeerConnection per guest and opens the
 // "chat" data channel; both sides renegotiate with the "perfect negotiation" pattern, the guest
-// being the polite peer. Signaling messages keep to the exact shapes an operator's JSON Schema may
+// being the polite peer. The host is the hub of the room: over the data channels (JSON
+// {kind: 'chat' | 'members' | 'hello'}) it passes each guest's chat on to the others and tells everyone who
+// is in the room. Signaling messages keep to the exact shapes an operator's JSON Schema may
 // enforce: OFFER/ANSWER {type, sdp}, CANDIDATE RTCIceCandidate.toJSON(), BYE {}.
 
 import { qrSvg } from './qr.js';
 
 const RELAY_ID = '0';
 const HELLO_TIMEOUT_MS = 15000;
+// How long a direct connection may take before the page says that none was found.
+const CONNECT_TIMEOUT_MS = 15000;
+// A join code in the relay's spelling: Crockford's base32 (no I, L, O or U), 4 to 16 characters.
+const CODE_PATTERN = /^[0-9A-HJKMNP-TV-Z]{4,16}$/;
 const ERROR_SHOWN_MS = 8000;
 const COPIED_SHOWN_MS = 2000;
 
@@ -27,6 +33,8 @@ const ui = {
   session: $('session'),
   share: $('share'),
   code: $('code'),
+  codeNote: $('code-note'),
+  members: $('members'),
   qr: $('qr'),
   shareLink: $('share-link'),
   copyLink: $('copy-link'),
@@ -301,6 +309,10 @@ class Peer {
     pc.onconnectionstatechange = () => {
       if (!this.closed && pc.connectionState === 'failed') this.session.peerFailed(this);
     };
+    // 'failed' never comes when no candidate pair is ever tried (no usable candidates at all).
+    this.stuckTimer = setTimeout(() => {
+      if (!this.closed && !this.channelOpen) this.session.peerStuck(this);
+    }, CONNECT_TIMEOUT_MS);
     if (localStream) this.addLocalMedia(localStream);
   }
 
@@ -312,6 +324,7 @@ class Peer {
     this.channel = channel;
     channel.onopen = () => {
       this.channelOpen = true;
+      clearTimeout(this.stuckTimer);
       this.session.channelOpened(this);
     };
     channel.onclose = () => {
@@ -320,12 +333,20 @@ class Peer {
       if (!this.closed && wasOpen) this.session.channelClosed(this);
     };
     channel.onmessage = ({ data }) => {
-      if (typeof data === 'string') addChatLine(this.label, data, 'theirs');
+      if (typeof data !== 'string') return;
+      let message;
+      try {
+        message = JSON.parse(data);
+      } catch {
+        return;
+      }
+      if (message && typeof message === 'object') this.session.onRoomMessage(this, message);
     };
   }
 
-  sendChat(text) {
-    if (this.channelOpen) this.channel.send(text);
+  /** Sends one room message ({kind: 'chat' | 'members' | 'hello', …}) over the data channel. */
+  sendRoom(message) {
+    if (this.channelOpen) this.channel.send(JSON.stringify(message));
   }
 
   async negotiate() {
@@ -470,6 +491,7 @@ class Peer {
   close() {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.stuckTimer);
     this.channelOpen = false;
     if (this.channel) this.channel.close();
     this.pc.close();
@@ -497,6 +519,8 @@ class Session {
     this.needsPassphrase = false;
     this.iceServers = [];
     this.peers = new Map();
+    this.members = null; // who the host last said is in the room
+    this.stuckText = null; // set once a direct connection took too long
     this.hostPeer = null;
     this.guestsSoFar = 0;
     this.helloTimer = 0;
@@ -610,6 +634,7 @@ class Session {
     }
     // The relay is gone, but direct connections live on without it.
     this.relayLost = true;
+    if (this.role === 'host') showCodeExpired();
     if (this.openPeers().length > 0) {
       this.showStatus();
     } else {
@@ -646,6 +671,8 @@ class Session {
     peer.close();
     this.peers.delete(id);
     if (wasOpen) addNote(`${peer.label} ${how}.`);
+    // Whether its channel closed first or its BYE came first, the others hear it left.
+    this.announceMembers();
     if (this.relayLost && this.peers.size === 0) {
       this.end('Lost the connection to the relay, and no guests are left.');
       return;
@@ -661,8 +688,10 @@ class Session {
   channelOpened(peer) {
     if (this.role === 'host') {
       addNote(`${peer.label} joined.`);
+      this.announceMembers();
     } else {
       addNote('You’re in. Say hello!');
+      peer.sendRoom({ kind: 'hello' });
     }
     this.showStatus();
     updateChatControls(this);
@@ -702,6 +731,70 @@ class Session {
     }
   }
 
+  /** No direct connection after CONNECT_TIMEOUT_MS: say why it may be, and who can fix it. */
+  peerStuck(peer) {
+    if (this.over) return;
+    const who = this.role === 'host' ? peer.label : 'the host';
+    const seconds = Math.round(CONNECT_TIMEOUT_MS / 1000);
+    const text =
+      `No direct connection to ${who} after ${seconds} s: your two browsers found no network path ` +
+      'to each other. On different networks, or where local addresses are hidden (mDNS) or blocked, ' +
+      'a STUN or TURN server is needed: the relay’s operator adds one with --ice-server.';
+    this.stuckText = text;
+    if (this.role === 'host') addNote(text);
+    setStatus(text, 'error');
+  }
+
+  /** A message from a peer over the room's data channel. */
+  onRoomMessage(peer, message) {
+    if (message.kind === 'chat' && typeof message.text === 'string') {
+      if (this.role === 'host') {
+        addChatLine(peer.label, message.text, 'theirs');
+        // The host is the hub of the room: every guest hears every other.
+        this.broadcast({ kind: 'chat', from: peer.label, text: message.text }, peer);
+      } else {
+        const from = typeof message.from === 'string' ? message.from : 'Host';
+        addChatLine(from, message.text, 'theirs');
+      }
+    } else if (message.kind === 'hello' && this.role === 'host') {
+      // A guest whose channel is open asks who is in: what was sent at the host's open may have
+      // gone out before the guest's side could take it.
+      this.announceMembers();
+    } else if (message.kind === 'members' && this.role === 'guest' && Array.isArray(message.members)) {
+      const members = message.members.filter((name) => typeof name === 'string');
+      this.showMembers(members, typeof message.you === 'string' ? message.you : '');
+    }
+  }
+
+  /** Sends `message` to every guest whose channel is open, except `skip`. */
+  broadcast(message, skip = null) {
+    for (const peer of this.openPeers()) if (peer !== skip) peer.sendRoom(message);
+  }
+
+  /** The host tells every guest who is in the room, and shows it too. */
+  announceMembers() {
+    const guests = this.openPeers().map((peer) => peer.label);
+    const members = ['Host', ...guests];
+    for (const peer of this.openPeers()) peer.sendRoom({ kind: 'members', members, you: peer.label });
+    this.showMembers(members, 'Host');
+  }
+
+  /** Shows the member list; a guest also hears who came and went since the last one. */
+  showMembers(members, you) {
+    if (this.role === 'guest' && this.members) {
+      for (const name of members) if (!this.members.includes(name) && name !== you) addNote(`${name} joined.`);
+      for (const name of this.members) if (!members.includes(name)) addNote(`${name} left.`);
+    }
+    this.members = members;
+    ui.members.replaceChildren(
+      ...members.map((name) => {
+        const item = document.createElement('li');
+        item.textContent = name === you ? `${name} (you)` : name;
+        return item;
+      }),
+    );
+  }
+
   peerProblem(peer, error) {
     if (this.over) return;
     flashProblem(`Something went wrong with the connection to ${peer.label}: ${error.message || error}`, () =>
@@ -735,6 +828,9 @@ class Session {
     } else if (this.hostPeer && this.hostPeer.channelOpen) {
       ui.peerCount.textContent = 'with the host';
       setStatus(`You’re connected to ${room}.${lost}`, 'ok');
+    } else if (this.stuckText) {
+      ui.peerCount.textContent = '';
+      setStatus(this.stuckText, 'error');
     } else {
       ui.peerCount.textContent = '';
       setStatus(`Found host ${room}; setting up a direct connection…`);
@@ -751,6 +847,7 @@ class Session {
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'bye');
     if (session !== this) return;
     stopLocalMedia();
+    if (this.role === 'host') showCodeExpired();
     if (this.ready && text) {
       addNote(text);
       showEnded();
@@ -795,6 +892,7 @@ function resetRoom() {
   ui.leave.textContent = 'Leave';
   ui.leave.classList.replace('primary', 'danger');
   ui.peerCount.textContent = '';
+  ui.members.replaceChildren();
   ui.qr.replaceChildren();
   updateChatControls(null);
 }
@@ -810,9 +908,19 @@ function showHostSession(current) {
   ui.localHint.hidden = !loopback;
   ui.localHost.textContent = location.hostname;
   ui.share.hidden = false;
+  ui.share.classList.remove('expired');
+  ui.codeNote.textContent =
+    'The code lasts while this page stays open: reloading or leaving makes a new one, and links shared before stop working.';
   ui.roomTitle.textContent = 'Your room';
   addNote(`Room ${groupCode(current.code)} is open. Guests appear here when they join.`);
   showSessionScreen();
+}
+
+/** The host's code no longer reaches this page: say so where the code is shown. */
+function showCodeExpired() {
+  ui.share.classList.add('expired');
+  ui.codeNote.textContent =
+    'This code no longer works: the connection to the relay was lost, so nobody new can join. Start a new room for a new code.';
 }
 
 function showGuestSession(current) {
@@ -889,6 +997,11 @@ function join() {
     ui.joinCode.focus();
     return;
   }
+  if (!CODE_PATTERN.test(canonicalCode(typed))) {
+    setStatus(`“${typed}” is not a join code: a code is 4 to 16 letters and digits, like 7KQ-2MX.`, 'error');
+    ui.joinCode.focus();
+    return;
+  }
   const current = new Session('guest');
   current.code = canonicalCode(typed);
   session = current;
@@ -915,7 +1028,8 @@ function sendChat() {
   if (!current || current.over || text.trim() === '') return;
   const open = current.openPeers();
   if (open.length === 0) return;
-  for (const peer of open) peer.sendChat(text);
+  const message = current.role === 'host' ? { kind: 'chat', from: 'Host', text } : { kind: 'chat', text };
+  for (const peer of open) peer.sendRoom(message);
   addChatLine('You', text, 'mine');
   ui.chatInput.value = '';
   ui.chatInput.focus();

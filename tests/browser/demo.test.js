@@ -128,6 +128,64 @@ describe('demo page over ws://', () => {
     assert.ok(hostSent.OFFER >= 3 && guestSent.ANSWER >= 3 && hostSent.CANDIDATE > 0 && guestSent.CANDIDATE > 0);
   });
 
+  people('a room of three: guests read each other and see who is in', async (open) => {
+    const { host, guest: first, code } = await connectPair(open);
+    const second = await open('second guest');
+    await joinRoom(second, code);
+    await waitForStatus(second, 'connected');
+    const members = (page) => page.locator('[data-testid="members"] li').allTextContents();
+    await second.waitForFunction(() => document.querySelectorAll('[data-testid="members"] li').length === 3);
+    await first.waitForFunction(() => document.querySelectorAll('[data-testid="members"] li').length === 3);
+
+    await sendChat(first, 'hello from the first guest');
+    await waitForChat(second, 'hello from the first guest');
+    await waitForChat(host, 'hello from the first guest');
+    await sendChat(second, 'and from the second');
+    await waitForChat(first, 'and from the second');
+
+    assert.deepEqual(await members(second), ['Host', 'Guest 1', 'Guest 2 (you)']);
+    assert.deepEqual(await members(host), ['Host (you)', 'Guest 1', 'Guest 2']);
+    await second.locator('[data-testid="leave"]').click();
+    await first.waitForFunction(() => document.querySelectorAll('[data-testid="members"] li').length === 2);
+    await waitForChat(first, 'Guest 2 left.');
+  });
+
+  people('input that is not a code is refused on the page, not mangled', async (open) => {
+    const guest = await open('guest');
+    await joinRoom(guest, 'hello world!');
+    await waitForStatus(guest, '“hello world!” is not a join code');
+    await guest.locator('[data-testid="join"]').waitFor({ state: 'visible' });
+    assert.deepEqual(await relayErrors(guest), []);
+  });
+
+  people('a call that finds no network path says what to do', async (open) => {
+    // Both sides throw every ICE candidate away, as when mDNS names cannot be resolved and no
+    // STUN or TURN server is given: no pair is ever tried, so 'failed' never comes.
+    const noPath = async (page) => {
+      await page.addInitScript(() => {
+        const strip = (sdp) => sdp.replace(/^a=candidate:.*\r\n/gm, '');
+        RTCPeerConnection.prototype.addIceCandidate = () => Promise.resolve();
+        const setRemote = RTCPeerConnection.prototype.setRemoteDescription;
+        RTCPeerConnection.prototype.setRemoteDescription = function (description) {
+          return setRemote.call(this, { type: description.type, sdp: strip(description.sdp) });
+        };
+      });
+      await page.clock.install();
+    };
+    const host = await open('host', '/', { prepare: noPath });
+    const guest = await open('guest', '/', { prepare: noPath });
+    const code = await hostRoom(host);
+    await joinRoom(guest, code);
+    await waitForStatus(guest, 'setting up a direct connection');
+
+    await guest.clock.fastForward(16_000);
+    await host.clock.fastForward(16_000);
+
+    await waitForStatus(guest, 'no direct connection to the host after 15 s');
+    await waitForStatus(guest, '--ice-server');
+    await waitForChat(host, 'No direct connection to Guest 1');
+  });
+
   people('the share link fills the join box, and the QR code holds it', async (open) => {
     const host = await open('host');
     const code = await hostRoom(host);
@@ -180,6 +238,27 @@ describe('demo page errors from other relays', () => {
         await field.fill('open sesame');
         const code = await hostRoom(host);
         assert.match(code, /^[0-9A-Z]{6}$/);
+      });
+    } finally {
+      await relay.stop();
+    }
+  });
+
+  browserTest('a host that lost the relay is told its code no longer works', async () => {
+    const relay = await startRelay();
+    try {
+      await withPeople('code expired', browser, relay.origin, async (open) => {
+        const { host, guest } = await connectPair(open);
+        const note = host.locator('[data-testid="code-note"]');
+        assert.match(await note.textContent(), /reloading or leaving makes a new one/);
+
+        await relay.stop();
+
+        await host.waitForFunction(() => document.querySelector('#share').classList.contains('expired'));
+        assert.match(await note.textContent(), /no longer works/);
+        // The guests already there keep talking directly.
+        await sendChat(guest, 'still here');
+        await waitForChat(host, 'still here');
       });
     } finally {
       await relay.stop();

@@ -122,10 +122,12 @@ export async function assertIceStaysOnMachine(page) {
 export async function withPeople(testName, browser, baseURL, body) {
   const pages = {};
   const contexts = [];
-  const open = async (name, path = '/') => {
+  // `prepare(page)` runs before the page loads: init scripts, a fake clock.
+  const open = async (name, path = '/', { prepare } = {}) => {
     const context = await newPersonContext(browser, { baseURL });
     contexts.push(context);
     const page = await context.newPage();
+    if (prepare) await prepare(page);
     page.on('pageerror', (error) => console.log(`# [${name}] page error: ${error.message}`));
     page.on('console', (message) => {
       if (message.type() === 'error' || message.type() === 'warning') {
