@@ -9,6 +9,7 @@
 //! - `garbage`: what a stranger sends instead of HTTP, and hyper's answer to each;
 //! - `load`: load generators (slow loris, passing pairs, floods, quiet request/echo pairs);
 //! - `procfs`: a process's memory as /proc reports it;
+//! - `oracles`: what the parsers must say of any input, shared with the fuzz targets in `fuzz/`.
 //!
 //! Each test binary uses a part of it, so what one leaves unused is allowed.
 #![allow(dead_code)]
@@ -16,6 +17,7 @@
 pub mod bystanders;
 pub mod garbage;
 pub mod load;
+pub mod oracles;
 pub mod peer;
 pub mod process;
 pub mod procfs;
