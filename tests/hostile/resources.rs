@@ -1,6 +1,7 @@
 //! The relay's resources under attack: its memory stays bounded under every attack at once, and
 //! a flooder does not starve quiet pairs. Both run the real binary and measure it, so they need
-//! the machine to themselves.
+//! the machine to themselves: they are `#[ignore]`d in the default run, and `.ci/run` runs them
+//! with `cargo test --locked --test hostile -- --ignored --test-threads=1`.
 
 use crate::Alone;
 use crate::common::*;
@@ -9,6 +10,7 @@ use tokio::time::{sleep, timeout};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing/RSS: run by .ci/run's robustness step"]
 async fn the_relays_memory_stays_bounded_under_every_attack_at_once() {
     let turn = Alone::begin().await;
     // All the traffic here comes from 127.0.0.1; the per-address bound (256 sessions) would cap
@@ -54,6 +56,7 @@ async fn the_relays_memory_stays_bounded_under_every_attack_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "timing/RSS: run by .ci/run's robustness step"]
 async fn a_flooder_does_not_starve_quiet_pairs() {
     let turn = Alone::begin().await;
     // The real binary, so the relay's scheduling is measured rather than this test's: in process,
