@@ -4,6 +4,7 @@
 //! `INTERCESSOR_*` variable they name with the ones the built binary reads (its `--help`).
 
 use intercessor::Config;
+use intercessor::edge::CLOSE_GRACE;
 use intercessor::edge::admin::METRICS_PATH;
 use intercessor::options::Span;
 use intercessor::relay::admission::HEALTH_PATH;
@@ -15,10 +16,6 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-/// How long the relay may keep closing peers after `--shutdown-timeout`: the close grace in
-/// `src/edge/session.rs` (about 1 s) for the last closing handshakes.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The signals the relay drains on (see `main.rs`).
 const DRAIN_SIGNALS: [&str; 2] = ["SIGTERM", "SIGINT"];
