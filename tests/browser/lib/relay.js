@@ -1,7 +1,8 @@
 // Starts the Intercessor relay for a test and stops it again.
 //
-// The binary is ../../target/debug/intercessor (or $INTERCESSOR_BIN). When that default binary is
-// missing, or older than the demo files it compiles in, it is built with `cargo build`.
+// The binary is ../../target/debug/intercessor, or debug/intercessor under $CARGO_TARGET_DIR when
+// that is set (or $INTERCESSOR_BIN). When that default binary is missing, or older than the demo
+// files it compiles in, it is built with `cargo build`.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -12,7 +13,11 @@ import { fileURLToPath } from 'node:url';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..', '..');
-const defaultBinary = path.join(repoRoot, 'target', 'debug', 'intercessor');
+// Where `cargo build` puts it: cargo reads a relative CARGO_TARGET_DIR from where it runs, repoRoot.
+const targetDir = process.env.CARGO_TARGET_DIR
+  ? path.resolve(repoRoot, process.env.CARGO_TARGET_DIR)
+  : path.join(repoRoot, 'target');
+const defaultBinary = path.join(targetDir, 'debug', 'intercessor');
 const demoDir = path.join(repoRoot, 'src', 'demo');
 
 const START_TIMEOUT_MS = 20000;
