@@ -14,6 +14,8 @@ use crate::relay::outcome::{
     DIRECTORY_DOWN, NO_FREE_ID, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
 };
 use crate::relay::upgrade::Rejection;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::{HeaderMap, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -93,19 +95,31 @@ async fn start_session(
     }
     shared.metrics.upgrade("accepted");
     let tracker = shared.tracker.clone();
-    tracker.spawn(async move {
+    // Two stages joined by `then`: what the first holds (the upgrade, the claim, the handshake,
+    // and its captured variables) is gone once the session runs. One async block would keep its
+    // captures beside the session's future for the peer's whole connection.
+    let prepared = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
-            Err(error) => return debug!(%remote, %error, "upgrade failed"),
+            Err(error) => {
+                debug!(%remote, %error, "upgrade failed");
+                return None;
+            }
         };
-        // Boxed: it lasts one Redis round trip, and inline it would grow every session's task.
+        // Boxed: it lasts one Redis round trip, and inline it would grow the first stage.
         let admission = Box::pin(claim(&shared, admission)).await;
         // The session writes first (HELLO or its refusal), and that write carries the 101 (see
         // `coalesce`).
         let io = TokioIo::new(upgraded);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(shared.websocket)).await;
-        session::run(ws, shared, admission, slot, remote).await;
-    });
+        Some((ws, shared, admission, slot, remote))
+    };
+    tracker.spawn(prepared.then(|prepared| match prepared {
+        Some((ws, shared, admission, slot, remote)) => {
+            Either::Left(session::run(ws, shared, admission, slot, remote))
+        }
+        None => Either::Right(std::future::ready(())),
+    }));
     response::switching_protocols(&upgrade.accept_key)
 }
 
