@@ -327,11 +327,21 @@ fn the_readme_documents_every_option_with_its_variable_file_key_and_default() {
 
 /// The JSON log lines of a starting relay up to both "relay listening" and "metrics listening".
 fn start_up_log(args: &[&str]) -> Vec<Value> {
-    let mut child = relay_command(args, &[])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the binary starts");
-    let stderr = child.stderr.take().expect("piped");
+    /// Killed on drop, so a failed expectation leaves no relay behind.
+    struct Started(std::process::Child);
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Started(
+        relay_command(args, &[])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts"),
+    );
+    let stderr = child.0.stderr.take().expect("piped");
     let (sender, lines) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -350,8 +360,6 @@ fn start_up_log(args: &[&str]) -> Vec<Value> {
                 .expect("the relay logs its start"),
         );
     }
-    let _ = child.kill();
-    let _ = child.wait();
     log
 }
 
