@@ -6,7 +6,7 @@ mod common;
 
 use common::fly_proxy::FlyProxy;
 use common::redis::{RedisServer, free_port};
-use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, raw_http, relay_command};
+use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command};
 use futures_util::future::join_all;
 use intercessor::config::ClusterConfig;
 use intercessor::options::ClusterRouting;
@@ -125,20 +125,7 @@ async fn a_client_on_the_wrong_instance_is_replayed_to_its_room_and_relays_both_
     server
         .expect_relay("PEER_JOINED", json!({"id": client.id}))
         .await;
-    client
-        .send_to(&server.id, "OFFER", json!({"sdp": "v=0"}))
-        .await;
-    assert_eq!(
-        server.recv().await,
-        json!({"from": client.id, "type": "OFFER", "message": {"sdp": "v=0"}})
-    );
-    server
-        .send_to(&client.id, "ANSWER", json!({"sdp": "v=0"}))
-        .await;
-    assert_eq!(
-        client.recv().await,
-        json!({"from": server.id, "type": "ANSWER", "message": {"sdp": "v=0"}})
-    );
+    exchange(&mut server, &mut client, 0).await;
     let code = server.id.clone();
     drop(server);
     client.expect_relay("PEER_GONE", json!({"id": code})).await;

@@ -307,8 +307,16 @@ impl Cluster {
         self.up.load(Ordering::Relaxed)
     }
 
-    async fn lease(&self) -> Result<Lease, Unavailable> {
+    /// Runs a script on this process's connection, cut off at [`REDIS_TIMEOUT`].
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, Unavailable> {
         let mut redis = self.redis.clone();
+        bounded(invocation.invoke_async::<T>(&mut redis)).await
+    }
+
+    async fn lease(&self) -> Result<Lease, Unavailable> {
         let mut invocation = self.scripts.lease.prepare_invoke();
         invocation
             .key(self.keys.instance(&self.owner.instance))
@@ -316,8 +324,8 @@ impl Cluster {
             .arg(&self.owner.boot)
             .arg(self.lease_ttl.as_millis() as u64)
             .arg(self.owner.value());
-        let call = invocation.invoke_async::<i64>(&mut redis);
-        Ok(Lease::from_reply(bounded(call).await?))
+        let call = self.invoke::<i64>(&invocation);
+        Ok(Lease::from_reply(call.await?))
     }
 
     /// Claims a fresh code for a server registering here: drawn locally (free in `hub`), then
@@ -331,7 +339,6 @@ impl Cluster {
             let Ok(code) = hub.fresh_code() else {
                 return Ok(None);
             };
-            let mut redis = self.redis.clone();
             let mut invocation = self.scripts.claim.prepare_invoke();
             invocation
                 .key(self.keys.code(&code))
@@ -341,8 +348,8 @@ impl Cluster {
                 .arg(&self.owner.boot)
                 .arg(self.keys.prefix())
                 .arg(code.as_str());
-            let call = invocation.invoke_async::<i64>(&mut redis);
-            match bounded(call).await {
+            let call = self.invoke::<i64>(&invocation);
+            match call.await {
                 Ok(1) => {
                     metrics.directory("claimed");
                     return Ok(Some(code));
@@ -367,13 +374,10 @@ impl Cluster {
         code: &JoinCode,
         metrics: &Metrics,
     ) -> Result<Placement, Unavailable> {
-        let mut redis = self.redis.clone();
         let mut invocation = self.scripts.lookup.prepare_invoke();
         invocation.key(self.keys.code(code)).arg(self.keys.prefix());
-        let call = invocation.invoke_async::<Option<String>>(&mut redis);
-        let placement = bounded(call)
-            .await
-            .inspect_err(|_| metrics.directory("error"))?;
+        let call = self.invoke::<Option<String>>(&invocation);
+        let placement = call.await.inspect_err(|_| metrics.directory("error"))?;
         let placement = Placement::of(placement, &self.owner.instance);
         metrics.directory(match placement {
             Placement::Here => "lookup_here",
@@ -396,7 +400,6 @@ impl Cluster {
     /// Removes every code and the lease of this process at once, so that the directory stops
     /// pointing at a draining instance without waiting a TTL.
     pub async fn drain(&self) {
-        let mut redis = self.redis.clone();
         let mut invocation = self.scripts.drain.prepare_invoke();
         invocation
             .key(self.keys.rooms(&self.owner))
@@ -405,8 +408,8 @@ impl Cluster {
             .arg(self.owner.value())
             .arg(&self.owner.boot)
             .arg(self.keys.prefix());
-        let call = invocation.invoke_async::<i64>(&mut redis);
-        match bounded(call).await {
+        let call = self.invoke::<i64>(&invocation);
+        match call.await {
             Ok(_) => info!("cluster directory: codes and lease released"),
             Err(error) => {
                 warn!(%error, "cluster directory: release on drain failed; the codes lapse with the lease")
@@ -468,14 +471,13 @@ impl Cluster {
             Err(_) => {}
         }
         if self.is_up() {
-            let mut redis = self.redis.clone();
             let mut invocation = self.scripts.sweep.prepare_invoke();
             invocation
                 .key(self.keys.instances())
                 .arg(self.keys.prefix())
                 .arg(SWEEP_LIMIT);
-            let call = invocation.invoke_async::<i64>(&mut redis);
-            if let Ok(swept @ 1..) = bounded(call).await {
+            let call = self.invoke::<i64>(&invocation);
+            if let Ok(swept @ 1..) = call.await {
                 info!(
                     swept,
                     "cluster directory: removed the codes of lapsed instances"
@@ -489,7 +491,6 @@ impl Cluster {
     async fn reassert(&self, hub: &Hub, metrics: &Metrics) {
         let codes = hub.server_codes();
         for chunk in codes.chunks(REASSERT_BATCH) {
-            let mut redis = self.redis.clone();
             let mut invocation = self.scripts.reassert.prepare_invoke();
             invocation
                 .key(self.keys.rooms(&self.owner))
@@ -498,8 +499,8 @@ impl Cluster {
             for code in chunk {
                 invocation.arg(code.as_str());
             }
-            let call = invocation.invoke_async::<Vec<String>>(&mut redis);
-            match bounded(call).await {
+            let call = self.invoke::<Vec<String>>(&invocation);
+            match call.await {
                 Ok(lost) => {
                     for code in lost.iter().filter_map(|code| JoinCode::parse(code)) {
                         metrics.directory("lost");
@@ -526,15 +527,14 @@ impl Cluster {
     }
 
     async fn release_now(&self, code: &JoinCode) {
-        let mut redis = self.redis.clone();
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
             .key(self.keys.code(code))
             .key(self.keys.rooms(&self.owner))
             .arg(self.owner.value())
             .arg(code.as_str());
-        let call = invocation.invoke_async::<i64>(&mut redis);
-        if let Err(error) = bounded(call).await {
+        let call = self.invoke::<i64>(&invocation);
+        if let Err(error) = call.await {
             warn!(%error, code = code.as_str(), "cluster directory: release failed; the code lapses with this instance's lease");
         }
     }
