@@ -25,7 +25,7 @@ const ROUND_ROBIN: &str = "round-robin";
 #[command(name = "intercessor-fly-proxy", version)]
 struct Cli {
     /// Loopback address to listen on; the port actually bound is printed as
-    /// `fly proxy listening on http://ADDR`
+    /// `fly proxy listening on ADDR`
     #[arg(long, default_value = "127.0.0.1:0", value_parser = loopback)]
     listen: SocketAddr,
     /// An instance behind the proxy, as ID=HOST:PORT (its `--instance-id` and listen address);
@@ -134,11 +134,12 @@ async fn run(cli: &Cli, first_hop: Option<&str>) -> Result<(), String> {
         .map(|(id, addr)| format!("{id}={addr}"))
         .collect();
     println!(
-        "fly proxy listening on http://{} (WebSockets at {}), first hop {}, instances {}",
-        proxy.addr,
-        proxy.url("/"),
+        "fly proxy listening on {addr}: the demo at http://{addr}/, peers at {server}; \
+         first hop {}, instances {}",
         cli.first_hop,
-        behind.join(" ")
+        behind.join(" "),
+        addr = proxy.addr,
+        server = proxy.url("/server"),
     );
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
