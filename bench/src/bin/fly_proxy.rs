@@ -152,3 +152,57 @@ async fn run(cli: &Cli, first_hop: Option<&str>) -> Result<(), String> {
     );
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::fly_proxy::FlyProxy;
+    use std::net::SocketAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A stand-in instance on loopback that answers every request with `200` and its `id`.
+    async fn instance(id: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{id}");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    /// The body of one request on a new connection through `proxy`.
+    async fn answered_by(proxy: &FlyProxy) -> String {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connects");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .expect("writes");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.expect("reads");
+        answer.rsplit("\r\n").next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn round_robin_sends_each_new_connection_to_the_next_instance_until_route_to() {
+        let instances = [("a", instance("a").await), ("b", instance("b").await)];
+        let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        let proxy = FlyProxy::bind(listen, &instances, false)
+            .await
+            .expect("binds");
+
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(answered_by(&proxy).await);
+        }
+        proxy.route_to("b");
+        seen.push(answered_by(&proxy).await);
+        seen.push(answered_by(&proxy).await);
+
+        assert_eq!(seen, ["a", "b", "a", "b", "b", "b"]);
+    }
+}
