@@ -24,13 +24,9 @@ let proxyChecked = false;
 /** The proxy binary, built first when needed. */
 export function proxyBinary() {
   if (!proxyChecked) {
-    buildWhenStale(proxyPath, proxySources, 'its sources (tests/common/fly_proxy.rs, bench/)', [
-      'build',
-      '-p',
-      'intercessor-bench',
-      '--bin',
-      'intercessor-fly-proxy',
-    ]);
+    const described = proxySources.map((file) => path.relative(repoRoot, file)).join(', ');
+    const cargoArgs = ['build', '-p', 'intercessor-bench', '--bin', 'intercessor-fly-proxy'];
+    buildWhenStale(proxyPath, proxySources, described, cargoArgs);
     proxyChecked = true;
   }
   return proxyPath;
