@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A two-instance cluster on this machine, to try cluster mode: one redis-server (no persistence),
-# relays `a` and `b` sharing its join codes with `--cluster-routing fly-replay`, and
+# relays `a` and `b` sharing its join codes with `--cluster-routing fly-replay` (or pubsub), and
 # intercessor-fly-proxy in front of them, standing in for Fly.io's proxy. Everything listens on
 # 127.0.0.1. Open the printed URL in two browser windows, host in one and join in the other: the
 # proxy sends each new connection to the next instance in turn, so about half the joins land on
@@ -9,6 +9,8 @@
 #
 # Usage: scripts/cluster.sh        (PORT=8080: the proxy's port, 0 for any free one;
 #                                   FIRST_HOP=round-robin, or a or b to send every connection there;
+#                                   ROUTING=fly-replay, or pubsub: the instances forward frames to
+#                                   the room's owner over Redis, and the proxy replays nothing;
 #                                   PROFILE=debug, or release)
 #
 # Ctrl-C (or SIGTERM) stops exactly the processes it started, by PID, newest first.
@@ -19,6 +21,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-8080}
 FIRST_HOP=${FIRST_HOP:-round-robin}
+ROUTING=${ROUTING:-fly-replay}
 PROFILE=${PROFILE:-debug}
 # Where cargo puts them: a relative CARGO_TARGET_DIR is read from here, the repository root.
 BIN=${CARGO_TARGET_DIR:-target}/$PROFILE
@@ -67,7 +70,7 @@ REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 
 declare -A ADDR
 for id in a b; do
-    start_relay "$id" --cluster-redis-url "$REDIS_URL" --cluster-routing fly-replay \
+    start_relay "$id" --cluster-redis-url "$REDIS_URL" --cluster-routing "$ROUTING" \
         --instance-id "$id"
     ADDR[$id]=$RELAY_ADDR
 done
@@ -80,7 +83,7 @@ PROXY_ADDR=$(wait_for_address "$TMP/proxy.log" "$PROXY_PID" \
     '^fly proxy listening on ([^:]+:[0-9]+): .*')
 
 cat <<EOF
-cluster.sh: redis-server on $REDIS_URL, relay a on ${ADDR[a]}, relay b on ${ADDR[b]}
+cluster.sh: redis-server on $REDIS_URL, relay a on ${ADDR[a]}, relay b on ${ADDR[b]} ($ROUTING)
 cluster.sh: relay logs in $TMP/relay.a.log and $TMP/relay.b.log (JSON)
 
     open http://$PROXY_ADDR/ in two browser windows: host in one, join in the other
