@@ -199,7 +199,8 @@ class Signal {
       this.#ws.send(frame);
       return true;
     }
-    if (this.state !== 'reconnecting') return false;
+    // Open but with its socket closing counts as reconnecting: the close event is on its way.
+    if (this.state === 'closed' || this.state === 'connecting') return false;
     if (this.#queue.length >= this.#queueLimit) {
       this.#emit('error', new IntercessorError('QUEUE_OVERFLOW', `more than ${this.#queueLimit} frames queued`));
       return false;
