@@ -91,7 +91,7 @@ declare class Signal {
   readonly resumable: boolean;
   /** Calls `listener` on each `type` event; returns a function that stops it. */
   on<K extends keyof Events>(type: K, listener: (detail: Events[K]) => void): () => void;
-  off<K extends keyof Events>(type: K, listener: (detail: Events[K]) => void): void;
+
   /** Leaves for good: no resume after it. */
   leave(): void;
 }

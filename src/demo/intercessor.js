@@ -15,6 +15,7 @@ const REASONS = {
   4408: 'idle-timeout', 4409: 'room-full', 4410: 'host-left', 4412: 'superseded',
   4429: 'rate-limited',
 };
+const PEER_EVENTS = { PEER_JOINED: 'peerjoined', PEER_GONE: 'peergone', PEER_AWAY: 'peeraway', PEER_BACK: 'peerback' };
 // The relay ended this peer on purpose: resuming could only fail.
 const FINAL = new Set([1000, 1002, 1003, 1007, 1008, 1009, 4401, 4404, 4409, 4410, 4412, 4429]);
 
@@ -54,13 +55,9 @@ class Signal {
 
   /** Calls `listener(detail)` on each `type` event; returns a function that stops it. */
   on(type, listener) {
-    if (!this.#listeners.has(type)) this.#listeners.set(type, new Set());
-    this.#listeners.get(type).add(listener);
-    return () => this.off(type, listener);
-  }
-
-  off(type, listener) {
-    this.#listeners.get(type)?.delete(listener);
+    const set = this.#listeners.get(type) ?? new Set();
+    this.#listeners.set(type, set.add(listener));
+    return () => set.delete(listener);
   }
 
   #emit(type, detail) {
@@ -114,13 +111,11 @@ class Signal {
     if (from === RELAY && type === 'HELLO') return this.#hello(message ?? {});
     // What a resume reports as received: every frame after this socket's HELLO.
     if (this.#live) this.#received += 1;
-    if (from !== RELAY) return this.#live && this.#emit('message', { from, type, message });
-    const id = message?.id;
-    if (type === 'ERROR') this.#error(message ?? {});
-    else if (type === 'PEER_JOINED') this.#emit('peerjoined', { id });
-    else if (type === 'PEER_GONE') this.#emit('peergone', { id });
-    else if (type === 'PEER_AWAY') this.#emit('peeraway', { id });
-    else if (type === 'PEER_BACK') this.#emit('peerback', { id });
+    // A close's error is the ERROR right before it, if any.
+    this.#lastError = null;
+    if (from !== RELAY) this.#emit('message', { from, type, message });
+    else if (type === 'ERROR') this.#error(message ?? {});
+    else if (PEER_EVENTS[type]) this.#emit(PEER_EVENTS[type], { id: message?.id });
   }
 
   #hello(message) {
@@ -162,9 +157,8 @@ class Signal {
     this.#live = false;
     if (this.state === 'closed') return;
     if (this.state === 'connecting') {
-      const timeout = this.#timedOut && new IntercessorError('TIMEOUT', 'the relay sent no HELLO in time');
-      const lost = code === 1006 && new IntercessorError('UNREACHABLE', 'the relay could not be reached');
-      return this.#end(code, this.#lastError || timeout || lost || null);
+      const local = this.#timedOut ? 'TIMEOUT' : code === 1006 && 'UNREACHABLE';
+      return this.#end(code, this.#lastError ?? (local ? new IntercessorError(local) : null));
     }
     if (!this.#token || FINAL.has(code)) return this.#end(code, this.#lastError);
     if (wasLive) {
@@ -187,7 +181,7 @@ class Signal {
     this.state = 'closed';
     this.#queue = [];
     if (wasOpen) return this.#emit('close', { code, reason, error });
-    const failure = error ?? new IntercessorError('CLOSED', `the relay closed the connection (${code})`);
+    const failure = error ?? new IntercessorError('CLOSED', `closed with ${code}`);
     failure.close = { code, reason };
     this.#settle(failure);
   }
@@ -202,7 +196,7 @@ class Signal {
     // Open but with its socket closing counts as reconnecting: the close event is on its way.
     if (this.state === 'closed' || this.state === 'connecting') return false;
     if (this.#queue.length >= this.#queueLimit) {
-      this.#emit('error', new IntercessorError('QUEUE_OVERFLOW', `more than ${this.#queueLimit} frames queued`));
+      this.#emit('error', new IntercessorError('QUEUE_OVERFLOW'));
       return false;
     }
     this.#queue.push(frame);
@@ -240,11 +234,9 @@ class Signal {
         makingOffer = false;
       }
     });
-    pc.addEventListener('icecandidate', ({ candidate: c }) => {
+    pc.addEventListener('icecandidate', ({ candidate }) => {
       // A null candidate marks the end of gathering: nothing to send.
-      if (!c?.candidate) return;
-      const init = { candidate: c.candidate, sdpMid: c.sdpMid, sdpMLineIndex: c.sdpMLineIndex };
-      this._send(peer, 'CANDIDATE', { ...init, usernameFragment: c.usernameFragment ?? null });
+      if (candidate?.candidate) this._send(peer, 'CANDIDATE', candidate.toJSON());
     });
     // Each message waits for the one before, so descriptions and candidates apply in order.
     const take = async (type, message) => {
