@@ -8,7 +8,7 @@ export type CloseReason =
   | 'left' // leave() was called
   | 'relay-shutdown' // 1001
   | 'connection-lost' // 1006, and resume (if on) did not get it back in time
-  | 'too-slow' // 1008
+  | 'too-slow' // 1008: the send queue overflowed, or rate limited for too long (see `text`)
   | 'too-big' // 1009
   | 'unavailable' // 1013
   | 'unauthorized' // 4401: wrong or missing passphrase
@@ -48,7 +48,8 @@ export interface Events {
   reconnecting: { code: number };
   reconnected: { replayed: number; gap: boolean };
   gap: { replayed: number };
-  close: { code: number; reason: CloseReason; error: IntercessorError | null };
+  /** `text` is the relay's close reason; `error` the ERROR frame right before the close, if any. */
+  close: { code: number; reason: CloseReason; text: string; error: IntercessorError | null };
 }
 
 /** The WebSocket constructor to use: the global one, or the `ws` package's in Node. */
@@ -57,7 +58,7 @@ export type WebSocketClass = new (url: string) => {
   send(data: string): void;
   close(code?: number): void;
   onmessage: ((event: { data: unknown }) => void) | null;
-  onclose: ((event: { code: number }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
   onerror: ((event: unknown) => void) | null;
 };
 

@@ -1,6 +1,5 @@
-// Intercessor's client library: signaling through the relay, reconnects included. One
-// dependency-free ES module for browsers and Node 20+ (pass `ws` as `WebSocket` where there is no
-// global one). The API is typed in intercessor.d.ts; the wire format is the relay's README.
+// Intercessor's client library: signaling through the relay, reconnects included, for browsers and
+// Node 20+ (give it `ws` where there is no global WebSocket). Typed in intercessor.d.ts.
 
 const RELAY = '0';
 const CODE = /^[0-9A-HJKMNP-TV-Z]{4,16}$/;
@@ -36,20 +35,14 @@ export class IntercessorError extends Error {
 
 class Signal {
   #listeners = new Map();
-  #url; #WebSocket; #queueLimit; #helloMs; #settle;
+  #url; #options; #settle;
   #ws = null; #live = false; #timer = 0; #timedOut = false;
   #token = null; #windowMs = 0; #received = 0; #deadline = 0; #attempt = 0; #lost = 0;
   #queue = []; #lastError = null;
 
   constructor(url, options) {
     this.#url = url;
-    this.#WebSocket = options.WebSocket ?? globalThis.WebSocket;
-    this.#queueLimit = options.queueLimit ?? QUEUE_LIMIT;
-    this.#helloMs = options.helloTimeoutMs ?? HELLO_TIMEOUT_MS;
-    this.id = null;
-    this.iceServers = [];
-    this.serverInfo = null;
-    /** 'connecting' | 'open' | 'reconnecting' | 'closed' */
+    this.#options = options;
     this.state = 'connecting';
   }
 
@@ -69,7 +62,6 @@ class Signal {
     return this.#token !== null;
   }
 
-  /** Resolves with this once HELLO arrives; rejects with an IntercessorError otherwise. */
   _open() {
     return new Promise((resolve, reject) => {
       this.#settle = (error) => (error ? reject(error) : resolve(this));
@@ -78,9 +70,11 @@ class Signal {
   }
 
   #connect(query) {
+    const WebSocket = this.#options.WebSocket ?? globalThis.WebSocket;
+    const url = query ? `${this.#url}${this.#url.includes('?') ? '&' : '?'}${query}` : this.#url;
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url + (query ? `${this.#url.includes('?') ? '&' : '?'}${query}` : ''));
+      ws = new WebSocket(url);
     } catch (error) {
       this.#end(0, new IntercessorError('CONNECT_FAILED', error.message));
       return;
@@ -91,9 +85,9 @@ class Signal {
     this.#timer = setTimeout(() => {
       this.#timedOut = true;
       ws.close();
-    }, this.#helloMs);
+    }, this.#options.helloTimeoutMs ?? HELLO_TIMEOUT_MS);
     ws.onmessage = ({ data }) => ws === this.#ws && this.#frame(data);
-    ws.onclose = (event) => ws === this.#ws && this.#closed(event.code);
+    ws.onclose = ({ code, reason }) => ws === this.#ws && this.#closed(code, reason);
     // An error is always followed by a close, which says what happened.
     ws.onerror = () => {};
   }
@@ -145,22 +139,22 @@ class Signal {
     this.#lastError = error;
     if (code === 'RESUME_FAILED') {
       this.#ws.close(1000);
-      this.#end(4404, error, 'resume-failed');
+      this.#end(4404, error, reason, 'resume-failed');
     } else if (this.#live) {
       this.#emit('error', error);
     }
   }
 
-  #closed(code) {
+  #closed(code, text) {
     clearTimeout(this.#timer);
     const wasLive = this.#live;
     this.#live = false;
     if (this.state === 'closed') return;
     if (this.state === 'connecting') {
       const local = this.#timedOut ? 'TIMEOUT' : code === 1006 && 'UNREACHABLE';
-      return this.#end(code, this.#lastError ?? (local ? new IntercessorError(local) : null));
+      return this.#end(code, this.#lastError ?? (local ? new IntercessorError(local) : null), text);
     }
-    if (!this.#token || FINAL.has(code)) return this.#end(code, this.#lastError);
+    if (!this.#token || FINAL.has(code)) return this.#end(code, this.#lastError, text);
     if (wasLive) {
       this.#lost = code;
       this.#deadline = Date.now() + this.#windowMs;
@@ -175,12 +169,12 @@ class Signal {
     this.#timer = setTimeout(() => this.#connect(query), delay);
   }
 
-  #end(code, error, reason = REASONS[code] ?? 'closed') {
+  #end(code, error, text = '', reason = REASONS[code] ?? 'closed') {
     clearTimeout(this.#timer);
     const wasOpen = this.state !== 'connecting';
     this.state = 'closed';
     this.#queue = [];
-    if (wasOpen) return this.#emit('close', { code, reason, error });
+    if (wasOpen) return this.#emit('close', { code, reason, text, error });
     const failure = error ?? new IntercessorError('CLOSED', `closed with ${code}`);
     failure.close = { code, reason };
     this.#settle(failure);
@@ -195,7 +189,7 @@ class Signal {
     }
     // Open but with its socket closing counts as reconnecting: the close event is on its way.
     if (this.state === 'closed' || this.state === 'connecting') return false;
-    if (this.#queue.length >= this.#queueLimit) {
+    if (this.#queue.length >= (this.#options.queueLimit ?? QUEUE_LIMIT)) {
       this.#emit('error', new IntercessorError('QUEUE_OVERFLOW'));
       return false;
     }
@@ -244,6 +238,7 @@ class Signal {
         // Candidates of an offer we ignored are expected to fail.
         return pc.addIceCandidate(message).catch((error) => !ignoreOffer && Promise.reject(error));
       }
+      // Colliding offers: the impolite side (host) ignores the other's, the polite one yields.
       const offer = type === 'OFFER';
       const ready = !makingOffer && (pc.signalingState === 'stable' || settingAnswer);
       ignoreOffer = !polite && offer && !ready;

@@ -127,7 +127,7 @@ describe('resume', () => {
     if (room.resumable) return t.skip('this relay resumes: covered above');
     const closed = next(room, 'close');
     sockets.sockets[0].terminate();
-    assert.deepEqual(await closed, { code: 1006, reason: 'connection-lost', error: null });
+    assert.deepEqual(await closed, { code: 1006, reason: 'connection-lost', text: '', error: null });
     assert.equal(room.send('x', 'N', 1), false);
   });
 });

@@ -78,6 +78,7 @@ describe('a host and a guest', () => {
     room.leave();
     const { code, reason, error } = await closed;
     assert.deepEqual({ code, reason, error }, { code: 4410, reason: 'host-left', error: null });
+    assert.equal((await closed).text, 'server gone');
     assert.deepEqual(events, [`peergone ${room.code}`]);
     assert.equal(link.state, 'closed');
   });
