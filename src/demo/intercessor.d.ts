@@ -100,7 +100,7 @@ declare class Signal {
 export class Room extends Signal {
   /** The join code, to be shared with guests. */
   readonly code: string;
-  /** Sends to guest `to`; queued while reconnecting; false when closed or the queue is full. */
+  /** Sends to guest `to`, or queues it while resuming; false when it can be neither. */
   send(to: string, type: string, message?: unknown): boolean;
   /** One RTCPeerConnection to guest `peerId`, negotiated over the room (host impolite). */
   peerConnection(peerId: string, options?: PeerConnectionOptions): RTCPeerConnection;
@@ -109,7 +109,7 @@ export class Room extends Signal {
 export class Link extends Signal {
   /** The host's code, normalised. */
   readonly code: string;
-  /** Sends to the host; queued while reconnecting; false when closed or the queue is full. */
+  /** Sends to the host, or queues it while resuming; false when it can be neither. */
   send(type: string, message?: unknown): boolean;
   /** One RTCPeerConnection to the host, negotiated over the link (guest polite). */
   peerConnection(options?: PeerConnectionOptions): RTCPeerConnection;

@@ -93,6 +93,8 @@ class Signal {
   }
 
   #frame(data) {
+    // What a resume reports as received: every frame after this socket's HELLO.
+    if (this.#live) this.#received += 1;
     let frame;
     try {
       frame = JSON.parse(data);
@@ -103,8 +105,6 @@ class Signal {
     const { from, type } = frame;
     const message = frame.message ?? null;
     if (from === RELAY && type === 'HELLO') return this.#hello(message ?? {});
-    // What a resume reports as received: every frame after this socket's HELLO.
-    if (this.#live) this.#received += 1;
     // A close's error is the ERROR right before it, if any.
     this.#lastError = null;
     if (from !== RELAY) this.#emit('message', { from, type, message });
@@ -121,11 +121,10 @@ class Signal {
     if (this.state === 'reconnecting') {
       this.state = 'open';
       this.#attempt = 0;
-      if (message.gap) this.#emit('gap', { replayed: message.replayed ?? 0 });
-      this.#emit('reconnected', { replayed: message.replayed ?? 0, gap: Boolean(message.gap) });
-      const queued = this.#queue.splice(0);
-      for (const frame of queued) this.#ws.send(frame);
-      return;
+      for (const frame of this.#queue.splice(0)) this.#ws.send(frame);
+      const replayed = message.replayed ?? 0;
+      if (message.gap) this.#emit('gap', { replayed });
+      return this.#emit('reconnected', { replayed, gap: Boolean(message.gap) });
     }
     this.id = message.id;
     this.iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
@@ -187,8 +186,8 @@ class Signal {
       this.#ws.send(frame);
       return true;
     }
-    // Open but with its socket closing counts as reconnecting: the close event is on its way.
-    if (this.state === 'closed' || this.state === 'connecting') return false;
+    // With resume, a socket closing under an open room is as good as reconnecting.
+    if (this.state === 'closed' || this.state === 'connecting' || !this.#token) return false;
     if (this.#queue.length >= (this.#options.queueLimit ?? QUEUE_LIMIT)) {
       this.#emit('error', new IntercessorError('QUEUE_OVERFLOW'));
       return false;
