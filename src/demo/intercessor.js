@@ -179,7 +179,7 @@ class Signal {
     this.#settle(failure);
   }
 
-  /** Sends now, or queues while reconnecting; false when closed or the queue is full. */
+  /** Sends now, or queues while resuming; false when it can do neither. */
   _send(to, type, message) {
     const frame = JSON.stringify({ to, type, message });
     if (this.state === 'open' && this.#ws.readyState === 1) {
