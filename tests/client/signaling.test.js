@@ -180,3 +180,71 @@ describe('no relay', () => {
     assert.equal(error.code, 'TIMEOUT');
   });
 });
+
+describe('close reasons and errors from relays with tight limits', () => {
+  test('rate-limited frames are RATE_LIMITED error events, and the room stays open', async (t) => {
+    const relay = await startRelay({ args: ['--rate-limit', '1'] });
+    t.after(() => relay.stop());
+    const room = await Intercessor.host(`ws://${relay.listen}`, options);
+    const errors = collect(room, 'error');
+    for (let n = 0; n < 6; n += 1) room.send(room.code, 'FLOOD', n);
+    await until(() => errors.some(({ code }) => code === 'RATE_LIMITED'), 'a RATE_LIMITED error');
+    assert.equal(room.state, 'open');
+    room.leave();
+  });
+
+  test('a message over --max-message-bytes closes with too-big', async (t) => {
+    const relay = await startRelay({ args: ['--max-message-bytes', '1024'] });
+    t.after(() => relay.stop());
+    const room = await Intercessor.host(`ws://${relay.listen}`, options);
+    const closed = next(room, 'close');
+    room.send(room.code, 'BIG', 'x'.repeat(2048));
+    const { code, reason } = await closed;
+    assert.deepEqual({ code, reason }, { code: 1009, reason: 'too-big' });
+  });
+
+  test('a second connection from one address over --max-connections-per-ip is rate-limited', async (t) => {
+    const relay = await startRelay({ args: ['--max-connections-per-ip', '1'] });
+    t.after(() => relay.stop());
+    const url = `ws://${relay.listen}`;
+    const room = await Intercessor.host(url, options);
+    const error = await rejection(Intercessor.host(url, options));
+    assert.equal(error.code, 'RATE_LIMITED');
+    assert.deepEqual(error.close, { code: 4429, reason: 'rate-limited' });
+    room.leave();
+  });
+
+  test('a message the schema refuses is INVALID_MESSAGE, with its type and path', async (t) => {
+    const schema = new URL('../../examples/webrtc-signaling.schema.json', import.meta.url).pathname;
+    let relay;
+    try {
+      relay = await startRelay({ args: ['--message-schema', schema] });
+    } catch (error) {
+      // A relay built without its default cargo feature `schema` cannot validate at all.
+      if (/no JSON Schema support/.test(error.message)) return t.skip('the relay was built without `schema`');
+      throw error;
+    }
+    t.after(() => relay.stop());
+    const room = await Intercessor.host(`ws://${relay.listen}`, options);
+    const refused = next(room, 'error');
+    room.send(room.code, 'OFFER', { sdp: 42 });
+    const error = await refused;
+    assert.equal(error.code, 'INVALID_MESSAGE');
+    assert.equal(error.detail.type, 'OFFER');
+    assert.equal(typeof error.detail.path, 'string');
+    room.leave();
+  });
+
+  test('the relay shutting down is relay-shutdown (or, with resume, a reconnect)', async (t) => {
+    const relay = await startRelay();
+    t.after(() => relay.stop());
+    const room = await Intercessor.host(`ws://${relay.listen}`, options);
+    t.after(() => room.leave());
+    const event = room.resumable ? 'reconnecting' : 'close';
+    const seen = next(room, event);
+    await relay.stop();
+    const detail = await seen;
+    assert.equal(detail.code, 1001);
+    if (event === 'close') assert.equal(detail.reason, 'relay-shutdown');
+  });
+});
