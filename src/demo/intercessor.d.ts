@@ -18,7 +18,7 @@ export type CloseReason =
   | 'host-left' // 4410
   | 'superseded' // 4412: another connection resumed this peer
   | 'rate-limited' // 4429
-  | 'resume-failed' // the relay refused the resume token (RESUME_FAILED)
+  | 'resume-failed' // the relay refused the resume token (RESUME_FAILED); `code` is the lost socket's
   | 'closed'; // any other code
 
 /** A relay ERROR frame (`code` is the relay's: UNKNOWN_PEER, QUEUE_FULL, …) or a local error. */

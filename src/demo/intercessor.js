@@ -138,7 +138,7 @@ class Signal {
     this.#lastError = error;
     if (code === 'RESUME_FAILED') {
       this.#ws.close(1000);
-      this.#end(4404, error, reason, 'resume-failed');
+      this.#end(this.#lost, error, reason, 'resume-failed');
     } else if (this.#live) {
       this.#emit('error', error);
     }
