@@ -4,6 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
 import { Intercessor, collect, next, recordingWebSocket, startRelay, until } from './lib/harness.js';
 
 const NO_RESUME = 'resume (#19) not in this build';
@@ -120,14 +121,85 @@ describe('resume', () => {
     assert.equal(room.state, 'closed');
   });
 
-  test('without resume a dropped socket just closes, as connection-lost', async (t) => {
+  test('frames lost on the way are replayed from the count received: each arrives once', async (t) => {
+    const peers = await pair(t);
+    if (!peers) return;
+    const { room, link, hostSockets } = peers;
+    const atHost = collect(room, 'message');
+    for (const n of range(0, 3)) link.send('N', n);
+    await until(() => atHost.length === 3, 'the first 3 messages');
+    const socket = hostSockets.sockets[0];
+    socket.deaf = true;
+    for (const n of range(3, 8)) link.send('N', n);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const reconnected = next(room, 'reconnected');
+    socket.terminate();
+    assert.deepEqual(await reconnected, { replayed: 5, gap: false });
+    await until(() => atHost.length >= 8, 'all 8 messages');
+    assert.deepEqual(atHost.map(({ message }) => message), range(0, 8));
+  });
+
+  test('frames lost beyond the replay window are a gap: the app hears gap, then reconnected', async (t) => {
+    // A replay window of about six 200-byte frames, the least the relay allows for 1 KiB messages.
+    const small = await startRelay({ args: ['--max-message-bytes', '1024', '--resume-queue-bytes', '1280'] });
+    t.after(() => small.stop());
     const sockets = recordingWebSocket();
-    const room = await Intercessor.host(url, { WebSocket: sockets.WebSocket });
+    const room = await Intercessor.host(`ws://${small.listen}`, { WebSocket: sockets.WebSocket });
     t.after(() => room.leave());
-    if (room.resumable) return t.skip('this relay resumes: covered above');
+    if (!room.resumable) return t.skip(NO_RESUME);
+    const joined = next(room, 'peerjoined');
+    const link = await Intercessor.join(`ws://${small.listen}`, room.code, { WebSocket });
+    t.after(() => link.leave());
+    await joined;
+    // What the relay writes to the host from now on is lost on the way.
+    const socket = sockets.sockets[0];
+    socket.deaf = true;
+    const atHost = collect(room, 'message');
+    for (const n of range(0, 20)) link.send('N', { n, pad: 'x'.repeat(180) });
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const events = [];
+    room.on('gap', () => events.push('gap'));
+    const reconnected = next(room, 'reconnected');
+    socket.terminate();
+    const { gap, replayed } = await reconnected;
+    assert.equal(gap, true);
+    assert.deepEqual(events, ['gap']);
+    assert.ok(replayed > 0 && replayed < 20, `replayed ${replayed}`);
+    await until(() => atHost.length === replayed, `the ${replayed} replayed frames`);
+    assert.deepEqual(atHost.map(({ message }) => message.n), range(20 - replayed, 20), 'the newest frames, in order');
+  });
+
+  test('a token the relay does not know (it restarted) ends in resume-failed', async (t) => {
+    const first = await startRelay();
+    const sockets = recordingWebSocket();
+    const room = await Intercessor.host(`ws://${first.listen}`, { WebSocket: sockets.WebSocket });
+    t.after(() => room.leave());
+    if (!room.resumable) {
+      await first.stop();
+      return t.skip(NO_RESUME);
+    }
+    const reconnecting = next(room, 'reconnecting');
+    await first.stop();
+    assert.equal((await reconnecting).code, 1001);
+    // A new relay on the same address knows no token of the old one.
+    const second = await startRelay({ args: ['--listen', first.listen] });
+    t.after(() => second.stop());
+    const { reason, error } = await next(room, 'close');
+    assert.equal(reason, 'resume-failed');
+    assert.equal(error.code, 'RESUME_FAILED');
+    assert.ok(sockets.sockets.length >= 2);
+  });
+
+  test('with --resume-window 0 a dropped socket just closes, as connection-lost', async (t) => {
+    const off = await startRelay({ args: ['--resume-window', '0'] });
+    t.after(() => off.stop());
+    const sockets = recordingWebSocket();
+    const room = await Intercessor.host(`ws://${off.listen}`, { WebSocket: sockets.WebSocket });
+    t.after(() => room.leave());
+    assert.equal(room.resumable, false);
     const closed = next(room, 'close');
     sockets.sockets[0].terminate();
     assert.deepEqual(await closed, { code: 1006, reason: 'connection-lost', text: '', error: null });
-    assert.equal(room.send('x', 'N', 1), false);
+    assert.equal(room.send('x', 'N', 1), false, 'nothing is queued without resume');
   });
 });

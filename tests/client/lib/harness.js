@@ -8,13 +8,25 @@ export { startRelay } from '../../browser/lib/relay.js';
 
 export const WAIT_MS = 5000;
 
-/** A `ws` WebSocket class that keeps every socket it opens, so a test can cut one. */
+/**
+ * A `ws` WebSocket class that keeps every socket it opens, so a test can cut one, or make one
+ * `deaf`: frames still arrive but never reach the library, as if lost on the way.
+ */
 export function recordingWebSocket() {
   const sockets = [];
   class Recorded extends WebSocket {
     constructor(...args) {
       super(...args);
+      this.deaf = false;
       sockets.push(this);
+    }
+
+    get onmessage() {
+      return super.onmessage;
+    }
+
+    set onmessage(handler) {
+      super.onmessage = (event) => this.deaf || handler(event);
     }
   }
   return { WebSocket: Recorded, sockets };
