@@ -71,7 +71,8 @@ class Signal {
 
   #connect(query) {
     const WebSocket = this.#options.WebSocket ?? globalThis.WebSocket;
-    const url = query ? `${this.#url}${this.#url.includes('?') ? '&' : '?'}${query}` : this.#url;
+    // A resume needs no passphrase: the token is the stronger secret, so it goes alone.
+    const url = query ? `${this.#url.split('?')[0]}?${query}` : this.#url;
     let ws;
     try {
       ws = new WebSocket(url);

@@ -190,6 +190,20 @@ describe('resume', () => {
     assert.ok(sockets.sockets.length >= 2);
   });
 
+  test('a host of a relay with a passphrase resumes with its token alone', async (t) => {
+    const guarded = await startRelay({ args: ['--passphrase', 'open sesame'] });
+    t.after(() => guarded.stop());
+    const sockets = recordingWebSocket();
+    const room = await Intercessor.host(`ws://${guarded.listen}`, { WebSocket: sockets.WebSocket, passphrase: 'open sesame' });
+    t.after(() => room.leave());
+    if (!room.resumable) return t.skip(NO_RESUME);
+    const reconnected = next(room, 'reconnected');
+    sockets.sockets[0].terminate();
+    await reconnected;
+    const resumedAt = new URL(sockets.sockets[1].url);
+    assert.deepEqual([...resumedAt.searchParams.keys()], ['resume', 'received']);
+  });
+
   test('with --resume-window 0 a dropped socket just closes, as connection-lost', async (t) => {
     const off = await startRelay({ args: ['--resume-window', '0'] });
     t.after(() => off.stop());
