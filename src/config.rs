@@ -84,6 +84,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Resuming sessions after a lost connection; a zero window turns it off.
     pub resume: ResumePolicy,
+    /// How long a knocker waits for its server to let it in.
+    pub knock_timeout: Duration,
+    /// Knockers one server may have waiting at once.
+    pub max_waiting_per_server: usize,
     /// Where TLS certificates come from; `None` serves plain HTTP.
     pub tls: Option<TlsSource>,
     /// ICE servers handed out in HELLO.
@@ -176,6 +180,8 @@ impl Options {
             ping_interval: self.ping_interval.0,
             idle_timeout: self.idle_timeout.0,
             shutdown_timeout: self.shutdown_timeout.0,
+            knock_timeout: self.knock_timeout.0,
+            max_waiting_per_server: self.max_waiting_per_server,
             resume: ResumePolicy {
                 window: self.resume_window.0,
                 queue_bytes: self.resume_queue_bytes,
@@ -230,6 +236,7 @@ impl Config {
             ("--idle-timeout", self.idle_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
             ("--resume-window", self.resume.window),
+            ("--knock-timeout", self.knock_timeout),
             ("--turn-ttl", self.ice.turn_ttl),
             ("flood window", self.flood_window),
         ] {
@@ -333,6 +340,7 @@ impl Config {
             server_info: self.server_info.as_deref(),
             ice_servers: &self.ice.for_peer(&id, far_future),
             resume: Some(resume),
+            waiting: true,
         })
         .len()
     }

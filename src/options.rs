@@ -193,6 +193,14 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value_t = 2048)]
     pub max_away_peers: usize,
 
+    /// How long a client that knocks at a room waits for its server to let it in
+    #[arg(long, value_name = "DURATION", default_value = "2m")]
+    pub knock_timeout: Span,
+
+    /// Clients that may wait at one server's door at once; beyond it SERVER_FULL and close 4409
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_waiting_per_server: usize,
+
     /// How long shutdown waits for peers to close
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub shutdown_timeout: Span,

@@ -64,8 +64,9 @@ async fn unknown_peer_names_the_id() {
         server.expect_error("UNKNOWN_PEER").await["id"],
         stranger.id.as_str()
     );
+    // "0" is the relay itself: what is sent to it is a command, and "T" is none.
     server.send_to("0", "T", json!(1)).await;
-    server.expect_error("UNKNOWN_PEER").await;
+    server.expect_error("BAD_COMMAND").await;
 
     stranger.send_to(&other_server.id, "OK", json!(1)).await;
     assert_eq!(other_server.recv().await["type"], "OK");

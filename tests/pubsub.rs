@@ -195,3 +195,29 @@ async fn a_draining_guest_instance_closes_its_clients_and_their_server_hears_the
         .expect_relay("PEER_GONE", json!({"id": client.id}))
         .await;
 }
+
+#[tokio::test]
+async fn a_client_of_another_instance_knocks_waits_and_is_admitted_like_a_local_one() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let mut server = TestPeer::join(&format!("{}/server?knock=1", a.url)).await;
+    let mut guest = connect(&format!("{}/client/{}?name=Ada", b.url, server.id)).await;
+    let hello = guest.recv().await;
+    guest.id = hello["message"]["id"].as_str().expect("an id").to_owned();
+
+    assert_eq!(hello["message"]["waiting"], true, "{hello}");
+    server
+        .expect_relay("KNOCK", json!({"id": guest.id, "info": "Ada"}))
+        .await;
+    guest.send_to(&server.id, "OFFER", json!("early")).await;
+    guest.expect_error("NOT_ADMITTED").await;
+    server.send_to("0", "ADMIT", json!({"id": guest.id})).await;
+    guest.expect_relay("ADMITTED", json!({})).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": guest.id}))
+        .await;
+    exchange(&mut server, &mut guest, 0).await;
+    server.send_to("0", "KICK", json!({"id": guest.id})).await;
+    guest.expect_error("KICKED").await;
+    guest.expect_close(4403).await;
+}

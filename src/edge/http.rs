@@ -17,6 +17,7 @@ use crate::relay::outcome::{
     DIRECTORY_DOWN, NO_FREE_ID, RESUME_FAILED, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS,
     TOO_MANY_FAILURES,
 };
+use crate::relay::protocol::Greeting;
 use crate::relay::upgrade::Rejection;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
@@ -90,6 +91,7 @@ async fn start_session(
         IpVerdict::TooManyConnections => Admission::Refused(TOO_MANY_CONNECTIONS),
         IpVerdict::TooManyFailures => Admission::Refused(TOO_MANY_FAILURES),
     };
+    let info = upgrade.info;
     let mut elsewhere = None;
     if let (Some(cluster), Some(code)) = (&shared.cluster, room_of(admission)) {
         match place(cluster, &shared, headers, code).await {
@@ -118,8 +120,11 @@ async fn start_session(
         };
         // Boxed: each lasts a Redis round trip or two, and inline they would grow the first stage.
         let arrival = match elsewhere {
-            Some((code, owner)) => Box::pin(join_elsewhere(&shared, code, owner)).await,
-            None => Arrival::Here(Box::pin(claim(&shared, admission)).await),
+            Some((code, owner)) => Box::pin(join_elsewhere(&shared, code, owner, info)).await,
+            None => Arrival::Here {
+                admission: Box::pin(claim(&shared, admission)).await,
+                info,
+            },
         };
         // The session writes first (HELLO or its refusal), and that write carries the 101 (see
         // `coalesce`).
@@ -189,30 +194,46 @@ async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: Jo
 }
 
 /// Joins a room on another instance through the links, for a client whose socket stays here.
-async fn join_elsewhere(shared: &Arc<Shared>, code: JoinCode, owner: Owner) -> Arrival {
+async fn join_elsewhere(
+    shared: &Arc<Shared>,
+    code: JoinCode,
+    owner: Owner,
+    info: Option<String>,
+) -> Arrival {
+    let refused = |refusal| Arrival::Here {
+        admission: Admission::Refused(refusal),
+        info: None,
+    };
     let Some(pubsub) = shared.cluster.as_ref().and_then(|cluster| cluster.pubsub()) else {
-        return Arrival::Here(Admission::Refused(ROOM_UNREACHABLE));
+        return refused(ROOM_UNREACHABLE);
     };
     let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
     let greeter = shared.clone();
-    let greet: Greet = Box::new(move |id| session::hello(&greeter.config, id, None));
-    match pubsub.join(code, owner, outbox.clone(), greet).await {
+    let greet: Greet = Box::new(move |id, waiting| {
+        let greeting = Greeting {
+            id,
+            resume: None,
+            waiting,
+        };
+        session::hello(&greeter.config, &greeting)
+    });
+    match pubsub.join(code, owner, info, outbox.clone(), greet).await {
         Ok(guest) => Arrival::Guest {
             guest: Box::new(guest),
             outbox,
             inbox,
         },
-        Err(refusal) => Arrival::Here(Admission::Refused(refusal)),
+        Err(refusal) => refused(refusal),
     }
 }
 
 /// In a cluster, a registering server's code is claimed in the directory first.
 async fn claim(shared: &Shared, admission: Admission) -> Admission {
-    let (Some(cluster), Admission::Server) = (&shared.cluster, admission) else {
+    let (Some(cluster), Admission::Server(rules)) = (&shared.cluster, admission) else {
         return admission;
     };
     match cluster.claim_code(&shared.hub, &shared.metrics).await {
-        Ok(Some(code)) => Admission::ClaimedServer(code),
+        Ok(Some(code)) => Admission::ClaimedServer(code, rules),
         Ok(None) => Admission::Refused(NO_FREE_ID),
         Err(error) => {
             debug!(%error, "registration refused: the cluster directory is unreachable");

@@ -153,13 +153,16 @@ impl PubSub {
         &self,
         code: JoinCode,
         owner: Owner,
+        info: Option<String>,
         outbox: Outbox,
         greet: Greet,
     ) -> Result<Guest, Refusal> {
         if !self.subscribed.load(Ordering::Relaxed) {
             return Err(ROOM_UNREACHABLE);
         }
-        let pending = self.links.join(code, Arc::new(owner), outbox, greet)?;
+        let pending = self
+            .links
+            .join(code, Arc::new(owner), info.as_deref(), outbox, greet)?;
         timeout(JOIN_TIMEOUT, pending.accepted())
             .await
             .unwrap_or(Err(ROOM_UNREACHABLE))

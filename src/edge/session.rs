@@ -7,20 +7,23 @@
 use crate::config::Config;
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
-use crate::relay::hub::{JoinError, NoFreeId, PeerId, RouteError, Seated};
+use crate::relay::command::{self, Command};
+use crate::relay::hub::{CommandError, JoinError, NoFreeId, PeerId, RouteError, Seated};
+use crate::relay::ids::ClientId;
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
 use crate::relay::link::{Guest, Seat};
 use crate::relay::outbox::{Inbox, Outbox};
 use crate::relay::outcome::{
-    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, LEFT, NO_FREE_ID, NOT_UTF8, Notice,
-    PROTOCOL_ERROR, QUEUE_FULL, RESUME_FAILED, Refusal, SERVER_FULL, TOO_BIG, TOO_SLOW,
-    UNKNOWN_SERVER, close,
+    BINARY, Closing, DROPPED, ErrorCode, FLOODING, FORBIDDEN, IDLE, LEFT, NO_FREE_ID, NOT_ADMITTED,
+    NOT_UTF8, Notice, PROTOCOL_ERROR, QUEUE_FULL, RESUME_FAILED, ROOM_LOCKED, Refusal, SERVER_FULL,
+    TOO_BIG, TOO_SLOW, UNKNOWN_SERVER, close,
 };
 use crate::relay::protocol;
-use crate::relay::protocol::Resumption;
+use crate::relay::protocol::Greeting;
 use crate::relay::resume;
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
@@ -64,8 +67,11 @@ enum Event {
 
 /// How a peer arrives at its session.
 pub enum Arrival {
-    /// To register here as the admission says (or be refused).
-    Here(Admission),
+    /// To register here as the admission says (or be refused); a joining client's `?name=`.
+    Here {
+        admission: Admission,
+        info: Option<String>,
+    },
     /// Already a guest of a room on another instance, its queue filled there.
     Guest {
         guest: Box<Guest>,
@@ -74,14 +80,14 @@ pub enum Arrival {
     },
 }
 
-/// The HELLO a peer with `id` gets from a relay running `config`, with `resume` when it may
-/// resume its session.
-pub fn hello(config: &Config, id: &str, resume: Option<Resumption<'_>>) -> String {
+/// The HELLO a relay running `config` greets a peer with, as the hub describes it.
+pub fn hello(config: &Config, greeting: &Greeting<'_>) -> String {
     protocol::hello(&protocol::Hello {
-        id,
+        id: greeting.id,
         server_info: config.server_info.as_deref(),
-        ice_servers: &config.ice.for_peer(id, SystemTime::now()),
-        resume,
+        ice_servers: &config.ice.for_peer(greeting.id, SystemTime::now()),
+        resume: greeting.resume,
+        waiting: greeting.waiting,
     })
 }
 
@@ -107,7 +113,7 @@ where
             outbox,
             inbox,
         } => Ok((Seat::Guest(guest), outbox, inbox)),
-        Arrival::Here(admission) => register(&shared, admission)
+        Arrival::Here { admission, info } => register(&shared, admission, info.as_deref())
             .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
     };
     match registered {
@@ -144,8 +150,12 @@ where
 
 /// Registers a peer in this instance's hub as `admission` says, with the queue its session
 /// drains.
-fn register(shared: &Shared, admission: Admission) -> Result<Seated, Refusal> {
-    let hello = |id: &str, resume: Option<Resumption<'_>>| hello(&shared.config, id, resume);
+fn register(
+    shared: &Arc<Shared>,
+    admission: Admission,
+    info: Option<&str>,
+) -> Result<Seated, Refusal> {
+    let hello = |greeting: &Greeting<'_>| hello(&shared.config, greeting);
     let queue_bytes = shared.config.send_queue_bytes;
     if let Admission::Resume {
         resuming,
@@ -159,22 +169,29 @@ fn register(shared: &Shared, admission: Admission) -> Result<Seated, Refusal> {
     }
     let (outbox, inbox) = shared.hub.queue(queue_bytes);
     let membership = match admission {
-        Admission::Server => shared
+        Admission::Server(rules) => shared
             .hub
-            .register_server(outbox.clone(), hello)
+            .register_server(outbox.clone(), rules, hello)
             .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::ClaimedServer(code) => shared
+        Admission::ClaimedServer(code, rules) => shared
             .hub
-            .register_server_as(code, outbox.clone(), hello)
+            .register_server_as(code, outbox.clone(), rules, hello)
             .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::Client(code) => shared
-            .hub
-            .join(code, outbox.clone(), hello)
-            .map_err(|error| match error {
-                JoinError::UnknownServer => UNKNOWN_SERVER,
-                JoinError::ServerFull => SERVER_FULL,
-                JoinError::NoFreeId => NO_FREE_ID,
-            }),
+        Admission::Client(code) => {
+            let (membership, waiting) = shared
+                .hub
+                .join(code, outbox.clone(), info, hello)
+                .map_err(|error| match error {
+                    JoinError::UnknownServer => UNKNOWN_SERVER,
+                    JoinError::ServerFull => SERVER_FULL,
+                    JoinError::NoFreeId => NO_FREE_ID,
+                    JoinError::Locked => ROOM_LOCKED,
+                })?;
+            if waiting && let PeerId::Client(id) = membership.id() {
+                end_knock_later(shared, id);
+            }
+            Ok(membership)
+        }
         Admission::Refused(refusal) => Err(refusal),
         Admission::Resume { .. } => Err(RESUME_FAILED),
     }?;
@@ -380,8 +397,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(incoming) => incoming,
             Err(error) => return self.reply_error(ErrorCode::BadMessage, &error.to_string(), None),
         };
-        if incoming.to == protocol::RELAY_ID && incoming.kind == protocol::LEAVE {
-            return Err(End::Closed(LEFT));
+        if incoming.to == protocol::RELAY_ID {
+            return self.on_command(&incoming.kind, incoming.message);
         }
         if let Some(schemas) = &self.shared.config.message_schemas
             && let Err(invalid) = schemas.check(&incoming.kind, incoming.message)
@@ -408,6 +425,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Err(RouteError::QueueFull) => {
                 self.reply_error(QUEUE_FULL.code, QUEUE_FULL.reason, Some(&incoming.to))
             }
+            Err(RouteError::NotAdmitted) => self.reply(NOT_ADMITTED),
+        }
+    }
+
+    /// Carries out a command to the relay (`"to": "0"`); room commands only from the server.
+    fn on_command(&mut self, kind: &str, message: Option<&RawValue>) -> Result<(), End> {
+        let command = match command::parse(kind, message) {
+            Ok(command) => command,
+            Err(bad) => return self.reply_error(ErrorCode::BadCommand, &bad.to_string(), None),
+        };
+        let code = match self.seat.id() {
+            PeerId::Server(code) => Some(code),
+            PeerId::Client(_) => None,
+        };
+        let hub = &self.shared.hub;
+        let done = match (command, code) {
+            (Command::Leave, _) => return Err(End::Closed(LEFT)),
+            (Command::IceRefresh, _) => {
+                let id = self.seat.id();
+                let servers = self
+                    .shared
+                    .config
+                    .ice
+                    .for_peer(id.as_str(), SystemTime::now());
+                let fresh = protocol::ice_servers(&servers);
+                return self.outbox.push(fresh).map_err(|_| End::Closed(TOO_SLOW));
+            }
+            (command, None) if command.needs_server() => return self.reply(FORBIDDEN),
+            (Command::Kick { id, reason }, Some(code)) => hub
+                .kick(code, id, reason.as_deref())
+                .map_err(|error| (error, id)),
+            (Command::Admit { id }, Some(code)) => hub.admit(code, id).map_err(|error| (error, id)),
+            (Command::Deny { id, reason }, Some(code)) => hub
+                .deny(code, id, reason.as_deref())
+                .map_err(|error| (error, id)),
+            (Command::Room { locked, knock }, Some(code)) => {
+                hub.set_rules(code, locked, knock);
+                Ok(())
+            }
+            (_, None) => return self.reply(FORBIDDEN),
+        };
+        match done {
+            Ok(()) => Ok(()),
+            Err((error @ CommandError::UnknownPeer, id)) => self.reply_error(
+                ErrorCode::UnknownPeer,
+                &error.to_string(),
+                Some(id.as_str()),
+            ),
+            Err((error @ CommandError::ServerFull, id)) => {
+                self.reply_error(ErrorCode::ServerFull, &error.to_string(), Some(id.as_str()))
+            }
         }
     }
 
@@ -432,6 +500,15 @@ fn expire_later(shared: &Arc<Shared>, id: PeerId, generation: u32) {
         if shared.hub.expire(id, generation) {
             release(&shared, id);
         }
+    });
+}
+
+/// Ends a knock no one answered within `--knock-timeout`.
+fn end_knock_later(shared: &Arc<Shared>, id: ClientId) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.config.knock_timeout).await;
+        shared.hub.knock_expired(id);
     });
 }
 

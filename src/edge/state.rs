@@ -46,7 +46,8 @@ impl Shared {
                 client_ip_header: config.client_ip_header.clone(),
             },
             hub: Hub::new(config.code_length, config.max_clients_per_server)
-                .resumable(config.resume),
+                .resumable(config.resume)
+                .with_max_waiting(config.max_waiting_per_server),
             slots: ConnectionSlots::new(
                 config.max_connections,
                 config.max_connections_per_ip,

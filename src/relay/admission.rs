@@ -2,7 +2,7 @@
 //! origin, the passphrase and the client's address. Pure; the stateful bounds (connection caps,
 //! failed attempts) are applied after it by the HTTP layer.
 
-use crate::relay::hub::Resuming;
+use crate::relay::hub::{Resuming, RoomRules};
 use crate::relay::ids::JoinCode;
 use crate::relay::outcome::{RESUME_FAILED, Refusal, UNAUTHORIZED, UNKNOWN_SERVER};
 use crate::relay::resume::Token;
@@ -57,15 +57,21 @@ pub struct Upgrade {
     pub accept_key: String,
     /// The address the per-address bounds count it against.
     pub client_ip: IpAddr,
+    /// A joining client's `?name=`, at most [`MAX_INFO_BYTES`], shown to a knocking room's
+    /// server.
+    pub info: Option<String>,
 }
+
+/// Longest `?name=` a knocker's server is shown.
+pub const MAX_INFO_BYTES: usize = 64;
 
 /// What a WebSocket session will be, decided before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
-    /// Register as a server.
-    Server,
+    /// Register as a server, its room starting with these rules (`?locked=1&knock=1`).
+    Server(RoomRules),
     /// Register as a server under this code, claimed in the cluster directory beforehand.
-    ClaimedServer(JoinCode),
+    ClaimedServer(JoinCode, RoomRules),
     /// Join the server with this code.
     Client(JoinCode),
     /// Resume a session with its token, after the first `received` frames of it when given.
@@ -99,7 +105,7 @@ impl Door {
             // A resuming server needs no passphrase: its token is the stronger secret.
             SERVER_PATH => resume(request, Resuming::Server).unwrap_or_else(|| {
                 if self.authorized(request) {
-                    Admission::Server
+                    Admission::Server(rules(request))
                 } else {
                     Admission::Refused(UNAUTHORIZED)
                 }
@@ -124,10 +130,15 @@ impl Door {
         if !self.origin_allowed(request) {
             return Route::Rejected(FORBIDDEN_ORIGIN);
         }
+        let info = match admission {
+            Admission::Client(_) => query_value(request, "name").map(|name| clip(&name)),
+            _ => None,
+        };
         Route::Upgrade(Upgrade {
             admission,
             accept_key,
             client_ip: self.client_ip(request, remote),
+            info,
         })
     }
 
@@ -214,16 +225,38 @@ fn resume<B>(request: &Request<B>, resuming: Resuming) -> Option<Admission> {
     let Some(token) = token else {
         return Some(Admission::Refused(RESUME_FAILED));
     };
-    let received = request.uri().query().and_then(|query| {
-        form_urlencoded::parse(query.as_bytes())
-            .find(|(name, _)| name == "received")
-            .and_then(|(_, value)| value.parse().ok())
-    });
+    let received = query_value(request, "received").and_then(|value| value.parse().ok());
     Some(Admission::Resume {
         resuming,
         token,
         received,
     })
+}
+
+/// The first value of `key` in the request's query.
+fn query_value<B>(request: &Request<B>, key: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(name, _)| name == key)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// A registering server's first room rules: `?locked=1` and `?knock=1` (or `true`).
+fn rules<B>(request: &Request<B>) -> RoomRules {
+    let on = |key| query_value(request, key).is_some_and(|value| value == "1" || value == "true");
+    RoomRules {
+        locked: on("locked"),
+        knock: on("knock"),
+    }
+}
+
+/// `text` cut to at most [`MAX_INFO_BYTES`], at a character boundary.
+fn clip(text: &str) -> String {
+    let mut end = text.len().min(MAX_INFO_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A secret as a request carries it.
@@ -314,7 +347,10 @@ mod tests {
     #[case("/server", &[("authorization", "Bearer open sesame")])]
     #[case("/server", &[("authorization", "bearer open sesame")])]
     fn the_passphrase_once_registers(#[case] uri: &str, #[case] headers: &[(&str, &str)]) {
-        assert_eq!(admission(uri, headers), Admission::Server);
+        assert_eq!(
+            admission(uri, headers),
+            Admission::Server(RoomRules::default())
+        );
     }
 
     #[rstest]
@@ -338,10 +374,29 @@ mod tests {
         assert!(matches!(
             route,
             Route::Upgrade(Upgrade {
-                admission: Admission::Server,
+                admission: Admission::Server(_),
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_server_sets_its_first_rules_and_a_client_its_name_clipped() {
+        let open = Door::default();
+        let request = handshake("/server?locked=1&knock=true", &[]);
+        let Route::Upgrade(upgrade) = open.route(&request, remote()) else {
+            panic!("an upgrade")
+        };
+        let rules = RoomRules {
+            locked: true,
+            knock: true,
+        };
+        assert_eq!(upgrade.admission, Admission::Server(rules));
+        let long = format!("/client/7KQ2MX?name={}", "é".repeat(40));
+        let Route::Upgrade(upgrade) = open.route(&handshake(&long, &[]), remote()) else {
+            panic!("an upgrade")
+        };
+        assert_eq!(upgrade.info, Some("é".repeat(32)));
     }
 
     #[rstest]

@@ -11,10 +11,10 @@
 use crate::relay::ids::{ClientId, JoinCode};
 use crate::relay::outbox::{self, Outbox};
 use crate::relay::outcome::{
-    Closing, RESUME_FAILED, Refusal, SERVER_GONE, SHUTTING_DOWN, SUPERSEDED, SUPERSEDED_NOTICE,
-    TOO_SLOW,
+    Closing, DENIED, ErrorCode, KICKED, KNOCK_TIMEOUT, KNOCK_UNANSWERED, RESUME_FAILED, Refusal,
+    SERVER_GONE, SHUTTING_DOWN, SUPERSEDED, SUPERSEDED_NOTICE, TOO_SLOW,
 };
-use crate::relay::protocol::{self, Resumption};
+use crate::relay::protocol::{self, Greeting, Resumption};
 use crate::relay::resume::{Replay, ResumePolicy, Token, TokenHash};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -26,6 +26,8 @@ pub struct Hub {
     state: Arc<Mutex<State>>,
     code_length: usize,
     max_clients_per_server: usize,
+    /// `--max-waiting-per-server`: knockers one server may have waiting.
+    max_waiting: usize,
     /// `None` when `--resume-window` is `0`: every loss is a leave, and no token is made.
     resume: Option<ResumePolicy>,
 }
@@ -121,13 +123,38 @@ struct Away {
 
 struct ServerEntry {
     seat: Seat,
-    /// Never longer than `Hub::max_clients_per_server`.
+    /// Members. Never longer than `Hub::max_clients_per_server`.
     clients: Vec<ClientId>,
+    /// Knockers not let in yet. Never longer than `Hub::max_waiting`.
+    waiting: Vec<ClientId>,
+    rules: RoomRules,
 }
 
 struct ClientEntry {
     seat: Seat,
     server: JoinCode,
+    /// Knocked and not let in yet: its frames go nowhere.
+    waiting: bool,
+}
+
+/// Who may join a room, as its server set it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoomRules {
+    /// No one new may join.
+    pub locked: bool,
+    /// Newcomers knock and wait for the server to let them in.
+    pub knock: bool,
+}
+
+/// Why a command about a client of the room failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    /// The id names no member (or, for ADMIT and DENY, no knocker) of this room.
+    #[error("no such client in your room")]
+    UnknownPeer,
+    /// The room holds `--max-clients-per-server` clients: the knocker keeps waiting.
+    #[error("the room holds its maximum number of clients")]
+    ServerFull,
 }
 
 /// A live peer's id: servers are known by their join code.
@@ -169,9 +196,12 @@ pub enum JoinError {
     /// No live server has this code.
     #[error("no server has this code")]
     UnknownServer,
-    /// The server holds its maximum number of clients.
+    /// The server holds its maximum number of clients, or of knockers.
     #[error("the server is full")]
     ServerFull,
+    /// The room is locked.
+    #[error("the room is locked")]
+    Locked,
 }
 
 /// Why a frame was not delivered.
@@ -183,6 +213,9 @@ pub enum RouteError {
     /// The destination is away and its queue has no room for the frame.
     #[error("the peer is away and its queue is full")]
     QueueFull,
+    /// The sender knocked and was not let in yet.
+    #[error("not let in yet")]
+    NotAdmitted,
 }
 
 /// Who resumes: the server at `/server`, or a client of the server with this code.
@@ -245,10 +278,14 @@ impl Membership {
         if !current {
             return None;
         }
+        let knocking = match self.id {
+            PeerId::Client(id) => state.clients.get(&id).is_some_and(|entry| entry.waiting),
+            PeerId::Server(_) => false,
+        };
         let room = self
             .hub
             .resume
-            .filter(|policy| state.away < policy.max_away);
+            .filter(|policy| state.away < policy.max_away && !knocking);
         let Some(policy) = room else {
             Hub::evict_locked(&mut state, self.id, None);
             return None;
@@ -286,7 +323,16 @@ impl Hub {
             state: Arc::default(),
             code_length,
             max_clients_per_server,
+            max_waiting: 16,
             resume: None,
+        }
+    }
+
+    /// The same registry, with at most `max_waiting` knockers per server.
+    pub fn with_max_waiting(self, max_waiting: usize) -> Hub {
+        Hub {
+            max_waiting,
+            ..self
         }
     }
 
@@ -347,11 +393,12 @@ impl Hub {
     pub fn register_server(
         &self,
         outbox: Outbox,
-        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
+        rules: RoomRules,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
         let code = self.free_code(&state)?;
-        Ok(self.insert_server(&mut state, code, outbox, hello))
+        Ok(self.insert_server(&mut state, code, outbox, rules, hello))
     }
 
     /// A code no live server here holds, for a claim in the cluster directory before
@@ -366,13 +413,14 @@ impl Hub {
         &self,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
+        rules: RoomRules,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
         if state.servers.contains_key(&code) {
             return Err(NoFreeId);
         }
-        Ok(self.insert_server(&mut state, code, outbox, hello))
+        Ok(self.insert_server(&mut state, code, outbox, rules, hello))
     }
 
     fn free_code(&self, state: &State) -> Result<JoinCode, NoFreeId> {
@@ -388,17 +436,25 @@ impl Hub {
         state: &mut State,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
+        rules: RoomRules,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Membership {
         let id = PeerId::Server(code);
         let (seat, token) = self.new_seat(state, id, outbox);
         let token = token.map(|token| token.encode());
-        state.greet(
-            &seat.outbox,
-            hello(code.as_str(), self.resumption(token.as_deref(), None)),
-        );
-        let clients = Vec::new();
-        state.servers.insert(code, ServerEntry { seat, clients });
+        let greeting = Greeting {
+            id: code.as_str(),
+            resume: self.resumption(token.as_deref(), None),
+            waiting: false,
+        };
+        state.greet(&seat.outbox, hello(&greeting));
+        let entry = ServerEntry {
+            seat,
+            clients: Vec::new(),
+            waiting: Vec::new(),
+            rules,
+        };
+        state.servers.insert(code, entry);
         self.membership(id, 0)
     }
 
@@ -431,15 +487,18 @@ impl Hub {
         }
     }
 
-    /// Adds a client to the server with `code` and tells that server with PEER_JOINED.
+    /// Adds a client to the server with `code` and tells that server with PEER_JOINED; in a
+    /// knocking room, adds it as a knocker instead (its HELLO says `waiting`) and tells the
+    /// server with KNOCK and the `info` it gave. Returns whether it waits.
     ///
     /// The client's HELLO is queued before the server can learn its id, so it always comes first.
     pub fn join(
         &self,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
-    ) -> Result<Membership, JoinError> {
+        info: Option<&str>,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
+    ) -> Result<(Membership, bool), JoinError> {
         let mut state = self.lock();
         let id = free_id(ClientId::generate, |id| state.clients.contains_key(id))
             .ok_or(JoinError::NoFreeId)?;
@@ -447,27 +506,172 @@ impl Hub {
             .servers
             .get_mut(&code)
             .ok_or(JoinError::UnknownServer)?;
-        if server.clients.len() >= self.max_clients_per_server {
+        let waiting = server.rules.knock;
+        if server.rules.locked {
+            return Err(JoinError::Locked);
+        }
+        let (line, bound, notice) = if waiting {
+            let notice = protocol::knock(id.as_str(), info);
+            (&mut server.waiting, self.max_waiting, notice)
+        } else {
+            let notice = protocol::peer_joined(id.as_str());
+            (&mut server.clients, self.max_clients_per_server, notice)
+        };
+        if line.len() >= bound {
             return Err(JoinError::ServerFull);
         }
-        if server
-            .seat
-            .outbox
-            .push(protocol::peer_joined(id.as_str()))
-            .is_err()
-        {
+        line.push(id);
+        if server.seat.outbox.push(notice).is_err() {
             Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
             return Err(JoinError::UnknownServer);
         }
-        server.clients.push(id);
         let (seat, token) = self.new_seat(&mut state, PeerId::Client(id), outbox);
         let token = token.map(|token| token.encode());
-        state.greet(
-            &seat.outbox,
-            hello(id.as_str(), self.resumption(token.as_deref(), None)),
-        );
-        state.clients.insert(id, ClientEntry { seat, server: code });
-        Ok(self.membership(PeerId::Client(id), 0))
+        let greeting = Greeting {
+            id: id.as_str(),
+            resume: self.resumption(token.as_deref(), None),
+            waiting,
+        };
+        state.greet(&seat.outbox, hello(&greeting));
+        let entry = ClientEntry {
+            seat,
+            server: code,
+            waiting,
+        };
+        state.clients.insert(id, entry);
+        Ok((self.membership(PeerId::Client(id), 0), waiting))
+    }
+
+    /// The server `code` lets the knocker `id` in: it hears ADMITTED, the server PEER_JOINED.
+    pub fn admit(&self, code: JoinCode, id: ClientId) -> Result<(), CommandError> {
+        let mut state = self.lock();
+        let server = state
+            .servers
+            .get_mut(&code)
+            .ok_or(CommandError::UnknownPeer)?;
+        let place = server.waiting.iter().position(|knocker| *knocker == id);
+        let place = place.ok_or(CommandError::UnknownPeer)?;
+        if server.clients.len() >= self.max_clients_per_server {
+            return Err(CommandError::ServerFull);
+        }
+        server.waiting.remove(place);
+        server.clients.push(id);
+        let joined = server.seat.outbox.push(protocol::peer_joined(id.as_str()));
+        if let Some(client) = state.clients.get_mut(&id) {
+            client.waiting = false;
+            if client.seat.outbox.push(protocol::admitted()).is_err() {
+                Self::evict_locked(&mut state, PeerId::Client(id), Some(TOO_SLOW));
+            }
+        }
+        if joined.is_err() {
+            Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
+        }
+        Ok(())
+    }
+
+    /// The server `code` turns the knocker `id` away (ERROR `DENIED`, close `4403`); the server
+    /// hears KNOCK_GONE `denied`.
+    pub fn deny(
+        &self,
+        code: JoinCode,
+        id: ClientId,
+        reason: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let mut state = self.lock();
+        let knocks = state
+            .servers
+            .get(&code)
+            .is_some_and(|server| server.waiting.contains(&id));
+        if !knocks {
+            return Err(CommandError::UnknownPeer);
+        }
+        let reason = reason.unwrap_or("the host did not let you in");
+        Self::remove_client(&mut state, id, ErrorCode::Denied, reason, DENIED, "denied");
+        Ok(())
+    }
+
+    /// The server `code` removes its member `id` (ERROR `KICKED`, close `4403`); the server
+    /// hears PEER_GONE with `"reason": "kicked"`.
+    pub fn kick(
+        &self,
+        code: JoinCode,
+        id: ClientId,
+        reason: Option<&str>,
+    ) -> Result<(), CommandError> {
+        let mut state = self.lock();
+        let member = state
+            .servers
+            .get(&code)
+            .is_some_and(|server| server.clients.contains(&id));
+        if !member {
+            return Err(CommandError::UnknownPeer);
+        }
+        let reason = reason.unwrap_or("the host removed you");
+        Self::remove_client(&mut state, id, ErrorCode::Kicked, reason, KICKED, "kicked");
+        Ok(())
+    }
+
+    /// Ends the knock of `id` if it still waits after `--knock-timeout`.
+    pub fn knock_expired(&self, id: ClientId) {
+        let mut state = self.lock();
+        if state.clients.get(&id).is_some_and(|client| client.waiting) {
+            let (code, reason) = (KNOCK_UNANSWERED.code, KNOCK_UNANSWERED.reason);
+            Self::remove_client(&mut state, id, code, reason, KNOCK_TIMEOUT, "timeout");
+        }
+    }
+
+    /// Removes a member or a knocker the relay closes with `closing` after an ERROR, and tells
+    /// its server why (`because`).
+    fn remove_client(
+        state: &mut State,
+        id: ClientId,
+        error: ErrorCode,
+        reason: &str,
+        closing: Closing,
+        because: &str,
+    ) {
+        let Some(client) = state.clients.remove(&id) else {
+            return;
+        };
+        Self::vacate(state, &client.seat);
+        let _ = client
+            .seat
+            .outbox
+            .push(protocol::error(error, reason, None));
+        client.seat.outbox.close(closing);
+        let Some(server) = state.servers.get_mut(&client.server) else {
+            return;
+        };
+        let told = if client.waiting {
+            server.waiting.retain(|knocker| *knocker != id);
+            server
+                .seat
+                .outbox
+                .push(protocol::knock_gone(id.as_str(), because))
+        } else {
+            server.clients.retain(|member| *member != id);
+            server.seat.outbox.push(protocol::peer_kicked(id.as_str()))
+        };
+        if told.is_err() {
+            Self::evict_locked(state, PeerId::Server(client.server), Some(TOO_SLOW));
+        }
+    }
+
+    /// Changes the room's settings where `locked` or `knock` is given, and sends its server the
+    /// whole state (ROOM). Knockers keep waiting when knocking is turned off: letting them in is
+    /// the server's to decide.
+    pub fn set_rules(&self, code: JoinCode, locked: Option<bool>, knock: Option<bool>) {
+        let mut state = self.lock();
+        let Some(server) = state.servers.get_mut(&code) else {
+            return;
+        };
+        server.rules.locked = locked.unwrap_or(server.rules.locked);
+        server.rules.knock = knock.unwrap_or(server.rules.knock);
+        let waiting: Vec<&str> = server.waiting.iter().map(ClientId::as_str).collect();
+        let room = protocol::room(server.rules.locked, server.rules.knock, &waiting);
+        if server.seat.outbox.push(room).is_err() {
+            Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
+        }
     }
 
     /// Resumes the peer holding `token` for a new session whose queue holds at most
@@ -480,7 +684,7 @@ impl Hub {
         resuming: Resuming,
         received: Option<u64>,
         send_queue_bytes: usize,
-        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<Seated, Refusal> {
         let policy = self.resume.ok_or(RESUME_FAILED)?;
         let mut state = self.lock();
@@ -493,6 +697,10 @@ impl Hub {
                 .get(&client)
                 .is_some_and(|entry| entry.server == code),
             _ => false,
+        };
+        let waiting = match id {
+            PeerId::Client(client) => state.clients.get(&client).is_some_and(|c| c.waiting),
+            PeerId::Server(_) => false,
         };
         let seat = state.seat(id).ok_or(RESUME_FAILED)?;
         if !role_matches || !seat.token.is_some_and(|held| held.matches(&hash)) {
@@ -514,8 +722,13 @@ impl Hub {
         let fresh_hash = fresh.hash();
         let encoded = fresh.encode();
         let resumption = self.resumption(Some(&encoded), Some((replayed.len(), gap || lost)));
+        let greeting = Greeting {
+            id: id.as_str(),
+            resume: resumption,
+            waiting,
+        };
         let mut frames = VecDeque::with_capacity(1 + replayed.len() + rest.unwritten.len());
-        frames.push_back(hello(id.as_str(), resumption));
+        frames.push_back(hello(&greeting));
         frames.extend(replayed);
         frames.extend(rest.unwritten);
         let (outbox, inbox) = outbox::preloaded(send_queue_bytes, policy.queue_bytes, frames);
@@ -559,11 +772,11 @@ impl Hub {
         let mut state = self.lock();
         let (destination, seat) = match from {
             PeerId::Client(sender) => {
-                let server = state
-                    .clients
-                    .get(&sender)
-                    .ok_or(RouteError::UnknownPeer)?
-                    .server;
+                let entry = state.clients.get(&sender).ok_or(RouteError::UnknownPeer)?;
+                if entry.waiting {
+                    return Err(RouteError::NotAdmitted);
+                }
+                let server = entry.server;
                 if JoinCode::parse(to) != Some(server) {
                     return Err(RouteError::UnknownPeer);
                 }
@@ -573,7 +786,7 @@ impl Hub {
             PeerId::Server(sender) => {
                 let id = ClientId::parse(to).ok_or(RouteError::UnknownPeer)?;
                 let entry = state.clients.get(&id).ok_or(RouteError::UnknownPeer)?;
-                if entry.server != sender {
+                if entry.server != sender || entry.waiting {
                     return Err(RouteError::UnknownPeer);
                 }
                 (PeerId::Client(id), &entry.seat)
@@ -639,7 +852,7 @@ impl Hub {
                         server.seat.outbox.close(closing);
                     }
                     let gone = protocol::peer_gone(code.as_str());
-                    for client_id in server.clients {
+                    for client_id in server.clients.into_iter().chain(server.waiting) {
                         if let Some(client) = state.clients.remove(&client_id) {
                             Self::vacate(state, &client.seat);
                             let closing = match client.seat.outbox.push(gone.clone()) {
@@ -659,8 +872,13 @@ impl Hub {
                         client.seat.outbox.close(closing);
                     }
                     if let Some(server) = state.servers.get_mut(&client.server) {
-                        server.clients.retain(|c| *c != client_id);
-                        let gone = protocol::peer_gone(client_id.as_str());
+                        let gone = if client.waiting {
+                            server.waiting.retain(|c| *c != client_id);
+                            protocol::knock_gone(client_id.as_str(), "left")
+                        } else {
+                            server.clients.retain(|c| *c != client_id);
+                            protocol::peer_gone(client_id.as_str())
+                        };
                         if server.seat.outbox.push(gone).is_err() {
                             next = Some((PeerId::Server(client.server), Some(TOO_SLOW)));
                         }
@@ -678,7 +896,12 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
-    fn hello(id: &str, _: Option<Resumption<'_>>) -> String {
+    fn hello(greeting: &Greeting<'_>) -> String {
+        greeted(greeting.id)
+    }
+
+    /// The HELLO [`hello`] builds for `id`.
+    fn greeted(id: &str) -> String {
         format!("HELLO {id}")
     }
 
@@ -704,7 +927,9 @@ mod tests {
     /// A server whose queue holds at most `limit_bytes`.
     fn server_with_room(hub: &Hub, limit_bytes: usize) -> (Membership, Inbox, JoinCode) {
         let (outbox, inbox) = outbox::bounded(limit_bytes);
-        let membership = hub.register_server(outbox, hello).expect("a free code");
+        let membership = hub
+            .register_server(outbox, RoomRules::default(), hello)
+            .expect("a free code");
         let PeerId::Server(code) = membership.id() else {
             panic!("a server gets a code")
         };
@@ -713,7 +938,10 @@ mod tests {
 
     fn client(hub: &Hub, code: JoinCode) -> (Membership, Inbox, ClientId) {
         let (outbox, inbox) = outbox::bounded(ROOMY);
-        let membership = hub.join(code, outbox, hello).expect("joins");
+        let membership = hub
+            .join(code, outbox, None, hello)
+            .map(|(m, _)| m)
+            .expect("joins");
         let PeerId::Client(id) = membership.id() else {
             panic!("a client gets a client id")
         };
@@ -727,12 +955,9 @@ mod tests {
         let (_c, client_inbox, id) = client(&hub, code);
         assert_eq!(
             drain(&server_inbox).await.0,
-            [
-                hello(code.as_str(), None),
-                protocol::peer_joined(id.as_str())
-            ]
+            [greeted(code.as_str()), protocol::peer_joined(id.as_str())]
         );
-        assert_eq!(drain(&client_inbox).await.0, [hello(id.as_str(), None)]);
+        assert_eq!(drain(&client_inbox).await.0, [greeted(id.as_str())]);
         assert_eq!(hub.counts(), (1, 1));
     }
 
@@ -783,12 +1008,14 @@ mod tests {
         let (_c, _c_inbox, _) = client(&hub, code);
         let (outbox, _) = outbox::bounded(ROOMY);
         assert_eq!(
-            hub.join(code, outbox.clone(), hello).err(),
+            hub.join(code, outbox.clone(), None, hello)
+                .map(|(m, _)| m)
+                .err(),
             Some(JoinError::ServerFull)
         );
         let other = JoinCode::parse("ZZZZZZ").expect("valid");
         assert_eq!(
-            hub.join(other, outbox, hello).err(),
+            hub.join(other, outbox, None, hello).map(|(m, _)| m).err(),
             Some(JoinError::UnknownServer)
         );
     }
@@ -834,7 +1061,10 @@ mod tests {
         let hub = Hub::new(6, 8);
         let (s, server_inbox, code) = server(&hub);
         let (slow_outbox, slow_inbox) = outbox::bounded(64);
-        let slow = hub.join(code, slow_outbox, hello).expect("joins");
+        let slow = hub
+            .join(code, slow_outbox, None, hello)
+            .map(|(m, _)| m)
+            .expect("joins");
         drain(&server_inbox).await;
         let mut delivered = 0;
         while hub.counts().1 == 1 {
@@ -864,8 +1094,7 @@ mod tests {
         let hub = Hub::new(6, 8);
         // Room for HELLO and two PEER_JOINED, and not a byte more.
         let joined = protocol::peer_joined(&"x".repeat(crate::relay::ids::CLIENT_ID_LENGTH)).len();
-        let (_s, server_inbox, code) =
-            server_with_room(&hub, hello("ABCDEF", None).len() + 2 * joined);
+        let (_s, server_inbox, code) = server_with_room(&hub, greeted("ABCDEF").len() + 2 * joined);
         let (leaving, _leaving_inbox, _) = client(&hub, code);
         let (_staying, staying_inbox, _) = client(&hub, code);
         drain(&staying_inbox).await;
@@ -890,7 +1119,7 @@ mod tests {
         assert_eq!(
             drain(&client_inbox).await,
             (
-                vec![hello(id.as_str(), None), "last words".into()],
+                vec![greeted(id.as_str()), "last words".into()],
                 Some(SHUTTING_DOWN)
             )
         );
@@ -904,7 +1133,7 @@ mod tests {
         let (_late, late_inbox, late_code) = server(&hub);
         assert_eq!(
             drain(&late_inbox).await,
-            (vec![hello(late_code.as_str(), None)], Some(SHUTTING_DOWN))
+            (vec![greeted(late_code.as_str())], Some(SHUTTING_DOWN))
         );
     }
 
@@ -913,7 +1142,7 @@ mod tests {
         let hub = Hub::new(4, 8);
         let memberships: Vec<_> = (0..2000)
             .map(|_| {
-                hub.register_server(outbox::bounded(ROOMY).0, hello)
+                hub.register_server(outbox::bounded(ROOMY).0, RoomRules::default(), hello)
                     .expect("a free code")
             })
             .collect();
@@ -944,11 +1173,13 @@ mod tests {
                 let entry = ServerEntry {
                     seat,
                     clients: Vec::new(),
+                    waiting: Vec::new(),
+                    rules: RoomRules::default(),
                 };
                 state.servers.insert(code, entry);
             }
         }
-        let refused = hub.register_server(outbox::bounded(ROOMY).0, hello);
+        let refused = hub.register_server(outbox::bounded(ROOMY).0, RoomRules::default(), hello);
         assert_eq!(refused.err(), Some(NoFreeId));
     }
 
@@ -956,7 +1187,9 @@ mod tests {
     async fn a_hello_that_does_not_fit_closes_the_peer_rather_than_leaving_it_without_one() {
         let hub = Hub::new(6, 8);
         let (outbox, inbox) = outbox::bounded(4);
-        let _member = hub.register_server(outbox, hello).expect("a free code");
+        let _member = hub
+            .register_server(outbox, RoomRules::default(), hello)
+            .expect("a free code");
         assert_eq!(drain(&inbox).await, (vec![], Some(TOO_SLOW)));
     }
 
@@ -972,19 +1205,25 @@ mod tests {
     fn seated(hub: &Hub, code: Option<JoinCode>) -> (Membership, Inbox, Token) {
         let (outbox, inbox) = hub.queue(ROOMY);
         let token = std::cell::Cell::new(None);
-        let keep = |_: &str, resume: Option<Resumption<'_>>| {
+        let keep = |greeting: &Greeting<'_>| {
+            let resume = greeting.resume;
             token.set(resume.and_then(|r| Token::parse(r.token.as_bytes())));
             "HELLO".to_owned()
         };
         let membership = match code {
-            None => hub.register_server(outbox, keep).expect("a code"),
-            Some(code) => hub.join(code, outbox, keep).expect("joins"),
+            None => hub
+                .register_server(outbox, RoomRules::default(), keep)
+                .expect("a code"),
+            Some(code) => hub
+                .join(code, outbox, None, keep)
+                .map(|(m, _)| m)
+                .expect("joins"),
         };
         (membership, inbox, token.get().expect("a token"))
     }
 
-    fn resumed_hello(id: &str, resume: Option<Resumption<'_>>) -> String {
-        let resume = resume.expect("resume fields");
+    fn resumed_hello(greeting: &Greeting<'_>) -> String {
+        let (id, resume) = (greeting.id, greeting.resume.expect("resume fields"));
         format!(
             "HELLO {id} resumed={} replayed={:?} gap={}",
             resume.resumed, resume.replayed, resume.gap
@@ -1014,15 +1253,9 @@ mod tests {
         assert_eq!(
             drain(&inbox).await.0,
             [
-                resumed_hello(
-                    id.as_str(),
-                    Some(Resumption {
-                        token: "",
-                        window_ms: 0,
-                        resumed: true,
-                        replayed: Some(0),
-                        gap: false
-                    })
+                format!(
+                    "HELLO {} resumed=true replayed=Some(0) gap=false",
+                    id.as_str()
                 ),
                 "while away".into()
             ]
@@ -1116,5 +1349,106 @@ mod tests {
             drain(&server_inbox).await.0,
             [protocol::peer_gone(id.as_str())]
         );
+    }
+
+    /// A server of `hub` with `rules`, its queue and code.
+    fn room_with(hub: &Hub, rules: RoomRules) -> (Membership, Inbox, JoinCode) {
+        let (outbox, inbox) = outbox::bounded(ROOMY);
+        let server = hub.register_server(outbox, rules, hello).expect("a code");
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        (server, inbox, code)
+    }
+
+    #[tokio::test]
+    async fn a_knocker_is_no_member_until_admitted() {
+        let hub = Hub::new(6, 8);
+        let knocking = RoomRules {
+            locked: false,
+            knock: true,
+        };
+        let (server, server_inbox, code) = room_with(&hub, knocking);
+        let (outbox, inbox) = outbox::bounded(ROOMY);
+        let (knocker, waiting) = hub.join(code, outbox, Some("Ada"), hello).expect("knocks");
+        let PeerId::Client(id) = knocker.id() else {
+            panic!("a client")
+        };
+
+        assert!(waiting);
+        assert_eq!(
+            hub.route(knocker.id(), code.as_str(), "x".into()),
+            Err(RouteError::NotAdmitted)
+        );
+        assert_eq!(
+            hub.route(server.id(), id.as_str(), "x".into()),
+            Err(RouteError::UnknownPeer)
+        );
+        hub.admit(code, id).expect("admitted");
+        hub.route(knocker.id(), code.as_str(), "hi".into())
+            .expect("a member now");
+
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [
+                greeted(code.as_str()),
+                protocol::knock(id.as_str(), Some("Ada")),
+                protocol::peer_joined(id.as_str()),
+                "hi".into()
+            ]
+        );
+        assert_eq!(
+            drain(&inbox).await.0,
+            [greeted(id.as_str()), protocol::admitted()]
+        );
+    }
+
+    #[tokio::test]
+    async fn kick_and_deny_close_with_4403_and_tell_the_server_why() {
+        let hub = Hub::new(6, 8);
+        let (_server, server_inbox, code) = room_with(&hub, RoomRules::default());
+        let (member, member_inbox, member_id) = client(&hub, code);
+        hub.set_rules(code, None, Some(true));
+        let (outbox, knocker_inbox) = outbox::bounded(ROOMY);
+        let (knocker, _) = hub.join(code, outbox, None, hello).expect("knocks");
+        let PeerId::Client(knocker_id) = knocker.id() else {
+            panic!("a client")
+        };
+        drain(&server_inbox).await;
+
+        hub.kick(code, member_id, None).expect("a member");
+        hub.deny(code, knocker_id, Some("no")).expect("a knocker");
+
+        assert_eq!(drain(&member_inbox).await.1, Some(KICKED));
+        assert_eq!(drain(&knocker_inbox).await.1, Some(DENIED));
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [
+                protocol::peer_kicked(member_id.as_str()),
+                protocol::knock_gone(knocker_id.as_str(), "denied")
+            ]
+        );
+        assert_eq!(
+            hub.kick(code, member_id, None),
+            Err(CommandError::UnknownPeer)
+        );
+        drop(member);
+        assert_eq!(hub.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_locked_room_refuses_joins_and_reports_its_state() {
+        let hub = Hub::new(6, 8);
+        let (_server, server_inbox, code) = room_with(&hub, RoomRules::default());
+        drain(&server_inbox).await;
+
+        hub.set_rules(code, Some(true), None);
+
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [protocol::room(true, false, &[])]
+        );
+        let refused = hub.join(code, outbox::bounded(ROOMY).0, None, hello);
+        assert_eq!(refused.err(), Some(JoinError::Locked));
     }
 }

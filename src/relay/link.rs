@@ -14,12 +14,14 @@
 use crate::relay::directory::Owner;
 use crate::relay::hub::{Hub, Membership, PeerId, RouteError};
 use crate::relay::ids::{ClientId, JoinCode};
-use crate::relay::link_wire::{self as wire, Ticket, Why, Wire};
+use crate::relay::link_wire::{self as wire, IdFrame, Ticket, Why, Wire};
 use crate::relay::outbox::{self, Inbox, Outbox};
 use crate::relay::outcome::{
-    Closing, LINK_LOST, ROOM_UNREACHABLE, Refusal, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW,
+    Closing, LINK_LOST, NOT_ADMITTED, ROOM_UNREACHABLE, Refusal, SERVER_GONE, SHUTTING_DOWN,
+    TOO_SLOW,
 };
 use crate::relay::protocol;
+use crate::relay::protocol::Greeting;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -36,8 +38,9 @@ pub trait Courier: Send + Sync {
     fn send(&self, to: &Arc<Owner>, text: String, frames: usize) -> Result<(), Jammed>;
 }
 
-/// Builds a guest's HELLO once the owner has given it an id.
-pub type Greet = Box<dyn FnOnce(&str) -> String + Send>;
+/// Builds a guest's HELLO once the owner has given it an id (and said whether it waits to be let
+/// in).
+pub type Greet = Box<dyn FnOnce(&str, bool) -> String + Send>;
 
 /// How links end when the other side cannot say so itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +121,8 @@ struct MemberEntry {
     guest: Arc<Owner>,
     code: JoinCode,
     membership: Membership,
+    /// The queue the hub fills, for the relay's own answers to the client's frames.
+    outbox: Outbox,
     /// Dropped with the entry, which tells its forwarder to stop.
     _forwarding: oneshot::Sender<()>,
 }
@@ -159,6 +164,7 @@ impl Links {
         &self,
         code: JoinCode,
         owner: Arc<Owner>,
+        info: Option<&str>,
         outbox: Outbox,
         greet: Greet,
     ) -> Result<PendingJoin, Refusal> {
@@ -174,6 +180,7 @@ impl Links {
             ticket,
             code: code.as_str().into(),
             guest: self.0.me.as_str().into(),
+            info: info.map(Into::into),
         };
         self.send(&owner, &join)
             .map_err(|Jammed| ROOM_UNREACHABLE)?;
@@ -212,7 +219,8 @@ impl Links {
                 ticket,
                 code,
                 guest,
-            } => self.on_join(ticket, &code, &guest),
+                info,
+            } => self.on_join(ticket, &code, &guest, info.as_deref()),
             Wire::Refused { ticket, why } => {
                 self.on_refused(ticket, why);
                 delivered(0)
@@ -241,7 +249,13 @@ impl Links {
         }
     }
 
-    fn on_join(&self, ticket: Ticket, code: &str, guest: &str) -> Result<Received, Unreadable> {
+    fn on_join(
+        &self,
+        ticket: Ticket,
+        code: &str,
+        guest: &str,
+        info: Option<&str>,
+    ) -> Result<Received, Unreadable> {
         let (Some(code), Some(guest)) = (JoinCode::parse(code), Owner::parse(guest)) else {
             return Err(Unreadable(format!("a join to {code:?} from {guest:?}")));
         };
@@ -258,8 +272,9 @@ impl Links {
             }
         }
         let (outbox, inbox) = outbox::bounded(self.0.queue_bytes);
-        let membership = match self.0.hub.join(code, outbox, |id, _| wire::id_frame(id)) {
-            Ok(membership) => membership,
+        let id_frame = |greeting: &Greeting<'_>| wire::id_frame(greeting.id, greeting.waiting);
+        let membership = match self.0.hub.join(code, outbox.clone(), info, id_frame) {
+            Ok((membership, _)) => membership,
             Err(error) => return refuse(error.into()),
         };
         let (forwarding, dropped) = oneshot::channel();
@@ -267,6 +282,7 @@ impl Links {
             guest,
             code,
             membership,
+            outbox,
             _forwarding: forwarding,
         };
         self.lock().members.insert(ticket, entry);
@@ -311,9 +327,9 @@ impl Links {
             if let Some(pending) = entry.pending.take() {
                 let id = frames
                     .next()
-                    .and_then(|frame| serde_json::from_str::<&str>(frame.get()).ok())
-                    .and_then(ClientId::parse);
-                let Some(id) = id else {
+                    .and_then(|frame| serde_json::from_str::<IdFrame<'_>>(frame.get()).ok())
+                    .and_then(|frame| Some((ClientId::parse(&frame.id)?, frame.waiting)));
+                let Some((id, waiting)) = id else {
                     let _ = pending.answer.send(Err(ROOM_UNREACHABLE));
                     let entry = table.guests.remove(&ticket);
                     if let Some(entry) = entry {
@@ -321,7 +337,10 @@ impl Links {
                     }
                     return Err(Unreadable("a join accepted without a client id".into()));
                 };
-                fits = entry.outbox.push((pending.greet)(id.as_str())).is_ok();
+                fits = entry
+                    .outbox
+                    .push((pending.greet)(id.as_str(), waiting))
+                    .is_ok();
                 if shutting_down {
                     entry.outbox.close(SHUTTING_DOWN);
                 }
@@ -350,13 +369,24 @@ impl Links {
             // Its session ended here a moment ago; the other side hears or heard of it.
             return Ok(0);
         };
-        let (from, code) = (member.membership.id(), member.code);
+        let (from, code, outbox) = (member.membership.id(), member.code, member.outbox.clone());
         drop(table);
-        let routed = frames.iter().filter(|frame| {
-            let frame = frame.get().to_owned();
-            self.0.hub.route(from, code.as_str(), frame).is_ok()
-        });
-        Ok(routed.count())
+        let mut routed = 0;
+        for frame in frames {
+            match self
+                .0
+                .hub
+                .route(from, code.as_str(), frame.get().to_owned())
+            {
+                Ok(()) => routed += 1,
+                // The client hears it as on one instance; other misses are races with a leave.
+                Err(RouteError::NotAdmitted) => {
+                    let _ = outbox.push(protocol::notice(NOT_ADMITTED));
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(routed)
     }
 
     /// Sends what the hub queued for the remote member `ticket` to its guest's instance. When the
@@ -586,6 +616,7 @@ impl Seat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::hub::RoomRules;
     use crate::relay::outcome::{SERVER_FULL, UNKNOWN_SERVER};
     use std::time::Duration;
 
@@ -690,7 +721,7 @@ mod tests {
         let (outbox, server_inbox) = outbox::bounded(ROOMY);
         let server = a
             .hub
-            .register_server(outbox, |id, _| hello(id))
+            .register_server(outbox, RoomRules::default(), |g| hello(g.id))
             .expect("a code");
         let PeerId::Server(code) = server.id() else {
             panic!("a server has a code")
@@ -699,7 +730,7 @@ mod tests {
         let owner = Arc::new(a.owner.clone());
         let pending = b
             .links
-            .join(code, owner, outbox, Box::new(hello))
+            .join(code, owner, None, outbox, Box::new(|id, _| hello(id)))
             .expect("sent");
         (server, server_inbox, code, pending, guest_inbox)
     }
@@ -792,13 +823,18 @@ mod tests {
         let second = b.links.join(
             code,
             owner.clone(),
+            None,
             outbox::bounded(ROOMY).0,
-            Box::new(hello),
+            Box::new(|id, _| hello(id)),
         );
         let nowhere = JoinCode::parse("ZZZZZZ").expect("a code");
-        let third = b
-            .links
-            .join(nowhere, owner, outbox::bounded(ROOMY).0, Box::new(hello));
+        let third = b.links.join(
+            nowhere,
+            owner,
+            None,
+            outbox::bounded(ROOMY).0,
+            Box::new(|id, _| hello(id)),
+        );
         settle(&mut a, &mut b).await;
 
         assert!(first.accepted().await.is_ok());
@@ -921,9 +957,13 @@ mod tests {
         let (a, b) = (instance("a"), instance("b"));
         let (_s, _i, code, _pending, _g) = server_and_join(&a, &b);
         let owner = Arc::new(a.owner.clone());
-        let _again = b
-            .links
-            .join(code, owner, outbox::bounded(ROOMY).0, Box::new(hello));
+        let _again = b.links.join(
+            code,
+            owner,
+            None,
+            outbox::bounded(ROOMY).0,
+            Box::new(|id, _| hello(id)),
+        );
 
         assert_eq!(b.links.peers(), [Arc::new(a.owner.clone())]);
     }

@@ -6,8 +6,8 @@
 
 use crate::relay::hub::JoinError;
 use crate::relay::outcome::{
-    Closing, LINK_LOST, NO_FREE_ID, ROOM_UNREACHABLE, Refusal, SERVER_FULL, SERVER_GONE,
-    SHUTTING_DOWN, TOO_SLOW, UNKNOWN_SERVER,
+    Closing, DENIED, KICKED, KNOCK_TIMEOUT, LINK_LOST, NO_FREE_ID, ROOM_LOCKED, ROOM_UNREACHABLE,
+    Refusal, SERVER_FULL, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW, UNKNOWN_SERVER,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -28,11 +28,14 @@ pub enum Wire<'a> {
         code: Cow<'a, str>,
         #[serde(borrow)]
         guest: Cow<'a, str>,
+        /// The client's `?name=`, for a knocking room's server.
+        #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+        info: Option<Cow<'a, str>>,
     },
     /// Owner → guest's instance: the join was refused.
     Refused { ticket: Ticket, why: Why },
     /// Either way: relayed frames, in order. The owner's first ever `deliver` for a ticket starts
-    /// with the client's id as a JSON string; the guest's instance answers it with its own HELLO.
+    /// with an [`id_frame`]; the guest's instance answers it with its own HELLO.
     Deliver {
         ticket: Ticket,
         #[serde(borrow)]
@@ -67,6 +70,8 @@ pub enum Why {
     NoFreeId,
     /// The owner holds as many remote members as it takes.
     Unavailable,
+    /// The room is locked.
+    Locked,
 }
 
 impl From<JoinError> for Why {
@@ -75,6 +80,7 @@ impl From<JoinError> for Why {
             JoinError::UnknownServer => Why::UnknownServer,
             JoinError::ServerFull => Why::ServerFull,
             JoinError::NoFreeId => Why::NoFreeId,
+            JoinError::Locked => Why::Locked,
         }
     }
 }
@@ -87,12 +93,20 @@ impl Why {
             Why::ServerFull => SERVER_FULL,
             Why::NoFreeId => NO_FREE_ID,
             Why::Unavailable => ROOM_UNREACHABLE,
+            Why::Locked => ROOM_LOCKED,
         }
     }
 }
 
 /// The closes an owner forwards; anything else read from Redis is taken as a lost link.
-const FORWARDED_CLOSES: [Closing; 3] = [SERVER_GONE, TOO_SLOW, SHUTTING_DOWN];
+const FORWARDED_CLOSES: [Closing; 6] = [
+    SERVER_GONE,
+    TOO_SLOW,
+    SHUTTING_DOWN,
+    KICKED,
+    DENIED,
+    KNOCK_TIMEOUT,
+];
 
 /// The close a `closed` message names.
 pub fn closing(code: u16, reason: &str) -> Closing {
@@ -125,9 +139,21 @@ pub fn encode(wire: &Wire<'_>) -> String {
     serde_json::to_string(wire).expect("a Wire message always serializes")
 }
 
-/// The first frame an owner queues for a remote member: its id.
-pub fn id_frame(id: &str) -> String {
-    serde_json::to_string(id).expect("a string always serializes")
+/// The first frame an owner queues for a remote member: its id, and whether it knocked and waits.
+#[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdFrame<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    pub waiting: bool,
+}
+
+/// Writes an [`IdFrame`].
+pub fn id_frame(id: &str, waiting: bool) -> String {
+    let frame = IdFrame {
+        id: id.into(),
+        waiting,
+    };
+    serde_json::to_string(&frame).expect("an id frame always serializes")
 }
 
 /// Reads a message.
@@ -163,6 +189,7 @@ mod tests {
                 ticket: u64::MAX,
                 code: "7KQ2MX".into(),
                 guest: "b 1x".into(),
+                info: Some("Ada".into()),
             },
             Wire::Refused {
                 ticket: 1,

@@ -2,6 +2,7 @@
 //! runs into. Nothing here touches a socket; everything is unit-tested without one.
 
 pub mod admission;
+pub mod command;
 pub mod directory;
 pub(crate) mod hub;
 pub mod ice;

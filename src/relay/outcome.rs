@@ -27,11 +27,25 @@ pub enum ErrorCode {
     Superseded,
     /// The resume token is unknown, used or expired.
     ResumeFailed,
+    /// A command only the room's server may give.
+    Forbidden,
+    /// A command the relay does not know, or whose `message` is not the command's.
+    BadCommand,
+    /// The room's server removed this client.
+    Kicked,
+    /// The room is locked: no one new may join.
+    RoomLocked,
+    /// The client waits to be let in; its frames go nowhere meanwhile.
+    NotAdmitted,
+    /// The room's server did not let this client in.
+    Denied,
+    /// The room's server did not answer the knock in time.
+    KnockTimeout,
 }
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownPeer,
         ErrorCode::RateLimited,
@@ -43,6 +57,13 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::Superseded,
         ErrorCode::ResumeFailed,
+        ErrorCode::Forbidden,
+        ErrorCode::BadCommand,
+        ErrorCode::Kicked,
+        ErrorCode::RoomLocked,
+        ErrorCode::NotAdmitted,
+        ErrorCode::Denied,
+        ErrorCode::KnockTimeout,
     ];
 
     /// The code as it appears on the wire.
@@ -59,6 +80,13 @@ impl ErrorCode {
             ErrorCode::QueueFull => "QUEUE_FULL",
             ErrorCode::Superseded => "SUPERSEDED",
             ErrorCode::ResumeFailed => "RESUME_FAILED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::BadCommand => "BAD_COMMAND",
+            ErrorCode::Kicked => "KICKED",
+            ErrorCode::RoomLocked => "ROOM_LOCKED",
+            ErrorCode::NotAdmitted => "NOT_ADMITTED",
+            ErrorCode::Denied => "DENIED",
+            ErrorCode::KnockTimeout => "KNOCK_TIMEOUT",
         }
     }
 }
@@ -85,6 +113,8 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Registration at `/server` without the right passphrase.
     pub const UNAUTHORIZED: u16 = 4401;
+    /// The room's server removed the client, or did not let it in.
+    pub const REMOVED: u16 = 4403;
     /// `/client/{CODE}` names no live server.
     pub const UNKNOWN_SERVER: u16 = 4404;
     /// Nothing, not even a pong, arrived for `--idle-timeout`.
@@ -95,12 +125,14 @@ pub mod close {
     pub const SERVER_GONE: u16 = 4410;
     /// A newer connection resumed this peer.
     pub const SUPERSEDED: u16 = 4412;
+    /// The room is locked.
+    pub const ROOM_LOCKED: u16 = 4423;
     /// Too many connections or failed attempts from the client's address.
     pub const RATE_LIMITED: u16 = 4429;
 
     /// Every code above: the README's close table.
     #[cfg(test)]
-    pub const DOCUMENTED: [u16; 16] = [
+    pub const DOCUMENTED: [u16; 18] = [
         NORMAL,
         GOING_AWAY,
         PROTOCOL_ERROR,
@@ -111,11 +143,13 @@ pub mod close {
         TOO_BIG,
         TRY_AGAIN_LATER,
         UNAUTHORIZED,
+        REMOVED,
         UNKNOWN_SERVER,
         IDLE,
         SERVER_FULL,
         SERVER_GONE,
         SUPERSEDED,
+        ROOM_LOCKED,
         RATE_LIMITED,
     ];
 }
@@ -148,6 +182,21 @@ pub const SHUTTING_DOWN: Closing = Closing {
 pub const SERVER_GONE: Closing = Closing {
     code: close::SERVER_GONE,
     reason: "server gone",
+};
+/// The room's server removed the client (after ERROR `KICKED`).
+pub const KICKED: Closing = Closing {
+    code: close::REMOVED,
+    reason: "kicked",
+};
+/// The room's server did not let the client in (after ERROR `DENIED`).
+pub const DENIED: Closing = Closing {
+    code: close::REMOVED,
+    reason: "denied",
+};
+/// A knock no one answered within `--knock-timeout` (after ERROR `KNOCK_TIMEOUT`).
+pub const KNOCK_TIMEOUT: Closing = Closing {
+    code: close::IDLE,
+    reason: "knock timeout",
 };
 /// A newer connection resumed this peer, after [`SUPERSEDED_NOTICE`].
 pub const SUPERSEDED: Closing = Closing {
@@ -198,6 +247,21 @@ pub const DROPPED: Notice = Notice {
 pub const QUEUE_FULL: Notice = Notice {
     code: ErrorCode::QueueFull,
     reason: "the peer is away and its queue is full: this message was not queued",
+};
+/// A room command from a client.
+pub const FORBIDDEN: Notice = Notice {
+    code: ErrorCode::Forbidden,
+    reason: "only the room's server may give this command",
+};
+/// A frame from a client still waiting to be let in.
+pub const NOT_ADMITTED: Notice = Notice {
+    code: ErrorCode::NotAdmitted,
+    reason: "the host has not let you in yet: this message went nowhere",
+};
+/// What a knocker is told when no one answered in time.
+pub const KNOCK_UNANSWERED: Notice = Notice {
+    code: ErrorCode::KnockTimeout,
+    reason: "the host did not let you in in time",
 };
 /// What a superseded connection is told before its close.
 pub const SUPERSEDED_NOTICE: Notice = Notice {
@@ -282,6 +346,18 @@ pub const TOO_MANY_FAILURES: Refusal = Refusal {
     closing: Closing {
         code: close::RATE_LIMITED,
         reason: "too many failed attempts",
+    },
+};
+
+/// `/client/{CODE}` for a locked room.
+pub const ROOM_LOCKED: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::RoomLocked,
+        reason: "this room is locked",
+    },
+    closing: Closing {
+        code: close::ROOM_LOCKED,
+        reason: "room locked",
     },
 };
 
@@ -391,7 +467,7 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 11] = [
+    const REFUSALS: [Refusal; 12] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
@@ -403,6 +479,7 @@ mod tests {
         CODE_LOST,
         LINK_LOST,
         RESUME_FAILED,
+        ROOM_LOCKED,
     ];
 
     #[test]
@@ -443,6 +520,9 @@ mod tests {
             NOT_UTF8,
             SUPERSEDED,
             LEFT,
+            KICKED,
+            DENIED,
+            KNOCK_TIMEOUT,
         ];
         let refusals = REFUSALS.map(|refusal| refusal.closing);
         for closing in closings.iter().chain(&refusals) {

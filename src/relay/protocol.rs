@@ -123,6 +123,20 @@ pub struct Hello<'a> {
     /// How to resume this session, when `--resume-window` is not `0`.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub resume: Option<Resumption<'a>>,
+    /// Set for a client that knocked: it waits for the server to let it in.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub waiting: bool,
+}
+
+/// What the hub says of a new member, for its HELLO.
+#[derive(Debug, Clone, Copy)]
+pub struct Greeting<'a> {
+    /// The member's id.
+    pub id: &'a str,
+    /// Its resume token and what was resumed, when sessions resume.
+    pub resume: Option<Resumption<'a>>,
+    /// Whether it waits to be let in.
+    pub waiting: bool,
 }
 
 /// The resume part of a HELLO.
@@ -163,6 +177,77 @@ pub fn peer_away(id: &str) -> String {
 /// Tells a peer's counterparts that it resumed.
 pub fn peer_back(id: &str) -> String {
     frame(RELAY_ID, "PEER_BACK", &PeerRef { id })
+}
+
+#[derive(Serialize)]
+struct Departure<'a> {
+    id: &'a str,
+    reason: &'a str,
+}
+
+/// Tells a server that the client it removed (`KICK`) is gone.
+pub fn peer_kicked(id: &str) -> String {
+    frame(
+        RELAY_ID,
+        "PEER_GONE",
+        &Departure {
+            id,
+            reason: "kicked",
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct Knock<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<&'a str>,
+}
+
+/// Tells a server that a client asks to be let in, with the `?name=` it gave.
+pub fn knock(id: &str, info: Option<&str>) -> String {
+    frame(RELAY_ID, "KNOCK", &Knock { id, info })
+}
+
+/// Tells a server that a knocker is no longer waiting: `denied`, `left` or `timeout`.
+pub fn knock_gone(id: &str, reason: &str) -> String {
+    frame(RELAY_ID, "KNOCK_GONE", &Departure { id, reason })
+}
+
+/// Tells a knocker that it was let in.
+pub fn admitted() -> String {
+    frame(RELAY_ID, "ADMITTED", &serde_json::Map::new())
+}
+
+#[derive(Serialize)]
+struct RoomState<'a> {
+    locked: bool,
+    knock: bool,
+    waiting: &'a [&'a str],
+}
+
+/// A room's settings and its knockers, for its server.
+pub fn room(locked: bool, knock: bool, waiting: &[&str]) -> String {
+    frame(
+        RELAY_ID,
+        "ROOM",
+        &RoomState {
+            locked,
+            knock,
+            waiting,
+        },
+    )
+}
+
+#[derive(Serialize)]
+struct Servers<'a> {
+    #[serde(rename = "iceServers")]
+    ice_servers: &'a [IceServer],
+}
+
+/// Fresh ICE servers (TURN credentials) for a peer that asked with `ICE_REFRESH`.
+pub fn ice_servers(ice_servers: &[IceServer]) -> String {
+    frame(RELAY_ID, "ICE_SERVERS", &Servers { ice_servers })
 }
 
 /// Tells a server that a client joined.
@@ -343,6 +428,7 @@ mod tests {
                 server_info: None,
                 ice_servers: &[],
                 resume: None,
+                waiting: false,
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX"}})
         );
@@ -359,6 +445,7 @@ mod tests {
                 server_info: None,
                 ice_servers: &[],
                 resume: Some(resumed),
+                waiting: false,
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX","resumeToken":"T",
                 "resumeWindowMs":30000,"resumed":true,"replayed":2}})
@@ -373,6 +460,7 @@ mod tests {
                     credential: None
                 }],
                 resume: None,
+                waiting: false,
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"c","serverInfo":"v1","iceServers":[{"urls":"stun:s"}]}})
         );
