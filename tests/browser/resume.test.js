@@ -200,3 +200,70 @@ describe('demo page through a network blip', () => {
     }),
   );
 });
+
+// A replay window of the smallest size the relay allows (--max-message-bytes + 256).
+const REPLAY_BYTES = 65536 + 256;
+const NOISE = { frames: 3, bytes: 40000 };
+
+describe('demo page through a blip that loses frames for good', () => {
+  let relay;
+  let hostProxy;
+  let browser;
+
+  before(async () => {
+    if (chromiumMissing()) return;
+    relay = await startRelay({ args: ['--resume-queue-bytes', String(REPLAY_BYTES)] });
+    hostProxy = await startCutProxy(relay.listen);
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await hostProxy?.stop();
+    await relay?.stop();
+  });
+
+  const name = 'a host whose relay could not replay everything says so, and the chat goes on';
+  browserTest(name, () =>
+    withPeople(name, browser, relay.origin, async (open) => {
+      const host = await open('host', `${hostProxy.origin}/`);
+      const code = await hostRoom(host);
+      const guest = await open('guest');
+      await joinRoom(guest, code);
+      await waitForStatus(guest, 'connected');
+      await waitForStatus(host, 'connected');
+
+      // While the host's proxy drops what the relay writes, another client of the room sends the
+      // host more than the replay window holds: the host's resume must say gap.
+      hostProxy.deafen();
+      const noisy = await open('noisy client');
+      await noisy.evaluate(
+        async ({ code, frames, bytes }) => {
+          const ws = new WebSocket(`ws://${location.host}/client/${code}`);
+          await new Promise((resolve) => ws.addEventListener('message', resolve, { once: true }));
+          const frame = JSON.stringify({ to: code, type: 'NOISE', message: 'x'.repeat(bytes) });
+          for (let i = 0; i < frames; i += 1) ws.send(frame);
+        },
+        { code, ...NOISE },
+      );
+      const deadline = Date.now() + 10000;
+      while (hostProxy.dropped < NOISE.frames * NOISE.bytes && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      assert.ok(hostProxy.dropped >= NOISE.frames * NOISE.bytes, `only ${hostProxy.dropped} bytes dropped`);
+
+      await hostProxy.cut(CUT_MS);
+      await waitForChat(host, 'Some setup messages sent to this page while it was reconnecting were lost.');
+      await waitForStatusWithout(host, 'reconnecting');
+      await waitForStatus(host, 'connected');
+      await sendChat(guest, 'after the gap');
+      await waitForChat(host, 'after the gap');
+      await sendChat(host, 'still here');
+      await waitForChat(guest, 'still here');
+      assert.deepEqual(await relayErrors(host), []);
+      const left = peerLeftLines(relay, code);
+      assert.equal(left.length, 1, JSON.stringify(left));
+      assert.equal(left[0].away, true);
+    }),
+  );
+});
