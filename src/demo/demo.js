@@ -396,6 +396,7 @@ class Session {
     this.ready = false; // HELLO arrived
     this.over = false;
     this.relayLost = false;
+    this.reconnecting = false; // the library is resuming a dropped relay connection
     this.usedPassphrase = false;
     this.needsPassphrase = false;
     this.iceServers = [];
@@ -431,8 +432,9 @@ class Session {
       if (type === 'BYE' && peer) this.peerSaidBye(peer);
     });
     signal.on('error', (error) => this.onRelayError(error));
-    signal.on('reconnecting', () => this.role === 'host' && showCodeExpired());
-    signal.on('reconnected', () => this.role === 'host' && showCodeNote());
+    signal.on('reconnecting', () => this.onReconnecting(true));
+    signal.on('reconnected', () => this.onReconnecting(false));
+    signal.on('gap', () => this.onGap());
     signal.on('close', (close) => this.onClose(close));
     this.onHello(signal);
   }
@@ -485,8 +487,31 @@ class Session {
     flashProblem(describeRelayError(this, error.code, error.message, error.detail.type), () => this.showStatus());
   }
 
+  /** The library lost the relay connection and is resuming it (`away`), or has resumed it. */
+  onReconnecting(away) {
+    if (this.over) return;
+    this.reconnecting = away;
+    if (this.role === 'host') {
+      if (away) showCodeReconnecting();
+      else showCodeNote();
+    }
+    this.showStatus();
+  }
+
+  /** The relay resumed this page but could not replay all it had for it: some signaling is lost. */
+  onGap() {
+    if (this.over) return;
+    addNote(
+      'Some setup messages sent to this page while it was reconnecting were lost. ' +
+        (this.role === 'host'
+          ? 'If a guest does not appear, or a call does not start, they can leave and join again.'
+          : 'If the call does not start, leave and join again.'),
+    );
+  }
+
   onClose(close) {
     if (this.over) return;
+    this.reconnecting = false;
     const text = describeClose(this, close);
     if (close.code === 4410) {
       this.end(text, 'warn');
@@ -653,6 +678,20 @@ class Session {
   /** The status line for where the session is now. */
   showStatus() {
     if (this.over || session !== this) return;
+    const [text, tone] = this.where();
+    if (this.role === 'host') ui.peerCount.textContent = plural(this.openPeers().length, 'guest');
+    else ui.peerCount.textContent = this.hostPeer && this.hostPeer.channelOpen ? 'with the host' : '';
+    if (this.reconnecting) {
+      // Direct connections do not need the relay, so only what needs it waits.
+      const meanwhile = this.openPeers().length > 0 ? ' The chat goes on directly meanwhile.' : '';
+      setStatus(`${text} Reconnecting to the relay…${meanwhile}`, 'warn');
+    } else {
+      setStatus(text, tone);
+    }
+  }
+
+  /** Where the session is, in words, with the status tone for it. */
+  where() {
     const room = groupCode(this.code || '');
     let lost = '';
     if (this.relayLost) {
@@ -664,25 +703,18 @@ class Session {
     if (this.role === 'host') {
       const open = this.openPeers().length;
       const joining = this.peers.size - open;
-      ui.peerCount.textContent = plural(open, 'guest');
       if (open > 0) {
         const more = joining > 0 ? ` (${joining} more joining…)` : '';
-        setStatus(`You’re connected with ${plural(open, 'guest')}${more}.${lost}`, 'ok');
-      } else if (joining > 0) {
-        setStatus(`Someone is joining room ${room}…`);
-      } else {
-        setStatus(`Hosting room ${room}. Share the code; waiting for someone to join…`);
+        return [`You’re connected with ${plural(open, 'guest')}${more}.${lost}`, 'ok'];
       }
-    } else if (this.hostPeer && this.hostPeer.channelOpen) {
-      ui.peerCount.textContent = 'with the host';
-      setStatus(`You’re connected to ${room}.${lost}`, 'ok');
-    } else if (this.stuckText) {
-      ui.peerCount.textContent = '';
-      setStatus(this.stuckText, 'error');
-    } else {
-      ui.peerCount.textContent = '';
-      setStatus(`Found host ${room}; setting up a direct connection…`);
+      if (joining > 0) return [`Someone is joining room ${room}…`, 'info'];
+      return [`Hosting room ${room}. Share the code; waiting for someone to join…`, 'info'];
     }
+    if (this.hostPeer && this.hostPeer.channelOpen) {
+      return [`You’re connected to ${room}.${lost}`, 'ok'];
+    }
+    if (this.stuckText) return [this.stuckText, 'error'];
+    return [`Found host ${room}; setting up a direct connection…`, 'info'];
   }
 
   /** Ends the session; `text` says why (null when the user left). */
@@ -768,7 +800,14 @@ function showCodeNote() {
     'The code lasts while this page stays open: reloading or leaving makes a new one, and links shared before stop working.';
 }
 
-/** The host's code no longer reaches this page (for now, while resuming): say so where it is shown. */
+/** While the page resumes, the relay keeps the room: a guest who joins now gets in once it is back. */
+function showCodeReconnecting() {
+  ui.share.classList.remove('expired');
+  ui.codeNote.textContent =
+    'Reconnecting to the relay… The code still works: whoever joins with it meanwhile is let in once this page is back.';
+}
+
+/** The host's code no longer reaches this page: say so where it is shown. */
 function showCodeExpired() {
   ui.share.classList.add('expired');
   ui.codeNote.textContent =

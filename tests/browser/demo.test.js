@@ -245,7 +245,8 @@ describe('demo page errors from other relays', () => {
   });
 
   browserTest('a host that lost the relay is told its code no longer works', async () => {
-    const relay = await startRelay();
+    // A short resume window: the page stops reconnecting to the stopped relay within a second.
+    const relay = await startRelay({ args: ['--resume-window', '1s'] });
     try {
       await withPeople('code expired', browser, relay.origin, async (open) => {
         const { host, guest } = await connectPair(open);
