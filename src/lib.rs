@@ -17,7 +17,8 @@
 //!   - `state`: the relay-wide handles every connection shares.
 //!   - `cluster`: the cluster directory in Redis: claiming codes, finding a code's owner, the
 //!     instance's lease (with `--cluster-redis-url`); `pubsub`: forwarding frames between
-//!     instances over Redis pub/sub (`--cluster-routing pubsub`).
+//!     instances over Redis pub/sub (`--cluster-routing pubsub`); `redis`: the time bound every
+//!     Redis call of both has.
 //!   - `net`, `response`, `stream`, `coalesce`: listening, hyper's settings, responses, the
 //!     connection type, the 101 sent with the first frame (`net` and `response` also serve the
 //!     bench's echo floor).

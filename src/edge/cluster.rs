@@ -9,6 +9,7 @@
 use crate::config::ClusterConfig;
 use crate::edge::metrics::Metrics;
 use crate::edge::pubsub::{Parts, PubSub};
+use crate::edge::redis::{REDIS_TIMEOUT, Unavailable, bounded};
 use crate::options::ClusterRouting;
 use crate::relay::directory::{
     Keys, Lease, Owner, Placement, Routing, instance_id_problem, renewal_interval,
@@ -16,19 +17,16 @@ use crate::relay::directory::{
 use crate::relay::hub::Hub;
 use crate::relay::ids::JoinCode;
 use anyhow::{Context as _, bail};
+use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, timeout};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
-
-/// Longest any one directory call may take, connecting included.
-pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Codes whose release waits for the maintenance task; beyond it a release is dropped and the
 /// code stays pointing here until this instance drains (joins to it get `UNKNOWN_SERVER` here).
@@ -154,24 +152,6 @@ for i = 2, #ARGV do
 end
 return lapsed
 ";
-
-/// Why a directory step could not be taken now.
-#[derive(Debug, thiserror::Error)]
-pub enum Unavailable {
-    /// Redis answered with an error, refused the connection, or took longer than
-    /// [`REDIS_TIMEOUT`].
-    #[error("the cluster directory is unreachable: {0}")]
-    Redis(String),
-    /// This process does not hold its lease, so its claims would be treated as dead.
-    #[error("this instance does not hold its lease in the cluster directory")]
-    NoLease,
-}
-
-impl From<RedisError> for Unavailable {
-    fn from(error: RedisError) -> Self {
-        Unavailable::Redis(error.to_string())
-    }
-}
 
 /// Which instance a `--cluster-routing` and the environment make this, and how it routes.
 pub fn resolve(
@@ -624,17 +604,5 @@ impl Cluster {
         if let Err(error) = call.await {
             warn!(%error, code = code.as_str(), "cluster directory: release failed; the code lapses with this instance's lease");
         }
-    }
-}
-
-/// A Redis call cut off at [`REDIS_TIMEOUT`].
-pub async fn bounded<T>(
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, Unavailable> {
-    match timeout(REDIS_TIMEOUT, call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(Unavailable::Redis(format!(
-            "no answer within {REDIS_TIMEOUT:?}"
-        ))),
     }
 }

@@ -9,8 +9,8 @@
 //! After a loss this process also owes the others a *reset*, which tells them to drop their links
 //! with it: some of theirs may be waiting for a message that never comes.
 
-use crate::edge::cluster::{REDIS_TIMEOUT, bounded};
 use crate::edge::metrics::Metrics;
+use crate::edge::redis::{REDIS_TIMEOUT, bounded};
 use crate::relay::directory::{Keys, Owner};
 use crate::relay::hub::Hub;
 use crate::relay::ids::JoinCode;
