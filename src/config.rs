@@ -336,12 +336,6 @@ impl ClusterConfig {
                 Span(self.lease_ttl)
             );
         }
-        if self.routing == ClusterRouting::Pubsub {
-            bail!(
-                "--cluster-routing pubsub is not built yet: use fly-replay (on Fly.io, or behind a \
-                 proxy that replays like Fly's)"
-            );
-        }
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::cluster::{self, connect, eventually, expect_refused, register};
 use common::fly_proxy::FlyProxy;
 use common::redis::{RedisServer, free_port};
 use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command};
@@ -14,23 +15,9 @@ use serde_json::json;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-/// Short, so that lapses and renewals happen within a test.
-const LEASE_TTL: &str = "2s";
-
-/// A relay process named `id` in the cluster on `redis`, with `extra` arguments.
+/// A relay process named `id` in the cluster on `redis`, routing by fly-replay.
 fn instance(redis: &str, id: &str, extra: &[&str]) -> RelayProcess {
-    let mut args = vec![
-        "--cluster-redis-url",
-        redis,
-        "--cluster-routing",
-        "fly-replay",
-        "--instance-id",
-        id,
-        "--cluster-lease-ttl",
-        LEASE_TTL,
-    ];
-    args.extend_from_slice(extra);
-    RelayProcess::start(&args, &[])
+    cluster::instance(redis, id, "fly-replay", extra)
 }
 
 /// Two instances, `a` and `b`, on one Redis, behind a proxy that sends connections to `b` first.
@@ -39,53 +26,6 @@ async fn cluster(redis: &RedisServer) -> (RelayProcess, RelayProcess, FlyProxy) 
     let b = instance(&redis.url(), "b", &[]);
     let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "b").await;
     (a, b, proxy)
-}
-
-/// A connection to `url` that has not read HELLO.
-async fn connect(url: &str) -> TestPeer {
-    TestPeer {
-        ws: TestPeer::connect_raw(url).await,
-        id: String::new(),
-    }
-}
-
-/// Expects the relay to refuse with `code` and close with `close`.
-async fn expect_refused(url: &str, code: &str, close: u16) -> serde_json::Value {
-    let mut peer = connect(url).await;
-    let error = peer.expect_error(code).await;
-    peer.expect_close(close).await;
-    error
-}
-
-/// Retries `attempt` until it returns `Some`, for at most `within`.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    within: Duration,
-    attempt: impl Fn() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = attempt().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "did not happen within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// What a fresh registration at `url` gets: its code, or the ERROR code it was refused with.
-async fn register(url: &str) -> Result<TestPeer, String> {
-    let mut peer = connect(url).await;
-    let first = peer.recv().await;
-    match first["type"].as_str() {
-        Some("HELLO") => {
-            peer.id = first["message"]["id"].as_str().expect("an id").to_owned();
-            Ok(peer)
-        }
-        _ => Err(first["message"]["code"].as_str().unwrap_or("?").to_owned()),
-    }
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 
 use crate::config::ClusterConfig;
 use crate::edge::metrics::Metrics;
+use crate::edge::pubsub::{Parts, PubSub};
 use crate::options::ClusterRouting;
 use crate::relay::directory::{
     Keys, Lease, Owner, Placement, Routing, instance_id_problem, renewal_interval,
@@ -23,7 +24,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
 
 /// Longest any one directory call may take, connecting included.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -65,13 +67,13 @@ redis.call('SADD', KEYS[2], ARGV[4])
 return 1
 ";
 
-/// The instance owning a code, if its lease is live; a dead owner's entry is removed.
+/// The owner (`instance boot`) of a code, if its lease is live; a dead owner's entry is removed.
 /// KEYS: the code key. ARGV: prefix.
 const LOOKUP: &str = r"
 local held = redis.call('GET', KEYS[1])
 if not held then return false end
 local instance, boot = string.match(held, '^(%S+) (%S+)$')
-if instance and redis.call('GET', ARGV[1] .. ':instance:' .. instance) == boot then return instance end
+if instance and redis.call('GET', ARGV[1] .. ':instance:' .. instance) == boot then return held end
 redis.call('DEL', KEYS[1])
 return false
 ";
@@ -141,6 +143,18 @@ end
 return #lapsed
 ";
 
+/// Which of the given owners (`instance boot`) no longer hold their lease. ARGV: prefix, owners…
+const LAPSED: &str = r"
+local lapsed = {}
+for i = 2, #ARGV do
+  local instance, boot = string.match(ARGV[i], '^(%S+) (%S+)$')
+  if not instance or redis.call('GET', ARGV[1] .. ':instance:' .. instance) ~= boot then
+    table.insert(lapsed, ARGV[i])
+  end
+end
+return lapsed
+";
+
 /// Why a directory step could not be taken now.
 #[derive(Debug, thiserror::Error)]
 pub enum Unavailable {
@@ -166,10 +180,7 @@ pub fn resolve(
 ) -> anyhow::Result<(Routing, String)> {
     let routing = match (config.routing, &fly_machine_id) {
         (ClusterRouting::FlyReplay, _) | (ClusterRouting::Auto, Some(_)) => Routing::FlyReplay,
-        (ClusterRouting::Pubsub, _) | (ClusterRouting::Auto, None) => bail!(
-            "--cluster-routing pubsub (auto's choice off Fly.io) is not built yet: use \
-             --cluster-routing fly-replay behind Fly's proxy or one that replays like it"
-        ),
+        (ClusterRouting::Pubsub, _) | (ClusterRouting::Auto, None) => Routing::PubSub,
     };
     let instance = match (&config.instance_id, fly_machine_id) {
         (Some(id), _) => id.clone(),
@@ -199,6 +210,8 @@ pub struct Cluster {
     /// checks the lease in Redis itself.
     up: AtomicBool,
     releases: mpsc::Sender<JoinCode>,
+    /// The links with other instances, in pubsub routing.
+    pubsub: Option<Arc<PubSub>>,
     pending_releases: tokio::sync::Mutex<mpsc::Receiver<JoinCode>>,
     scripts: Scripts,
 }
@@ -211,6 +224,22 @@ struct Scripts {
     reassert: Script,
     drain: Script,
     sweep: Script,
+    lapsed: Script,
+}
+
+/// What a cluster member shares with the rest of the relay.
+pub struct Attachments {
+    /// The registry remote members join.
+    pub hub: Hub,
+    pub metrics: Arc<Metrics>,
+    /// Where forwarders are tracked, with the sessions.
+    pub tracker: TaskTracker,
+    /// Cancelled when the relay shuts down.
+    pub shutdown: CancellationToken,
+    /// `--send-queue-bytes`, for remote members' queues.
+    pub queue_bytes: usize,
+    /// `--max-connections`, the most remote members held.
+    pub max_members: usize,
 }
 
 impl Cluster {
@@ -221,6 +250,7 @@ impl Cluster {
     pub async fn start(
         config: &ClusterConfig,
         fly_machine_id: Option<String>,
+        attachments: Attachments,
     ) -> anyhow::Result<Arc<Cluster>> {
         let (routing, instance) = resolve(config, fly_machine_id)?;
         // The error names the URL's problem without echoing the URL, which may hold a password.
@@ -235,17 +265,34 @@ impl Cluster {
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(REDIS_TIMEOUT);
-        let redis = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .context("--cluster-redis-url")?;
         let (releases, pending) = mpsc::channel(RELEASE_QUEUE);
+        let keys = Keys::new(&config.prefix);
+        let owner = Owner {
+            instance,
+            boot: nanoid::nanoid!(),
+        };
+        let pubsub = (routing == Routing::PubSub).then(|| {
+            let parts = Parts {
+                client,
+                redis: redis.clone(),
+                keys: keys.clone(),
+                me: owner.clone(),
+                hub: attachments.hub,
+                metrics: attachments.metrics,
+                tracker: attachments.tracker,
+                queue_bytes: attachments.queue_bytes,
+                max_members: attachments.max_members,
+            };
+            PubSub::start(parts, attachments.shutdown)
+        });
         let cluster = Cluster {
             redis,
-            keys: Keys::new(&config.prefix),
-            owner: Owner {
-                instance,
-                boot: nanoid::nanoid!(),
-            },
+            keys,
+            owner,
             routing,
+            pubsub,
             lease_ttl: config.lease_ttl,
             up: AtomicBool::new(false),
             releases,
@@ -258,6 +305,7 @@ impl Cluster {
                 reassert: Script::new(REASSERT),
                 drain: Script::new(DRAIN),
                 sweep: Script::new(SWEEP),
+                lapsed: Script::new(LAPSED),
             },
         };
         cluster.take_lease_at_start().await?;
@@ -300,6 +348,16 @@ impl Cluster {
     /// This instance's id, as `fly-replay: instance=` names it.
     pub fn instance(&self) -> &str {
         &self.owner.instance
+    }
+
+    /// How clients that reached the wrong instance get to their room.
+    pub fn routing(&self) -> Routing {
+        self.routing
+    }
+
+    /// The links with other instances, in pubsub routing.
+    pub fn pubsub(&self) -> Option<&Arc<PubSub>> {
+        self.pubsub.as_ref()
     }
 
     /// Whether the last lease renewal succeeded.
@@ -378,7 +436,7 @@ impl Cluster {
         invocation.key(self.keys.code(code)).arg(self.keys.prefix());
         let call = self.invoke::<Option<String>>(&invocation);
         let placement = call.await.inspect_err(|_| metrics.directory("error"))?;
-        let placement = Placement::of(placement, &self.owner.instance);
+        let placement = Placement::of(placement.as_deref(), &self.owner.instance);
         metrics.directory(match placement {
             Placement::Here => "lookup_here",
             Placement::Elsewhere(_) => "lookup_elsewhere",
@@ -470,6 +528,14 @@ impl Cluster {
             }
             Err(_) => {}
         }
+        if let Some(pubsub) = &self.pubsub {
+            if self.is_up() {
+                pubsub.settle();
+                self.close_links_with_lapsed(pubsub).await;
+            } else {
+                pubsub.fault("directory_lost", "the lease could not be renewed");
+            }
+        }
         if self.is_up() {
             let mut invocation = self.scripts.sweep.prepare_invoke();
             invocation
@@ -526,6 +592,27 @@ impl Cluster {
         }
     }
 
+    /// Closes the links with processes whose lease lapsed: killed, or cut off from Redis.
+    async fn close_links_with_lapsed(&self, pubsub: &PubSub) {
+        let peers = pubsub.peers();
+        if peers.is_empty() {
+            return;
+        }
+        let mut invocation = self.scripts.lapsed.prepare_invoke();
+        invocation.arg(self.keys.prefix());
+        for peer in &peers {
+            invocation.arg(peer.value());
+        }
+        let call = self.invoke::<Vec<String>>(&invocation);
+        match call.await {
+            Ok(lapsed) => {
+                let lapsed: Vec<Owner> = lapsed.iter().filter_map(|o| Owner::parse(o)).collect();
+                pubsub.owners_gone(&lapsed);
+            }
+            Err(error) => debug!(%error, "cluster links: checking other instances' leases failed"),
+        }
+    }
+
     async fn release_now(&self, code: &JoinCode) {
         let mut invocation = self.scripts.release.prepare_invoke();
         invocation
@@ -541,7 +628,9 @@ impl Cluster {
 }
 
 /// A Redis call cut off at [`REDIS_TIMEOUT`].
-async fn bounded<T>(call: impl Future<Output = redis::RedisResult<T>>) -> Result<T, Unavailable> {
+pub async fn bounded<T>(
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, Unavailable> {
     match timeout(REDIS_TIMEOUT, call).await {
         Ok(result) => Ok(result?),
         Err(_) => Err(Unavailable::Redis(format!(

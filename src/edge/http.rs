@@ -4,12 +4,14 @@
 use crate::edge::assets;
 use crate::edge::cluster::Cluster;
 use crate::edge::response::{self, Body};
-use crate::edge::session;
+use crate::edge::session::{self, Arrival};
 use crate::edge::state::Shared;
 use crate::relay::admission::{Admission, Route, Upgrade};
-use crate::relay::directory::{self, Detour, Placement};
+use crate::relay::directory::{self, Detour, Owner, Placement, Routing};
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::IpVerdict;
+use crate::relay::link::Greet;
+use crate::relay::outbox;
 use crate::relay::outcome::{
     DIRECTORY_DOWN, NO_FREE_ID, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
 };
@@ -86,11 +88,13 @@ async fn start_session(
         IpVerdict::TooManyConnections => Admission::Refused(TOO_MANY_CONNECTIONS),
         IpVerdict::TooManyFailures => Admission::Refused(TOO_MANY_FAILURES),
     };
+    let mut elsewhere = None;
     if let (Some(cluster), Admission::Client(code)) = (&shared.cluster, admission) {
         match place(cluster, &shared, headers, code).await {
             Placed::Here => {}
             Placed::Refused(refusal) => admission = Admission::Refused(refusal),
             Placed::Replay(value) => return response::replay(&value),
+            Placed::Forward(owner) => elsewhere = Some((code, owner)),
         }
     }
     shared.metrics.upgrade("accepted");
@@ -106,17 +110,20 @@ async fn start_session(
                 return None;
             }
         };
-        // Boxed: it lasts one Redis round trip, and inline it would grow the first stage.
-        let admission = Box::pin(claim(&shared, admission)).await;
+        // Boxed: each lasts a Redis round trip or two, and inline they would grow the first stage.
+        let arrival = match elsewhere {
+            Some((code, owner)) => Box::pin(join_elsewhere(&shared, code, owner)).await,
+            None => Arrival::Here(Box::pin(claim(&shared, admission)).await),
+        };
         // The session writes first (HELLO or its refusal), and that write carries the 101 (see
         // `coalesce`).
         let io = TokioIo::new(upgraded);
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(shared.websocket)).await;
-        Some((ws, shared, admission, slot, remote))
+        Some((ws, shared, arrival, slot, remote))
     };
     tracker.spawn(prepared.then(|prepared| match prepared {
-        Some((ws, shared, admission, slot, remote)) => {
-            Either::Left(session::run(ws, shared, admission, slot, remote))
+        Some((ws, shared, arrival, slot, remote)) => {
+            Either::Left(session::run(ws, shared, arrival, slot, remote))
         }
         None => Either::Right(std::future::ready(())),
     }));
@@ -131,6 +138,8 @@ enum Placed {
     Refused(Refusal),
     /// On another instance: answer `307` with this `fly-replay` value.
     Replay(String),
+    /// On another instance: accept the client here and forward its frames to this owner.
+    Forward(Owner),
 }
 
 /// Finds the room with `code`: a room here needs no round trip; for any other the directory
@@ -140,7 +149,10 @@ async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: Jo
         return Placed::Here;
     }
     match cluster.lookup(&code, &shared.metrics).await {
-        Ok(Placement::Elsewhere(owner)) => match directory::detour(headers, &owner) {
+        Ok(Placement::Elsewhere(owner)) if cluster.routing() == Routing::PubSub => {
+            Placed::Forward(owner)
+        }
+        Ok(Placement::Elsewhere(owner)) => match directory::detour(headers, &owner.instance) {
             Detour::Replay(value) => {
                 shared.metrics.directory("replayed");
                 Placed::Replay(value)
@@ -155,6 +167,24 @@ async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: Jo
             debug!(%error, "join refused: the cluster directory is unreachable");
             Placed::Refused(DIRECTORY_DOWN)
         }
+    }
+}
+
+/// Joins a room on another instance through the links, for a client whose socket stays here.
+async fn join_elsewhere(shared: &Arc<Shared>, code: JoinCode, owner: Owner) -> Arrival {
+    let Some(pubsub) = shared.cluster.as_ref().and_then(|cluster| cluster.pubsub()) else {
+        return Arrival::Here(Admission::Refused(ROOM_UNREACHABLE));
+    };
+    let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
+    let greeter = shared.clone();
+    let greet: Greet = Box::new(move |id| session::hello(&greeter.config, id));
+    match pubsub.join(code, owner, outbox.clone(), greet).await {
+        Ok(guest) => Arrival::Guest {
+            guest: Box::new(guest),
+            outbox,
+            inbox,
+        },
+        Err(refusal) => Arrival::Here(Admission::Refused(refusal)),
     }
 }
 

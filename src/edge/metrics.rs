@@ -21,6 +21,16 @@ struct Code {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Direction {
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseCode {
     code: u16,
 }
@@ -52,6 +62,8 @@ pub struct Metrics {
     tls_failures: Counter,
     directory: Family<Outcome, Counter>,
     directory_up: Gauge,
+    forwarded: Family<Direction, Counter>,
+    forwarding_errors: Family<Reason, Counter>,
 }
 
 impl Default for Metrics {
@@ -76,6 +88,8 @@ impl Metrics {
             tls_failures: Counter::default(),
             directory: Family::default(),
             directory_up: Gauge::default(),
+            forwarded: Family::default(),
+            forwarding_errors: Family::default(),
             registry: Registry::default(),
         };
         registry.register("servers", "Live server peers", metrics.servers.clone());
@@ -127,6 +141,17 @@ impl Metrics {
              without --cluster-redis-url)",
             metrics.directory_up.clone(),
         );
+        registry.register(
+            "forwarded_frames",
+            "Frames forwarded to (out) and from (in) other instances over Redis pub/sub",
+            metrics.forwarded.clone(),
+        );
+        registry.register(
+            "forwarding_errors",
+            "Losses that closed forwarded sessions, by reason: publish_failed, unheard, \
+             subscription_lost, queue_full, directory_lost, owner_gone, unreadable",
+            metrics.forwarding_errors.clone(),
+        );
         let started = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -169,6 +194,21 @@ impl Metrics {
     /// Counts a cluster directory step's outcome.
     pub fn directory(&self, outcome: &'static str) {
         self.directory.get_or_create(&Outcome { outcome }).inc();
+    }
+
+    /// Counts `frames` forwarded between instances, `out` or `in`.
+    pub fn forwarded(&self, direction: &'static str, frames: usize) {
+        if frames > 0 {
+            let counter = self.forwarded.get_or_create(&Direction { direction });
+            counter.inc_by(frames as u64);
+        }
+    }
+
+    /// Counts a loss on the links between instances.
+    pub fn forwarding_error(&self, reason: &'static str) {
+        self.forwarding_errors
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// Counts a failed or timed-out TLS handshake.

@@ -9,6 +9,7 @@ pub mod devcert;
 pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod net;
+pub(crate) mod pubsub;
 pub mod response;
 pub mod server;
 pub(crate) mod session;

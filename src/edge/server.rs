@@ -3,7 +3,7 @@
 
 use crate::config::{Config, TlsSource};
 use crate::edge::admin;
-use crate::edge::cluster::Cluster;
+use crate::edge::cluster::{Attachments, Cluster};
 use crate::edge::devcert;
 use crate::edge::http;
 use crate::edge::net;
@@ -68,17 +68,23 @@ impl Relay {
                 Some(Arc::new(TlsFiles::load(&paths.cert, &paths.key)?))
             }
         };
-        let cluster = match &config.cluster {
-            Some(cluster) => {
-                let fly_machine_id = std::env::var("FLY_MACHINE_ID").ok();
-                Some(Cluster::start(cluster, fly_machine_id).await?)
-            }
-            None => None,
-        };
+        let mut shared = Shared::new(config);
+        if let Some(cluster) = &shared.config.cluster {
+            let attachments = Attachments {
+                hub: shared.hub.clone(),
+                metrics: shared.metrics.clone(),
+                tracker: shared.tracker.clone(),
+                shutdown: shared.shutdown.clone(),
+                queue_bytes: shared.config.send_queue_bytes,
+                max_members: shared.config.max_connections,
+            };
+            let fly_machine_id = std::env::var("FLY_MACHINE_ID").ok();
+            shared.cluster = Some(Cluster::start(cluster, fly_machine_id, attachments).await?);
+        }
         Ok(Relay {
             listener,
             metrics_listener,
-            shared: Arc::new(Shared::new(config, cluster)),
+            shared: Arc::new(shared),
             tls,
         })
     }
@@ -165,6 +171,10 @@ impl Relay {
             cluster.drain().await;
         }
         shared.hub.shut_down();
+        let pubsub = shared.cluster.as_ref().and_then(|cluster| cluster.pubsub());
+        if let Some(pubsub) = pubsub {
+            pubsub.links().shut_down();
+        }
         shared.tracker.close();
         if tokio::time::timeout(config.shutdown_timeout, shared.tracker.wait())
             .await
@@ -174,6 +184,10 @@ impl Relay {
                 live = shared.slots.live(),
                 "shutdown timeout reached with sessions still open"
             );
+        }
+        // The sessions' last frames and closes to other instances, forwarded by now, go out.
+        if let Some(pubsub) = pubsub {
+            pubsub.flush().await;
         }
         for task in [metrics_task, directory_task].into_iter().flatten() {
             task.abort();

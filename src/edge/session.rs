@@ -4,10 +4,12 @@
 //! A single task owns the socket (no split): it reacts to whichever comes first of frames queued
 //! for the peer (or a close, shutdown's included), a frame from the peer, or its ping/idle timer.
 
+use crate::config::Config;
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
 use crate::relay::hub::{JoinError, Membership, NoFreeId, PeerId};
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
+use crate::relay::link::{Guest, Seat};
 use crate::relay::outbox::{self, Inbox, Outbox};
 use crate::relay::outcome::{
     BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, NO_FREE_ID, NOT_UTF8, Notice,
@@ -57,6 +59,27 @@ enum Event {
     Timer,
 }
 
+/// How a peer arrives at its session.
+pub enum Arrival {
+    /// To register here as the admission says (or be refused).
+    Here(Admission),
+    /// Already a guest of a room on another instance, its queue filled there.
+    Guest {
+        guest: Box<Guest>,
+        outbox: Outbox,
+        inbox: Inbox,
+    },
+}
+
+/// The HELLO a peer with `id` gets from a relay running `config`.
+pub fn hello(config: &Config, id: &str) -> String {
+    protocol::hello(&protocol::Hello {
+        id,
+        server_info: config.server_info.as_deref(),
+        ice_servers: &config.ice.for_peer(id, SystemTime::now()),
+    })
+}
+
 /// Registers the peer and returns its session, to be awaited until it ends; a refused peer gets
 /// its ERROR and close instead. `slot` holds its place under the connection bounds.
 ///
@@ -65,7 +88,7 @@ enum Event {
 pub fn run<S>(
     ws: WebSocketStream<S>,
     shared: Arc<Shared>,
-    admission: Admission,
+    arrival: Arrival,
     slot: Slot,
     remote: SocketAddr,
 ) -> impl Future<Output = ()> + Send
@@ -73,35 +96,20 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
-    let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
-    let hello = |id: &str| {
-        protocol::hello(&protocol::Hello {
-            id,
-            server_info: shared.config.server_info.as_deref(),
-            ice_servers: &shared.config.ice.for_peer(id, SystemTime::now()),
-        })
-    };
-    let registered = match admission {
-        Admission::Server => shared
-            .hub
-            .register_server(outbox.clone(), hello)
-            .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::ClaimedServer(code) => shared
-            .hub
-            .register_server_as(code, outbox.clone(), hello)
-            .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::Client(code) => shared
-            .hub
-            .join(code, outbox.clone(), hello)
-            .map_err(|error| match error {
-                JoinError::UnknownServer => UNKNOWN_SERVER,
-                JoinError::ServerFull => SERVER_FULL,
-                JoinError::NoFreeId => NO_FREE_ID,
-            }),
-        Admission::Refused(refusal) => Err(refusal),
+    let (outbox, inbox, registered) = match arrival {
+        Arrival::Guest {
+            guest,
+            outbox,
+            inbox,
+        } => (outbox, inbox, Ok(Seat::Guest(guest))),
+        Arrival::Here(admission) => {
+            let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
+            let registered = register(&shared, admission, outbox.clone());
+            (outbox, inbox, registered.map(Seat::Member))
+        }
     };
     match registered {
-        Ok(membership) => {
+        Ok(seat) => {
             let limiter = RateLimiter::new(
                 shared.config.rate_limit,
                 shared.config.flood_window,
@@ -111,7 +119,7 @@ where
                 ws,
                 outbox,
                 inbox,
-                membership,
+                seat,
                 shared,
                 limiter,
                 _slot: slot,
@@ -132,13 +140,39 @@ where
     }
 }
 
+/// Registers a peer in this instance's hub as `admission` says.
+fn register(shared: &Shared, admission: Admission, outbox: Outbox) -> Result<Membership, Refusal> {
+    let hello = |id: &str| hello(&shared.config, id);
+    match admission {
+        Admission::Server => shared
+            .hub
+            .register_server(outbox, hello)
+            .map_err(|NoFreeId| NO_FREE_ID),
+        Admission::ClaimedServer(code) => shared
+            .hub
+            .register_server_as(code, outbox, hello)
+            .map_err(|NoFreeId| NO_FREE_ID),
+        Admission::Client(code) => {
+            shared
+                .hub
+                .join(code, outbox, hello)
+                .map_err(|error| match error {
+                    JoinError::UnknownServer => UNKNOWN_SERVER,
+                    JoinError::ServerFull => SERVER_FULL,
+                    JoinError::NoFreeId => NO_FREE_ID,
+                })
+        }
+        Admission::Refused(refusal) => Err(refusal),
+    }
+}
+
 /// A registered peer: everything its task holds while the peer is connected.
 struct Session<S> {
     ws: WebSocketStream<S>,
     /// This peer's own queue, for the relay's replies (ERROR) to go in order with relayed frames.
     outbox: Outbox,
     inbox: Inbox,
-    membership: Membership,
+    seat: Seat,
     shared: Arc<Shared>,
     limiter: RateLimiter,
     /// Released when the session ends.
@@ -159,9 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn serve(mut self) -> impl Future<Output = ()> {
         async move {
             let end = self.relay().await;
-            let id = self.membership.id();
-            // Leave the hub before the closing handshake, so counterparts hear PEER_GONE at once.
-            self.membership.leave();
+            let id = self.seat.id();
+            // Leave the room before the closing handshake, so counterparts hear PEER_GONE at once.
+            self.seat.leave();
             if let (PeerId::Server(code), Some(cluster)) = (id, &self.shared.cluster) {
                 cluster.release(code);
             }
@@ -328,10 +362,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let error = protocol::invalid_message(&incoming.kind, &invalid.path, &invalid.reason);
             return self.outbox.push(error).map_err(|_| End::Closed(TOO_SLOW));
         }
-        let from = self.membership.id();
+        let from = self.seat.id();
         let frame = protocol::relayed(from.as_str(), &incoming.kind, incoming.message);
         let bytes = frame.len();
-        match self.shared.hub.route(from, &incoming.to, frame) {
+        match self.seat.route(&self.shared.hub, &incoming.to, frame) {
             Ok(()) => {
                 self.shared.metrics.relayed(bytes);
                 Ok(())

@@ -36,8 +36,9 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The shared state for a relay running `config`, in `cluster` if it is one's member.
-    pub fn new(config: Config, cluster: Option<Arc<Cluster>>) -> Shared {
+    /// The shared state for a relay running `config`; [`Shared::cluster`] is set by the caller
+    /// once the cluster is joined, with this state's hub.
+    pub fn new(config: Config) -> Shared {
         Shared {
             door: Door {
                 allowed_origins: config.allowed_origins.clone(),
@@ -51,7 +52,7 @@ impl Shared {
                 config.max_failed_attempts_per_minute,
             ),
             metrics: Arc::new(Metrics::new()),
-            cluster,
+            cluster: None,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             websocket: net::websocket_config(config.max_message_bytes),

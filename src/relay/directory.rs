@@ -41,7 +41,7 @@ pub enum Routing {
 
 /// One process's identity in the directory: the instance id it serves as, and the random boot id
 /// of this run of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
     /// `--instance-id`: on Fly, the machine id, which `fly-replay: instance=` names.
     pub instance: String,
@@ -111,6 +111,17 @@ impl Keys {
         format!("{}:rooms:{}:{}", self.prefix, owner.instance, owner.boot)
     }
 
+    /// `PREFIX:link:ID:BOOT`: the pub/sub channel one process hears its links on. Named by the
+    /// boot id too, so a message for a predecessor reaches no one, and its publisher learns so.
+    pub fn link(&self, owner: &Owner) -> String {
+        format!("{}:link:{}:{}", self.prefix, owner.instance, owner.boot)
+    }
+
+    /// `PREFIX:links`: the pub/sub channel every process hears, for resets.
+    pub fn links(&self) -> String {
+        format!("{}:links", self.prefix)
+    }
+
     /// `PREFIX:instances` → every owner, scored by when its lease lapses (Redis time, in ms).
     pub fn instances(&self) -> String {
         format!("{}:instances", self.prefix)
@@ -122,19 +133,20 @@ impl Keys {
 pub enum Placement {
     /// On this instance (or nowhere, if its server has just left).
     Here,
-    /// On this other live instance.
-    Elsewhere(String),
+    /// On this other live process.
+    Elsewhere(Owner),
     /// Nowhere: no live instance owns the code.
     Nowhere,
 }
 
 impl Placement {
-    /// The answer of the lookup script (the owner's instance id, if live) seen from `me`.
-    pub fn of(owner: Option<String>, me: &str) -> Placement {
-        match owner {
+    /// The answer of the lookup script (the live owner's [`Owner::value`], if any) seen from
+    /// the instance `me`.
+    pub fn of(owner: Option<&str>, me: &str) -> Placement {
+        match owner.and_then(Owner::parse) {
             None => Placement::Nowhere,
-            Some(instance) if instance == me => Placement::Here,
-            Some(instance) => Placement::Elsewhere(instance),
+            Some(owner) if owner.instance == me => Placement::Here,
+            Some(owner) => Placement::Elsewhere(owner),
         }
     }
 }
@@ -243,14 +255,20 @@ mod tests {
             "app:rooms:e2865013c10089:V1StGXR8_Z5jdHi6B-myT"
         );
         assert_eq!(keys.instances(), "app:instances");
+        assert_eq!(
+            keys.link(&owner()),
+            "app:link:e2865013c10089:V1StGXR8_Z5jdHi6B-myT"
+        );
+        assert_eq!(keys.links(), "app:links");
     }
 
     #[rstest]
     #[case(None, Placement::Nowhere)]
-    #[case(Some("me"), Placement::Here)]
-    #[case(Some("other"), Placement::Elsewhere("other".into()))]
+    #[case(Some("no-boot"), Placement::Nowhere)]
+    #[case(Some("me b1"), Placement::Here)]
+    #[case(Some("other b2"), Placement::Elsewhere(Owner { instance: "other".into(), boot: "b2".into() }))]
     fn a_lookup_places_the_room(#[case] owner: Option<&str>, #[case] placement: Placement) {
-        assert_eq!(Placement::of(owner.map(str::to_owned), "me"), placement);
+        assert_eq!(Placement::of(owner, "me"), placement);
     }
 
     #[rstest]

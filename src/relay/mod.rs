@@ -7,6 +7,8 @@ pub(crate) mod hub;
 pub mod ice;
 pub mod ids;
 pub(crate) mod limits;
+pub(crate) mod link;
+pub(crate) mod link_wire;
 pub(crate) mod outbox;
 pub(crate) mod outcome;
 pub mod protocol;

@@ -297,6 +297,20 @@ pub const CODE_LOST: Refusal = Refusal {
     },
 };
 
+/// Sent to a client whose room is on another instance (`--cluster-routing pubsub`) when a frame
+/// between the two may have been lost: a publish failed, a subscription dropped, or the way out to
+/// Redis was full. Pub/sub delivers at most once, so the session ends rather than go on with a gap.
+pub const LINK_LOST: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "the link to the instance holding this room was lost: join again",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
 /// What every `SERVER_UNAVAILABLE` tells the peer to wait before trying again, as `retryAfterMs`.
 pub const RETRY_AFTER_MS: u64 = 1000;
 
@@ -326,7 +340,7 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 9] = [
+    const REFUSALS: [Refusal; 10] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
@@ -336,6 +350,7 @@ mod tests {
         DIRECTORY_DOWN,
         ROOM_UNREACHABLE,
         CODE_LOST,
+        LINK_LOST,
     ];
 
     #[test]

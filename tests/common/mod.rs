@@ -11,12 +11,14 @@
 //! - `procfs`: a process's memory as /proc reports it;
 //! - `oracles`: what the parsers must say of any input, shared with the fuzz targets in `fuzz/`;
 //! - `redis`: a real `redis-server` on a free loopback port; `fly_proxy`: a stand-in for Fly's
-//!   replaying proxy in front of several relay instances (both used by `cluster.rs`).
+//!   replaying proxy in front of several relay instances; `cluster`: relay processes sharing one
+//!   Redis (used by `cluster.rs` and `pubsub.rs`).
 //!
 //! Each test binary uses a part of it, so what one leaves unused is allowed.
 #![allow(dead_code)]
 
 pub mod bystanders;
+pub mod cluster;
 pub mod fly_proxy;
 pub mod garbage;
 pub mod load;

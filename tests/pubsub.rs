@@ -1,0 +1,187 @@
+//! Rooms shared by relay processes in `--cluster-routing pubsub`: a client connects to any
+//! instance, which forwards its frames to its room's instance over a real `redis-server`. To both
+//! peers nothing differs from a room on one instance; each fault ends forwarded sessions with a
+//! documented close, never a hang or a silent gap.
+
+mod common;
+
+use common::cluster::{self, connect, eventually, expect_refused};
+use common::redis::RedisServer;
+use common::{PATIENCE, RelayProcess, TestPeer, exchange};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A relay process named `id` in the cluster on `redis`, forwarding over pub/sub.
+fn instance(redis: &RedisServer, id: &str, extra: &[&str]) -> RelayProcess {
+    cluster::instance(&redis.url(), id, "pubsub", extra)
+}
+
+/// A server registered on `owner` and a client of it that connected to `guest`'s instance.
+async fn room_across(owner: &RelayProcess, guest: &RelayProcess) -> (TestPeer, TestPeer) {
+    let mut server = TestPeer::join(&format!("{}/server", owner.url)).await;
+    let client = TestPeer::join(&format!("{}/client/{}", guest.url, server.id)).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    (server, client)
+}
+
+#[tokio::test]
+async fn a_client_on_another_instance_relays_both_ways_and_hears_its_server_leave() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+
+    let (mut server, mut client) = room_across(&a, &b).await;
+    exchange(&mut server, &mut client, 0).await;
+    exchange(&mut server, &mut client, 1000).await;
+    let code = server.id.clone();
+    drop(server);
+
+    client.expect_relay("PEER_GONE", json!({"id": code})).await;
+    client.expect_close(4410).await;
+}
+
+#[tokio::test]
+async fn a_client_leaving_another_instance_is_gone_for_its_server() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (server, client) = room_across(&a, &b).await;
+
+    common::leave(server, client).await;
+}
+
+#[tokio::test]
+async fn the_rules_of_who_may_send_to_whom_hold_across_instances() {
+    let redis = RedisServer::start();
+    let full = ["--max-clients-per-server", "1"];
+    let (a, b) = (instance(&redis, "a", &full), instance(&redis, "b", &full));
+    let (mut server, mut client) = room_across(&a, &b).await;
+    let other = TestPeer::join(&format!("{}/server", a.url)).await;
+
+    client.send_to(&other.id, "OFFER", json!("x")).await;
+    client.expect_error("UNKNOWN_PEER").await;
+    server.send_to("nobody", "OFFER", json!("x")).await;
+    server.expect_error("UNKNOWN_PEER").await;
+    let url = format!("{}/client/{}", b.url, server.id);
+    expect_refused(&url, "SERVER_FULL", 4409).await;
+    expect_refused(&format!("{}/client/ZZZZZZ", b.url), "UNKNOWN_SERVER", 4404).await;
+
+    exchange(&mut server, &mut client, 0).await;
+}
+
+#[tokio::test]
+async fn a_killed_owners_forwarded_clients_hear_their_server_go_within_its_lease() {
+    let redis = RedisServer::start();
+    let (mut a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (server, mut client) = room_across(&a, &b).await;
+
+    a.child.kill().expect("SIGKILL");
+    let killed = Instant::now();
+
+    // Nothing is sent meanwhile, so only a's lapsed lease can tell b.
+    client
+        .expect_relay("PEER_GONE", json!({"id": server.id}))
+        .await;
+    client.expect_close(4410).await;
+    assert!(killed.elapsed() < Duration::from_secs(2) + PATIENCE);
+}
+
+#[tokio::test]
+async fn a_killed_guest_instances_clients_are_gone_for_their_server() {
+    let redis = RedisServer::start();
+    let (a, mut b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (mut server, client) = room_across(&a, &b).await;
+
+    b.child.kill().expect("SIGKILL");
+
+    server
+        .expect_relay("PEER_GONE", json!({"id": client.id}))
+        .await;
+}
+
+#[tokio::test]
+async fn a_stalled_redis_closes_forwarded_sessions_with_try_again_while_local_rooms_relay_on() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (mut server, mut client) = room_across(&a, &b).await;
+    let mut local_server = TestPeer::join(&format!("{}/server", a.url)).await;
+    let mut local_client = TestPeer::join(&format!("{}/client/{}", a.url, local_server.id)).await;
+    local_server
+        .expect_relay("PEER_JOINED", json!({"id": local_client.id}))
+        .await;
+
+    redis.pause();
+    client
+        .send_to(&server.id, "OFFER", json!("into the stall"))
+        .await;
+    let error = client.expect_error("SERVER_UNAVAILABLE").await;
+    client.expect_close(1013).await;
+    server
+        .expect_relay("PEER_GONE", json!({"id": client.id}))
+        .await;
+    exchange(&mut local_server, &mut local_client, 0).await;
+    redis.resume();
+
+    assert_eq!(error["retryAfterMs"], 1000, "{error}");
+    let url = format!("{}/client/{}", b.url, server.id);
+    let rejoined = eventually(PATIENCE, || async {
+        let first = connect(&url).await.recv().await;
+        (first["type"] == "HELLO").then_some(first)
+    })
+    .await;
+    let id = rejoined["message"]["id"].as_str().expect("an id");
+    server.expect_relay("PEER_JOINED", json!({"id": id})).await;
+}
+
+#[tokio::test]
+async fn a_restarted_redis_ends_forwarded_sessions_and_the_room_can_be_joined_again() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (mut server, mut client) = room_across(&a, &b).await;
+
+    redis.restart();
+
+    client.expect_error("SERVER_UNAVAILABLE").await;
+    client.expect_close(1013).await;
+    server
+        .expect_relay("PEER_GONE", json!({"id": client.id}))
+        .await;
+    let url = format!("{}/client/{}", b.url, server.id);
+    let mut client = eventually(PATIENCE, || async {
+        let mut peer = connect(&url).await;
+        let first = peer.recv().await;
+        peer.id = first["message"]["id"].as_str()?.to_owned();
+        (first["type"] == "HELLO").then_some(peer)
+    })
+    .await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    exchange(&mut server, &mut client, 0).await;
+}
+
+#[tokio::test]
+async fn a_draining_owner_closes_its_forwarded_clients_with_going_away() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (mut server, mut client) = room_across(&a, &b).await;
+
+    a.signal("TERM");
+
+    server.expect_close(1001).await;
+    client.expect_close(1001).await;
+}
+
+#[tokio::test]
+async fn a_draining_guest_instance_closes_its_clients_and_their_server_hears_them_go() {
+    let redis = RedisServer::start();
+    let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
+    let (mut server, mut client) = room_across(&a, &b).await;
+
+    b.signal("TERM");
+
+    client.expect_close(1001).await;
+    server
+        .expect_relay("PEER_GONE", json!({"id": client.id}))
+        .await;
+}
