@@ -4,6 +4,7 @@
 //! Exit codes: 0 when every check held, 1 when one failed (a lost, reordered or corrupted
 //! message, a failed set-up, a dropped connection), 2 when the run could not be made at all.
 
+mod commands;
 mod connect;
 mod idle;
 mod net;
@@ -183,6 +184,19 @@ enum Command {
         #[arg(long)]
         base_rss_after_warmup: bool,
     },
+    /// Counts the commands a cluster's relays send their Redis over an interval of doing
+    /// nothing: what idle rooms cost the directory (run it while `idle` holds them)
+    RedisCommands {
+        /// The cluster's Redis: redis://HOST:PORT
+        #[arg(long, value_name = "URL")]
+        redis_url: String,
+        /// How long to count
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// What was running, for the report (e.g. "10000 idle rooms on 2 instances")
+        #[arg(long, default_value = "")]
+        label: String,
+    },
     /// A quick correctness check (10 pairs of pingpong, 200 pairs of connect); never fails on timing
     Smoke {
         #[command(flatten)]
@@ -317,6 +331,15 @@ async fn run(command: Command) -> Result<Report> {
             };
             let outcome = idle::measure(&params, dialer, watched.as_ref()).await?;
             Ok(idle::report(&params, &endpoint.url, &outcome, pid, tls))
+        }
+        Command::RedisCommands {
+            redis_url,
+            duration,
+            label,
+        } => {
+            let redis = Redis::new(&redis_url)?;
+            let outcome = commands::measure(&redis, duration).await?;
+            Ok(commands::report(&redis_url, &label, &outcome))
         }
         Command::Smoke { endpoint } => smoke(&endpoint).await,
     }
