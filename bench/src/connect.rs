@@ -89,7 +89,7 @@ impl PhaseCpu {
     }
 }
 
-/// Readings taken at the start of a phase, compared with the next ones at its end.
+/// Readings taken between phases (with Redis, once it has gone quiet), compared pairwise.
 struct Marks {
     cpu: Option<procfs::GroupSample>,
     commands: Option<Counters>,
@@ -102,8 +102,9 @@ impl Marks {
         redis: Option<&Redis>,
         route: &Route,
     ) -> Result<Marks> {
+        // Redis first: its wait for quiet lets the relays finish the phase's background work.
         let commands = match redis {
-            Some(redis) => Some(redis.counters().await?),
+            Some(redis) => Some(redis.settled_counters().await?),
             None => None,
         };
         Ok(Marks {

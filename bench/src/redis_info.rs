@@ -16,6 +16,13 @@ use tokio::time::timeout;
 /// Longest one reading may take; a loopback Redis answers in well under a millisecond.
 const PATIENCE: Duration = Duration::from_secs(2);
 
+/// Two readings this far apart with no command between them mean Redis has gone quiet: far
+/// shorter than the relays' lease renewals (a third of the TTL, 5 s by default).
+const QUIET: Duration = Duration::from_millis(200);
+
+/// Longest [`Redis::settled_counters`] waits for quiet.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
+
 /// Largest `INFO` reply accepted: a few KiB in practice.
 const MAX_REPLY: usize = 1024 * 1024;
 
@@ -103,6 +110,22 @@ impl Redis {
             .await
             .map_err(|_| anyhow!("Redis at {} gave no INFO within {PATIENCE:?}", self.addr))??;
         Counters::parse(&reply)
+    }
+
+    /// Reads the counters once Redis has gone quiet (no command between two readings
+    /// [`QUIET`] apart), or after [`SETTLE_LIMIT`]: work a phase left queued (the relays release
+    /// codes in the background) is then charged to that phase rather than to the next.
+    pub async fn settled_counters(&self) -> Result<Counters> {
+        let deadline = tokio::time::Instant::now() + SETTLE_LIMIT;
+        let mut last = self.counters().await?;
+        loop {
+            tokio::time::sleep(QUIET).await;
+            let now = self.counters().await?;
+            if last.until(&now).total == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(now);
+            }
+            last = now;
+        }
     }
 
     async fn info(&self) -> Result<String> {
