@@ -17,7 +17,8 @@
 #             INFO commandstats, each script once
 #   idle      (fly-replay and pubsub clusters) 0, 1,000 and 10,000 rooms (lone server peers, half
 #             on each instance, one generator process per instance), then Redis commands per
-#             second over IDLE_WINDOW of nothing happening
+#             second over IDLE_WINDOW of nothing happening; in pubsub also rooms whose one client
+#             is on the other instance (pubsub-cross: forwarded sessions)
 #
 # Environment:
 #   RUNS=3          runs of the whole set (medians are taken over them)
@@ -27,6 +28,8 @@
 #   ROOMS="0 1000 10000"
 #   STEPS="pingpong connect idle"   a subset to run
 #   QUICK=1         1 run, 1 slice of 2 s, 500 connect pairs, rooms "0 1000", a 10 s window
+#   RESULTS_DIR=DIR keep every step's JSON line there (NAME.RUN.json) rather than in a temporary
+#                   directory removed on exit
 # Needs taskset (util-linux), jq and redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +82,8 @@ BIN=${CARGO_TARGET_DIR:-target}/release
 BINARY_BYTES=$(stat -c %s "$BIN/intercessor")
 
 RELAY_FLAGS=(--rate-limit 0 --max-connections-per-ip 0 --max-failed-attempts-per-minute 0)
-RESULTS=$TMP/results
+# Every step's JSON line, one file per step and run; kept after the run when RESULTS_DIR is set.
+RESULTS=${RESULTS_DIR:-$TMP/results}
 mkdir -p "$RESULTS"
 FAILED=0
 PUBSUB=1
@@ -152,19 +156,27 @@ generate() {
     fi
 }
 
-# hold_rooms ROUTING ROOMS RUN: a fresh cluster with ROOMS lone server peers, half on each instance
-# (one generator process per instance), then the Redis commands over IDLE_WINDOW.
+# hold_rooms ROUTING ROOMS RUN [cross]: a fresh cluster with ROOMS rooms, half registered on each
+# instance (one generator process per instance), then the Redis commands over IDLE_WINDOW. The
+# rooms are lone server peers, or with `cross` each has one client on the other instance.
 hold_rooms() {
-    local routing=$1 rooms=$2 run=$3 name=idle-$1-$2 gens=() id addr log
-    start_cluster "$routing" "$name.$run" || return 1
+    local routing=$1 rooms=$2 run=$3 shape=${4:-lone} gens=() clients=() id addr other log
+    local name=idle-$routing-$rooms
+    if [[ $shape == cross ]]; then name=idle-$routing-cross-$rooms; fi
+    start_cluster "$routing" "$name.$run" --max-connections $(( rooms + 1000 )) || return 1
     # Long enough to cover the settling pause and the window even if one generator took 10 s
     # longer than the other to open its rooms.
     local hold=$(( ${IDLE_WINDOW%s} + ${LEASE_TTL%s} / 3 + 10 ))s
     if (( rooms > 0 )); then
         for id in a b; do
-            if [[ $id == a ]]; then addr=$A_ADDR; else addr=$B_ADDR; fi
+            if [[ $id == a ]]; then addr=$A_ADDR other=$B_ADDR; else addr=$B_ADDR other=$A_ADDR; fi
             log=$TMP/$name.$run.$id.gen
-            taskset -c 1 "$BIN/intercessor-bench" --json idle --url "ws://$addr" --servers-only \
+            if [[ $shape == cross ]]; then
+                clients=(--client-url "ws://$other")
+            else
+                clients=(--servers-only)
+            fi
+            taskset -c 1 "$BIN/intercessor-bench" --json idle --url "ws://$addr" "${clients[@]}" \
                 --pairs $(( rooms / 2 )) --hold "$hold" >"$log.out" 2>"$log.err" &
             gens+=("$!")
             STARTED+=("$!")
@@ -179,7 +191,7 @@ hold_rooms() {
     # One renewal period, so that the window starts in the steady state.
     sleep $(( ${LEASE_TTL%s} / 3 ))
     generate "$name" "$run" redis-commands --redis-url "$REDIS_URL" --duration "$IDLE_WINDOW" \
-        --label "$rooms idle rooms on 2 instances, $routing"
+        --label "$rooms idle rooms ($shape) on 2 instances, $routing"
     local pid
     for pid in "${gens[@]}"; do
         if ! wait "$pid"; then
@@ -247,6 +259,13 @@ for run in $(seq "$RUNS"); do
                 }
             done
         done
+        # Pubsub rooms whose client is on the other instance: forwarded sessions add a lease
+        # check per renewal, which must not grow with their number either.
+        if [[ $PUBSUB == 1 ]]; then
+            for rooms in $ROOMS; do
+                if (( rooms > 0 )); then hold_rooms pubsub "$rooms" "$run" cross; fi
+            done
+        fi
     fi
 done
 
@@ -353,7 +372,7 @@ if [[ " $STEPS " == *" connect "* ]]; then
             'if $a == null or $b == null then null else (($a - $b) * 1000 | round) / 1000 end')" "target ≤ 2"
 fi
 if [[ " $STEPS " == *" idle "* ]]; then
-    for routing in fly-replay pubsub; do
+    for routing in fly-replay pubsub pubsub-cross; do
         for rooms in $ROOMS; do
             step=idle-$routing-$rooms
             [[ $(count "$step") == 0 ]] && continue

@@ -2,13 +2,13 @@
 //! idle connections stay up while pings run. With `--servers-only` each pair is a lone server
 //! peer, a room nobody joined: what a cluster's directory holds for an idle room.
 
-use crate::net::{self, Dialer, Ws};
+use crate::net::{self, Ws};
 use crate::procfs::{self, Watched};
 use crate::report::{Problems, Report, round, thousands};
+use crate::route::Route;
 use anyhow::{Context as _, Result};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -69,11 +69,7 @@ struct Kept {
 }
 
 /// Opens the pairs, measures, holds, and closes them.
-pub async fn measure(
-    params: &Params,
-    dialer: Arc<Dialer>,
-    watched: Option<&Watched>,
-) -> Result<Outcome> {
+pub async fn measure(params: &Params, route: &Route, watched: Option<&Watched>) -> Result<Outcome> {
     procfs::check_room_for_sockets(
         params.pairs * params.peers_per_pair(),
         "run several generator processes, each with a share of --pairs",
@@ -81,7 +77,7 @@ pub async fn measure(
     if params.base_rss_after_warmup {
         let warmup = params.pairs.min(SETUP_CONCURRENCY);
         eprintln!("idle: warm-up with {warmup} pairs…");
-        let opened: Vec<_> = stream::iter((0..warmup).map(|_| open(&dialer, params.servers_only)))
+        let opened: Vec<_> = stream::iter((0..warmup).map(|_| open(route, params.servers_only)))
             .buffer_unordered(SETUP_CONCURRENCY)
             .collect()
             .await;
@@ -112,7 +108,7 @@ pub async fn measure(
     let mut samples = Problems::default();
     let started = Instant::now();
     let mut opening = stream::iter(
-        (0..params.pairs).map(|_| timeout(net::PATIENCE, open(&dialer, params.servers_only))),
+        (0..params.pairs).map(|_| timeout(net::PATIENCE, open(route, params.servers_only))),
     )
     .buffer_unordered(SETUP_CONCURRENCY);
     while let Some(result) = opening.next().await {
@@ -183,13 +179,13 @@ impl Params {
 }
 
 /// One pair's sockets, server first; with `servers_only` the server peer alone, past HELLO.
-async fn open(dialer: &Dialer, servers_only: bool) -> Result<Vec<Ws>> {
+async fn open(route: &Route, servers_only: bool) -> Result<Vec<Ws>> {
     if servers_only {
-        let mut server = dialer.open("/server").await?;
+        let mut server = route.servers.open("/server").await?;
         net::read_hello(&mut server).await.context("server HELLO")?;
         return Ok(vec![server]);
     }
-    let pair = net::open_pair(dialer, dialer).await?;
+    let pair = net::open_pair(&route.servers, &route.clients).await?;
     Ok(vec![pair.server, pair.client])
 }
 

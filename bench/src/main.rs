@@ -16,7 +16,6 @@ mod route;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use net::Dialer;
 use procfs::{Watched, Watchers};
 use redis_info::Redis;
 use report::{Report, thousands};
@@ -24,7 +23,6 @@ use route::Route;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -171,8 +169,12 @@ enum Command {
         #[arg(long, default_value_t = 4000)]
         pairs: usize,
         /// Open each pair's server peer only: rooms nobody joined, one socket each
-        #[arg(long)]
+        #[arg(long, conflicts_with = "client_url")]
         servers_only: bool,
+        /// Client peers connect here; server peers still use --url (another instance of a
+        /// cluster, so each room has a client forwarded from elsewhere)
+        #[arg(long, value_name = "URL")]
+        client_url: Option<String>,
         /// PID of the relay, to read its RSS
         #[arg(long)]
         pid: Option<u32>,
@@ -236,14 +238,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the dialer and, when a PID is given, the watched process.
-fn prepare(endpoint: &Endpoint, pid: Option<u32>) -> Result<(Arc<Dialer>, Option<Watched>)> {
-    let dialer = Arc::new(Dialer::new(&endpoint.url, endpoint.ca.as_deref())?);
+/// The watched process, when a PID is given.
+fn watch_one(pid: Option<u32>) -> Result<Option<Watched>> {
     let watched = pid.map(Watched::new).transpose()?;
     if let Some(note) = watched.as_ref().and_then(Watched::clk_tck_note) {
         eprintln!("note: {note}");
     }
-    Ok((dialer, watched))
+    Ok(watched)
 }
 
 /// The processes whose CPU time is charged to the work, when PIDs are given.
@@ -317,20 +318,30 @@ async fn run(command: Command) -> Result<Report> {
             endpoint,
             pairs,
             servers_only,
+            client_url,
             pid,
             hold,
             base_rss_after_warmup,
         } => {
-            let (dialer, watched) = prepare(&endpoint, pid)?;
-            let tls = dialer.is_tls();
+            let ca = endpoint.ca.as_deref();
+            let route = match &client_url {
+                Some(client_url) => Route::split(&endpoint.url, client_url, ca)?,
+                None => Route::direct(&endpoint.url, ca)?,
+            };
+            let watched = watch_one(pid)?;
+            let tls = route.servers.is_tls();
             let params = idle::Params {
                 pairs,
                 servers_only,
                 hold,
                 base_rss_after_warmup,
             };
-            let outcome = idle::measure(&params, dialer, watched.as_ref()).await?;
-            Ok(idle::report(&params, &endpoint.url, &outcome, pid, tls))
+            let outcome = idle::measure(&params, &route, watched.as_ref()).await?;
+            let url = match &client_url {
+                Some(client_url) => format!("{} (clients: {client_url})", endpoint.url),
+                None => endpoint.url.clone(),
+            };
+            Ok(idle::report(&params, &url, &outcome, pid, tls))
         }
         Command::RedisCommands {
             redis_url,
