@@ -288,13 +288,14 @@ spread() {
         if length == 0 then \"-\" else \"\\(min)–\\(max)\" end"
 }
 
-# paired_ratio NAME EXPR: median over slice pairs of NAME's EXPR / pp-single's, with the spread.
+# paired_ratio NAME BASE EXPR: median of NAME's EXPR / BASE's, each ratio taken within one run
+# (and slice), with the spread.
 paired_ratio() {
-    local name=$1 expr=$2 file suffix
+    local name=$1 base=$2 expr=$3 file suffix
     for file in "$RESULTS/$name".*.json; do
         [[ -e $file ]] || continue
         suffix=${file#"$RESULTS/$name".}
-        jq -n --slurpfile r "$file" --slurpfile s "$RESULTS/pp-single.$suffix" \
+        jq -n --slurpfile r "$file" --slurpfile s "$RESULTS/$base.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$s[0] | $expr) as \$b |
              if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
     done | jq -rs "$JQ_MEDIAN"'map(select(. != null)) | map(. * 100 | round / 100) as $all |
@@ -328,8 +329,8 @@ if [[ " $STEPS " == *" pingpong "* ]]; then
             row "(a) $step: CPU-µs per relayed message (all PIDs)" "$(median $step .cpu.us_per_message)" \
                 "$(spread $step .cpu.us_per_message), n=$(count $step)"
         done
-        IFS=$'\t' read -r LOCAL_RATIO LOCAL_SPREAD < <(paired_ratio pp-local .cpu.us_per_message)
-        IFS=$'\t' read -r CROSS_RATIO CROSS_SPREAD < <(paired_ratio pp-cross .cpu.us_per_message)
+        IFS=$'\t' read -r LOCAL_RATIO LOCAL_SPREAD < <(paired_ratio pp-local pp-single .cpu.us_per_message)
+        IFS=$'\t' read -r CROSS_RATIO CROSS_SPREAD < <(paired_ratio pp-cross pp-single .cpu.us_per_message)
         row "(a) CPU per message, same instance / single (paired)" "$LOCAL_RATIO" "$LOCAL_SPREAD"
         row "(a) CPU per message, across instances / single (target ≤ 3)" "$CROSS_RATIO" "$CROSS_SPREAD"
         for i in 0 1 2; do
@@ -364,8 +365,10 @@ if [[ " $STEPS " == *" connect "* ]]; then
             row "(b) $step: proxy replays per set-up" "$(median $step .replays.per_setup)" ""
         fi
     done
-    row "(b) pairs/s, replayed / proxy without replay" \
-        "$(ratio "$(median connect-replay .setup_pairs_per_s)" "$(median connect-proxy .setup_pairs_per_s)")" ""
+    IFS=$'\t' read -r REPLAY_RATIO REPLAY_SPREAD < <(paired_ratio connect-replay connect-proxy .setup_pairs_per_s)
+    row "(b) pairs/s, replayed / proxy without replay (paired by run)" "$REPLAY_RATIO" \
+        "$REPLAY_SPREAD; ratio of medians $(ratio "$(median connect-replay .setup_pairs_per_s)" \
+            "$(median connect-proxy .setup_pairs_per_s)")"
     row "(b) Redis commands a join adds (replayed − proxy, per set-up)" \
         "$(jq -n --argjson a "$(median connect-replay .redis_commands.setup.sent_per_unit)" \
             --argjson b "$(median connect-proxy .redis_commands.setup.sent_per_unit)" \
