@@ -1,13 +1,15 @@
 # Shared by the scripts that start relays: process bookkeeping and reading the listening address.
 # Source it after `set -euo pipefail`; it sets TMP (a scratch directory) and an EXIT trap that
-# stops only the processes started through it, by PID.
+# stops only the processes started through it, by PID, newest first (so a relay still finds the
+# Redis it was started on while it drains).
 
 TMP=$(mktemp -d)
 STARTED=()
 
 cleanup() {
-    local pid
-    for pid in "${STARTED[@]}"; do
+    local i pid
+    for (( i = ${#STARTED[@]} - 1; i >= 0; i-- )); do
+        pid=${STARTED[i]}
         if kill -0 "$pid" 2>/dev/null; then
             kill -TERM "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true

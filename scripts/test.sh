@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: unit and integration tests over real sockets and real TLS, then the
-# browser tests of the demo in headless Chromium.
+# client library's tests in Node, then the browser tests of the demo in headless Chromium.
 #
 # Needs, besides Rust: openssl (one TLS test makes an RSA key with it), redis-server (the cluster
 # tests start their own), Node.js 20+ with npm, and Debian's chromium. Missing Debian packages are
@@ -24,7 +24,8 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
 fi
-command -v npm >/dev/null || { echo "test.sh: Node.js 20+ with npm is needed for the browser tests" >&2; exit 1; }
+command -v npm >/dev/null || { echo "test.sh: Node.js 20+ with npm is needed for the client and browser tests" >&2; exit 1; }
 
 cargo test --locked --workspace --all-targets
+tests/client/run.sh
 tests/browser/run.sh

@@ -5,7 +5,8 @@ use crate::options::{ClusterRouting, Options, Span};
 use crate::relay::directory::{MIN_LEASE_TTL, instance_id_problem};
 use crate::relay::ice::{self, IceConfig};
 use crate::relay::ids::{CLIENT_ID_LENGTH, CROCKFORD, MAX_CODE_LENGTH, MIN_CODE_LENGTH};
-use crate::relay::protocol::{self, Hello};
+use crate::relay::protocol::{self, Hello, Resumption};
+use crate::relay::resume::ResumePolicy;
 use crate::relay::schema::MessageSchemas;
 use anyhow::{Context, bail};
 use std::net::SocketAddr;
@@ -81,6 +82,8 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// How long shutdown waits for sessions to close.
     pub shutdown_timeout: Duration,
+    /// Resuming sessions after a lost connection; a zero window turns it off.
+    pub resume: ResumePolicy,
     /// Where TLS certificates come from; `None` serves plain HTTP.
     pub tls: Option<TlsSource>,
     /// ICE servers handed out in HELLO.
@@ -173,6 +176,11 @@ impl Options {
             ping_interval: self.ping_interval.0,
             idle_timeout: self.idle_timeout.0,
             shutdown_timeout: self.shutdown_timeout.0,
+            resume: ResumePolicy {
+                window: self.resume_window.0,
+                queue_bytes: self.resume_queue_bytes,
+                max_away: self.max_away_peers,
+            },
             tls: tls(self.tls_cert, self.tls_key, self.dev_tls, self.certs_dir)?,
             ice: IceConfig {
                 urls: self.ice_servers,
@@ -221,6 +229,7 @@ impl Config {
             ("--ping-interval", self.ping_interval),
             ("--idle-timeout", self.idle_timeout),
             ("--shutdown-timeout", self.shutdown_timeout),
+            ("--resume-window", self.resume.window),
             ("--turn-ttl", self.ice.turn_ttl),
             ("flood window", self.flood_window),
         ] {
@@ -249,6 +258,13 @@ impl Config {
                 "--send-queue-bytes must be at least --max-message-bytes + {ENVELOPE_ROOM} \
                  ({smallest_queue}), got {}",
                 self.send_queue_bytes
+            );
+        }
+        if !self.resume.window.is_zero() && self.resume.queue_bytes < smallest_queue {
+            bail!(
+                "--resume-queue-bytes must be at least --max-message-bytes + {ENVELOPE_ROOM} \
+                 ({smallest_queue}), got {}",
+                self.resume.queue_bytes
             );
         }
         let hello = self.largest_hello();
@@ -298,15 +314,25 @@ impl Config {
         Ok(())
     }
 
-    /// The most bytes a HELLO can take: the longest id, the server info, and TURN credentials
-    /// whose expiry has more digits than it will have for three thousand years.
+    /// The most bytes a HELLO can take: the longest id, the server info, TURN credentials whose
+    /// expiry has more digits than it will have for three thousand years, and a resumed
+    /// session's fields at their longest.
     fn largest_hello(&self) -> usize {
         let id = "x".repeat(CLIENT_ID_LENGTH.max(MAX_CODE_LENGTH));
         let far_future = SystemTime::UNIX_EPOCH + Duration::from_secs(99_999_999_999);
+        let token = "x".repeat(22);
+        let resume = Resumption {
+            token: &token,
+            window_ms: u64::MAX,
+            resumed: true,
+            replayed: Some(usize::MAX),
+            gap: true,
+        };
         protocol::hello(&Hello {
             id: &id,
             server_info: self.server_info.as_deref(),
             ice_servers: &self.ice.for_peer(&id, far_future),
+            resume: Some(resume),
         })
         .len()
     }

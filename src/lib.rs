@@ -16,7 +16,8 @@
 //!   - `admin`: the metrics listener; `metrics`: the counters it renders.
 //!   - `state`: the relay-wide handles every connection shares.
 //!   - `cluster`: the cluster directory in Redis: claiming codes, finding a code's owner, the
-//!     instance's lease (with `--cluster-redis-url`).
+//!     instance's lease (with `--cluster-redis-url`); `pubsub`: forwarding frames between
+//!     instances over Redis pub/sub (`--cluster-routing pubsub`).
 //!   - `net`, `response`, `stream`, `coalesce`: listening, hyper's settings, responses, the
 //!     connection type, the 101 sent with the first frame (`net` and `response` also serve the
 //!     bench's echo floor).
@@ -24,8 +25,11 @@
 //! - [`relay`]: the rules, pure: no sockets, unit-tested without one.
 //!   - `admission`: who may open a WebSocket, decided from the request alone.
 //!   - `directory`: the cluster's rules: key names, owners, where a misplaced client is sent.
-//!   - `hub`: the registry of live peers and who may send to whom; `outbox`: each peer's bounded
-//!     queue; `limits`: connection caps and the rate limiter.
+//!   - `hub`: the registry of live and away peers and who may send to whom; `outbox`: each
+//!     peer's bounded queue; `resume`: resume tokens, which ends leave a peer away, the replay
+//!     window; `limits`: connection caps and the rate limiter.
+//!   - `link`, `link_wire`: rooms whose peers are on different instances, and the messages the
+//!     instances exchange about them.
 //!   - `protocol`: wire types; `outcome`: every ERROR and close code; `ids`: join codes and
 //!     client ids; `upgrade`: the WebSocket handshake check; `ice`: TURN credentials; `schema`:
 //!     optional JSON Schema checks.

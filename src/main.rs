@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 
 fn main() -> ExitCode {
     let options = match options::parse(std::env::args_os()) {
@@ -111,8 +112,22 @@ fn raise_open_file_limit(sockets: usize) {
     }
 }
 
+/// Caps the libraries whose trace lines print frames and request heads: those hold message
+/// contents, passphrases and resume tokens, which the relay never logs, whatever `RUST_LOG` says.
+const SECRET_KEEPING: [&str; 2] = ["tungstenite=debug", "hyper=debug"];
+
 fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if filter
+        .max_level_hint()
+        .is_none_or(|level| level >= LevelFilter::TRACE)
+    {
+        for directive in SECRET_KEEPING {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

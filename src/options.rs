@@ -179,6 +179,20 @@ pub struct Options {
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub idle_timeout: Span,
 
+    /// How long a peer whose connection was lost stays away, able to resume its session with its
+    /// token, before it is gone; 0 turns resuming off
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub resume_window: Span,
+
+    /// Bytes queued for an away peer, and kept of what was last written to each peer for a
+    /// resume to replay; at least --max-message-bytes + 256
+    #[arg(long, value_name = "BYTES", default_value_t = 256 * 1024)]
+    pub resume_queue_bytes: usize,
+
+    /// Peers that may be away at once; beyond it a lost connection is a leave
+    #[arg(long, value_name = "N", default_value_t = 2048)]
+    pub max_away_peers: usize,
+
     /// How long shutdown waits for peers to close
     #[arg(long, value_name = "DURATION", default_value = "10s")]
     pub shutdown_timeout: Span,

@@ -6,7 +6,8 @@
 #[path = "../../tests/common/fly_proxy.rs"]
 #[allow(
     dead_code,
-    reason = "route_to is for tests/cluster.rs; the bench keeps one first hop"
+    reason = "route_to is tests/cluster.rs's and bind intercessor-fly-proxy's; the bench starts one \
+              proxy with one first hop"
 )]
 mod fly_proxy;
 

@@ -1,17 +1,16 @@
 // The Intercessor demo: host a room or join one with a code, then chat and call peer-to-peer.
 //
-// Signaling goes through the relay's WebSocket (/server for the host, /client/CODE for a guest);
-// everything else goes over WebRTC. The host keeps one RTCPeerConnection per guest and opens the
-// "chat" data channel; both sides renegotiate with the "perfect negotiation" pattern, the guest
-// being the polite peer. The host is the hub of the room: over the data channels (JSON
-// {kind: 'chat' | 'members' | 'hello'}) it passes each guest's chat on to the others and tells everyone who
-// is in the room. Signaling messages keep to the exact shapes an operator's JSON Schema may
-// enforce: OFFER/ANSWER {type, sdp}, CANDIDATE RTCIceCandidate.toJSON(), BYE {}.
+// Signaling goes through the relay with the client library (intercessor.js: a room for the host,
+// a link for a guest), which also negotiates each RTCPeerConnection ("perfect negotiation", the
+// guest being the polite peer); everything else goes over WebRTC. The host keeps one connection
+// per guest and opens the "chat" data channel. The host is the hub of the room: over the data
+// channels (JSON {kind: 'chat' | 'members' | 'hello'}) it passes each guest's chat on to the others
+// and tells everyone who is in the room. Signaling messages keep to the exact shapes an operator's
+// JSON Schema may enforce: OFFER/ANSWER {type, sdp}, CANDIDATE RTCIceCandidate.toJSON(), BYE {}.
 
+import { Intercessor } from './intercessor.js';
 import { qrSvg } from './qr.js';
 
-const RELAY_ID = '0';
-const HELLO_TIMEOUT_MS = 15000;
 // How long a direct connection may take before the page says that none was found.
 const CONNECT_TIMEOUT_MS = 15000;
 // A join code in the relay's spelling: Crockford's base32 (no I, L, O or U), 4 to 16 characters.
@@ -58,11 +57,6 @@ const ui = {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-/** The code as the relay reads it: upper case, no dashes or spaces, O as 0, I and L as 1. */
-function canonicalCode(typed) {
-  return typed.toUpperCase().replace(/[\s-]+/g, '').replace(/O/g, '0').replace(/[IL]/g, '1');
-}
-
 /** `7KQ2MX` → `7KQ-2MX`: groups of three (or four) are easier to read aloud. */
 function groupCode(code) {
   if (code.length <= 5) return code;
@@ -72,14 +66,6 @@ function groupCode(code) {
 
 function plural(count, word) {
   return `${count} ${word}${count === 1 ? '' : 's'}`;
-}
-
-/** A WebSocket URL on this page's origin: ws: for http:, wss: for https:. */
-function relayUrl(path) {
-  const url = new URL(path, location.href);
-  url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  url.hash = '';
-  return url;
 }
 
 let statusTimer = 0;
@@ -149,9 +135,9 @@ function describeRelayError(session, code, reason, kind) {
 }
 
 /** Why the relay closed the WebSocket, in plain words (for closes with no ERROR before them). */
-function describeClose(session, event) {
-  const reason = event.reason ? ` (${event.reason})` : '';
-  switch (event.code) {
+function describeClose(session, { code, text }) {
+  const reason = text ? ` (${text})` : '';
+  switch (code) {
     case 4410:
       return 'Session over: the host left.';
     case 4401:
@@ -175,7 +161,7 @@ function describeClose(session, event) {
         ? 'Lost the connection to the relay.'
         : `Can’t reach the relay at ${session.relayHost}. Check that it is running and that you are online, then try again.`;
     default:
-      return `The relay closed the connection (code ${event.code})${reason}.`;
+      return `The relay closed the connection (code ${code})${reason}.`;
   }
 }
 
@@ -254,54 +240,19 @@ async function toggleCall() {
 // ---------------------------------------------------------------------------------------------
 // One WebRTC connection to one remote peer
 
-/** A signaling description as the schema wants it, or null when `message` is not one. */
-function parseDescription(type, message) {
-  const expected = type === 'OFFER' ? 'offer' : 'answer';
-  if (!message || message.type !== expected || typeof message.sdp !== 'string') return null;
-  return { type: expected, sdp: message.sdp };
-}
-
-function parseCandidate(message) {
-  if (!message || typeof message.candidate !== 'string') return null;
-  const optional = (value, kind) => (typeof value === kind ? value : null);
-  return {
-    candidate: message.candidate,
-    sdpMid: optional(message.sdpMid, 'string'),
-    sdpMLineIndex: Number.isInteger(message.sdpMLineIndex) ? message.sdpMLineIndex : null,
-    usernameFragment: optional(message.usernameFragment, 'string'),
-  };
-}
-
 class Peer {
-  constructor(session, id, { polite, label }) {
+  /** `pc` comes from the library, which negotiates it over the relay. */
+  constructor(session, id, pc, label) {
     this.session = session;
     this.id = id;
     this.label = label;
-    this.polite = polite;
     this.closed = false;
     this.channel = null;
     this.channelOpen = false;
-    this.makingOffer = false;
-    this.ignoreOffer = false;
-    this.settingRemoteAnswer = false;
-    this.queue = Promise.resolve();
     this.senders = [];
     this.remoteStream = null;
     this.tile = null;
-
-    const pc = new RTCPeerConnection({ iceServers: session.iceServers });
     this.pc = pc;
-    pc.onnegotiationneeded = () => this.negotiate();
-    pc.onicecandidate = ({ candidate }) => {
-      // A null candidate marks the end of gathering; there is nothing to send for it.
-      if (!candidate || !candidate.candidate) return;
-      this.session.send(this.id, 'CANDIDATE', {
-        candidate: candidate.candidate,
-        sdpMid: candidate.sdpMid ?? null,
-        sdpMLineIndex: candidate.sdpMLineIndex ?? null,
-        usernameFragment: candidate.usernameFragment ?? null,
-      });
-    };
     pc.ondatachannel = ({ channel }) => {
       if (channel.label === 'chat') this.attachChannel(channel);
     };
@@ -347,74 +298,6 @@ class Peer {
   /** Sends one room message ({kind: 'chat' | 'members' | 'hello', …}) over the data channel. */
   sendRoom(message) {
     if (this.channelOpen) this.channel.send(JSON.stringify(message));
-  }
-
-  async negotiate() {
-    try {
-      this.makingOffer = true;
-      await this.pc.setLocalDescription();
-      this.sendLocalDescription();
-    } catch (error) {
-      this.problem(error);
-    } finally {
-      this.makingOffer = false;
-    }
-  }
-
-  sendLocalDescription() {
-    const description = this.pc.localDescription;
-    if (this.closed || !description) return;
-    const type = description.type === 'offer' ? 'OFFER' : 'ANSWER';
-    this.session.send(this.id, type, { type: description.type, sdp: description.sdp });
-  }
-
-  /** A signaling message from this peer, handled one at a time in arrival order. */
-  receive(type, message) {
-    if (this.closed) return;
-    if (type === 'OFFER' || type === 'ANSWER') {
-      const description = parseDescription(type, message);
-      if (description) this.enqueue(() => this.takeDescription(description));
-    } else if (type === 'CANDIDATE') {
-      const candidate = parseCandidate(message);
-      if (candidate) this.enqueue(() => this.takeCandidate(candidate));
-    } else if (type === 'BYE') {
-      this.session.peerSaidBye(this);
-    }
-  }
-
-  enqueue(task) {
-    this.queue = this.queue.then(task).catch((error) => this.problem(error));
-  }
-
-  // Perfect negotiation: on colliding offers the impolite side (the host) ignores the other's
-  // offer, and the polite side (the guest) rolls its own back and answers.
-  async takeDescription(description) {
-    const pc = this.pc;
-    if (this.closed) return;
-    const readyForOffer =
-      !this.makingOffer && (pc.signalingState === 'stable' || this.settingRemoteAnswer);
-    const collision = description.type === 'offer' && !readyForOffer;
-    this.ignoreOffer = !this.polite && collision;
-    if (this.ignoreOffer) return;
-    this.settingRemoteAnswer = description.type === 'answer';
-    try {
-      await pc.setRemoteDescription(description);
-    } finally {
-      this.settingRemoteAnswer = false;
-    }
-    if (description.type === 'offer') {
-      await pc.setLocalDescription();
-      this.sendLocalDescription();
-    }
-  }
-
-  async takeCandidate(candidate) {
-    try {
-      await this.pc.addIceCandidate(candidate);
-    } catch (error) {
-      // Candidates of an offer we ignored are expected to fail.
-      if (!this.ignoreOffer) throw error;
-    }
   }
 
   problem(error) {
@@ -508,13 +391,11 @@ class Session {
   constructor(role) {
     this.role = role; // 'host' or 'guest'
     this.code = null; // the host's join code (canonical)
-    this.selfId = null;
-    this.ws = null;
+    this.signal = null; // the library's room (host) or link (guest), once HELLO came
     this.relayHost = location.host;
     this.ready = false; // HELLO arrived
     this.over = false;
     this.relayLost = false;
-    this.relayError = null; // an ERROR that a close will follow
     this.usedPassphrase = false;
     this.needsPassphrase = false;
     this.iceServers = [];
@@ -523,113 +404,92 @@ class Session {
     this.stuckText = null; // set once a direct connection took too long
     this.hostPeer = null;
     this.guestsSoFar = 0;
-    this.helloTimer = 0;
   }
 
-  connect(path) {
-    const url = relayUrl(path);
-    this.relayHost = url.host;
+  /** Opens the room or link: `opening` is Intercessor.host(…) or Intercessor.join(…). */
+  async connect(opening) {
+    this.relayHost = new URL('.', location.href).host;
+    let signal;
     try {
-      this.ws = new WebSocket(url);
+      signal = await opening;
     } catch (error) {
-      this.end(`Can’t open a connection to the relay: ${error.message}`);
+      this.refused(error);
       return;
     }
-    this.helloTimer = setTimeout(() => {
-      if (!this.ready) this.end('The relay did not answer in time. Check your connection and try again.');
-    }, HELLO_TIMEOUT_MS);
-    this.ws.onmessage = ({ data }) => this.onFrame(data);
-    this.ws.onclose = (event) => this.onClose(event);
-    // An error is always followed by a close, which says what happened.
-    this.ws.onerror = () => {};
+    if (this.over) {
+      signal.leave();
+      return;
+    }
+    this.signal = signal;
+    signal.on('peerjoined', ({ id }) => this.role === 'host' && this.addGuest(id));
+    signal.on('peergone', ({ id }) => {
+      if (this.role === 'host') this.guestGone(id, 'left');
+      else this.end('Session over: the host left.', 'warn');
+    });
+    signal.on('message', ({ from, type }) => {
+      const peer = this.peers.get(from);
+      if (type === 'BYE' && peer) this.peerSaidBye(peer);
+    });
+    signal.on('error', (error) => this.onRelayError(error));
+    signal.on('reconnecting', () => this.role === 'host' && showCodeExpired());
+    signal.on('reconnected', () => this.role === 'host' && showCodeNote());
+    signal.on('close', (close) => this.onClose(close));
+    this.onHello(signal);
   }
 
   send(to, type, message) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify({ to, type, message }));
-    }
+    if (!this.signal) return;
+    if (this.role === 'host') this.signal.send(to, type, message);
+    else this.signal.send(type, message);
   }
 
-  onFrame(data) {
-    if (this.over || typeof data !== 'string') return;
-    let frame;
-    try {
-      frame = JSON.parse(data);
-    } catch {
-      return;
-    }
-    if (!frame || typeof frame !== 'object' || typeof frame.type !== 'string') return;
-    if (frame.from === RELAY_ID) {
-      this.onRelayFrame(frame.type, frame.message ?? {});
-    } else if (this.ready && typeof frame.from === 'string') {
-      this.onPeerFrame(frame.from, frame.type, frame.message);
-    }
-  }
-
-  onRelayFrame(type, message) {
-    switch (type) {
-      case 'HELLO':
-        this.onHello(message);
-        break;
-      case 'PEER_JOINED':
-        if (this.role === 'host' && typeof message.id === 'string') this.addGuest(message.id);
-        break;
-      case 'PEER_GONE':
-        if (this.role === 'host') this.guestGone(message.id, 'left');
-        else this.end('Session over: the host left.', 'warn');
-        break;
-      case 'ERROR':
-        this.onRelayError(message);
-        break;
-      default:
-        break;
-    }
-  }
-
-  onHello(message) {
-    if (this.ready) return;
-    clearTimeout(this.helloTimer);
+  onHello(signal) {
     this.ready = true;
-    this.selfId = message.id;
-    this.iceServers = Array.isArray(message.iceServers) ? message.iceServers : [];
-    if (typeof message.serverInfo === 'string' && message.serverInfo.trim()) {
-      ui.serverInfo.textContent = ` (${message.serverInfo.trim()})`;
+    this.iceServers = signal.iceServers;
+    if (typeof signal.serverInfo === 'string' && signal.serverInfo.trim()) {
+      ui.serverInfo.textContent = ` (${signal.serverInfo.trim()})`;
       ui.serverInfo.hidden = false;
     }
     if (this.role === 'host') {
-      this.code = String(message.id);
+      this.code = signal.code;
       showHostSession(this);
     } else {
       showGuestSession(this);
-      this.hostPeer = new Peer(this, this.code, { polite: true, label: 'Host' });
-      this.peers.set(this.code, this.hostPeer);
+      this.hostPeer = new Peer(this, signal.code, signal.peerConnection(), 'Host');
+      this.peers.set(signal.code, this.hostPeer);
     }
     this.showStatus();
   }
 
-  onRelayError(message) {
-    const code = typeof message.code === 'string' ? message.code : '';
-    const reason = typeof message.reason === 'string' ? message.reason : '';
-    const kind = typeof message.type === 'string' ? message.type : '';
-    const text = describeRelayError(this, code, reason, kind);
-    if (code === 'UNAUTHORIZED') {
+  /** The relay refused the room or link, or could not be reached: say why, back at the start. */
+  refused(error) {
+    const close = error.close ?? { code: 0, reason: 'closed' };
+    let text;
+    if (error.code === 'TIMEOUT') text = 'The relay did not answer in time. Check your connection and try again.';
+    else if (error.code === 'CONNECT_FAILED') text = `Can’t open a connection to the relay: ${error.message}`;
+    else if (['UNREACHABLE', 'CLOSED'].includes(error.code)) text = describeClose(this, close);
+    else text = describeRelayError(this, error.code, error.message, error.detail.type);
+    if (error.code === 'UNAUTHORIZED') {
       revealPassphrase();
       this.needsPassphrase = true;
     }
-    if (['UNAUTHORIZED', 'UNKNOWN_SERVER', 'SERVER_FULL'].includes(code) || !this.ready) {
-      // A close follows; it ends the session with this message.
-      this.relayError = text;
-      return;
-    }
-    flashProblem(text, () => this.showStatus());
+    this.end(text);
   }
 
-  onClose(event) {
-    clearTimeout(this.helloTimer);
+  onRelayError(error) {
+    if (error.code === 'WEBRTC') {
+      const peer = this.peers.get(error.detail.peer);
+      if (peer) peer.problem(error);
+      return;
+    }
+    flashProblem(describeRelayError(this, error.code, error.message, error.detail.type), () => this.showStatus());
+  }
+
+  onClose(close) {
     if (this.over) return;
-    const text = this.relayError ?? describeClose(this, event);
-    if (event.code === 4410 || this.relayError || !this.ready) {
-      this.end(text, event.code === 4410 ? 'warn' : 'error');
+    const text = describeClose(this, close);
+    if (close.code === 4410) {
+      this.end(text, 'warn');
       return;
     }
     // The relay is gone, but direct connections live on without it.
@@ -642,22 +502,10 @@ class Session {
     }
   }
 
-  onPeerFrame(from, type, message) {
-    let peer;
-    if (this.role === 'guest') {
-      // The relay lets only our host write to us; its id is the code in its canonical spelling.
-      peer = this.hostPeer;
-      if (peer) peer.id = from;
-    } else {
-      peer = this.peers.get(from);
-    }
-    if (peer) peer.receive(type, message);
-  }
-
   addGuest(id) {
     if (this.peers.has(id)) return;
     this.guestsSoFar += 1;
-    const peer = new Peer(this, id, { polite: false, label: `Guest ${this.guestsSoFar}` });
+    const peer = new Peer(this, id, this.signal.peerConnection(id), `Guest ${this.guestsSoFar}`);
     this.peers.set(id, peer);
     // Creating the channel triggers negotiationneeded, which sends the first OFFER.
     peer.openChannel();
@@ -841,10 +689,9 @@ class Session {
   end(text, tone = 'error') {
     if (this.over) return;
     this.over = true;
-    clearTimeout(this.helloTimer);
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, 'bye');
+    if (this.signal) this.signal.leave();
     if (session !== this) return;
     stopLocalMedia();
     if (this.role === 'host') showCodeExpired();
@@ -908,15 +755,20 @@ function showHostSession(current) {
   ui.localHint.hidden = !loopback;
   ui.localHost.textContent = location.hostname;
   ui.share.hidden = false;
-  ui.share.classList.remove('expired');
-  ui.codeNote.textContent =
-    'The code lasts while this page stays open: reloading or leaving makes a new one, and links shared before stop working.';
+  showCodeNote();
   ui.roomTitle.textContent = 'Your room';
   addNote(`Room ${groupCode(current.code)} is open. Guests appear here when they join.`);
   showSessionScreen();
 }
 
-/** The host's code no longer reaches this page: say so where the code is shown. */
+/** What the host should know about its code while it works. */
+function showCodeNote() {
+  ui.share.classList.remove('expired');
+  ui.codeNote.textContent =
+    'The code lasts while this page stays open: reloading or leaving makes a new one, and links shared before stop working.';
+}
+
+/** The host's code no longer reaches this page (for now, while resuming): say so where it is shown. */
 function showCodeExpired() {
   ui.share.classList.add('expired');
   ui.codeNote.textContent =
@@ -972,7 +824,7 @@ function startHosting() {
   session = current;
   setBusy(true);
   setStatus('Connecting to the relay…');
-  current.connect(passphrase ? `server?passphrase=${encodeURIComponent(passphrase)}` : 'server');
+  current.connect(Intercessor.host('.', { passphrase }));
 }
 
 /** The code in what the user typed or pasted: a code, or a whole join link. */
@@ -997,18 +849,17 @@ function join() {
     ui.joinCode.focus();
     return;
   }
-  if (!CODE_PATTERN.test(canonicalCode(typed))) {
+  if (!CODE_PATTERN.test(Intercessor.normalizeCode(typed))) {
     setStatus(`“${typed}” is not a join code: a code is 4 to 16 letters and digits, like 7KQ-2MX.`, 'error');
     ui.joinCode.focus();
     return;
   }
   const current = new Session('guest');
-  current.code = canonicalCode(typed);
+  current.code = Intercessor.normalizeCode(typed);
   session = current;
   setBusy(true);
   setStatus(`Looking for the host with code ${groupCode(current.code)}…`);
-  // The relay reads codes forgivingly, so it gets what the user typed.
-  current.connect(`client/${encodeURIComponent(typed)}`);
+  current.connect(Intercessor.join('.', typed));
 }
 
 function leave() {
@@ -1089,7 +940,7 @@ window.addEventListener('pagehide', () => {
   if (code && code.trim()) {
     ui.joinCode.value = code.trim();
     ui.joinButton.focus();
-    setStatus(`Press Join to enter room ${groupCode(canonicalCode(code.trim()))}.`);
+    setStatus(`Press Join to enter room ${groupCode(Intercessor.normalizeCode(code.trim()))}.`);
   } else {
     setStatus(readyText());
   }

@@ -1,12 +1,12 @@
-//! The files served to browsers (the demo), compiled into the binary so that the binary stays the
-//! only thing to deploy.
+//! The files served to browsers (the demo and the client library), compiled into the binary so that
+//! the binary stays the only thing to deploy.
 
 use crate::edge::response::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 /// Path, content type, contents.
-const ASSETS: [(&str, &str, &str); 4] = [
+const ASSETS: [(&str, &str, &str); 5] = [
     (
         "/",
         "text/html; charset=utf-8",
@@ -27,9 +27,17 @@ const ASSETS: [(&str, &str, &str); 4] = [
         "text/javascript; charset=utf-8",
         include_str!("../demo/qr.js"),
     ),
+    (
+        LIBRARY,
+        "text/javascript; charset=utf-8",
+        include_str!("../demo/intercessor.js"),
+    ),
 ];
 
-/// The demo asset at `path`, if there is one.
+/// The client library, which pages on other origins import as a module.
+const LIBRARY: &str = "/intercessor.js";
+
+/// The asset at `path`, if there is one.
 pub fn asset(path: &str) -> Option<Response<Body>> {
     let (_, content_type, contents) = ASSETS.iter().find(|(p, _, _)| *p == path)?;
     let mut response = Response::new(Body::new(Bytes::from_static(contents.as_bytes())));
@@ -49,5 +57,13 @@ pub fn asset(path: &str) -> Option<Response<Body>> {
         HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Module scripts are fetched with CORS, so another origin's page can import the library only
+    // with this; it is public and carries no credentials.
+    if path == LIBRARY {
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+    }
     Some(response)
 }

@@ -8,12 +8,14 @@ use crate::edge::session::{self, Arrival};
 use crate::edge::state::Shared;
 use crate::relay::admission::{Admission, Route, Upgrade};
 use crate::relay::directory::{self, Detour, Owner, Placement, Routing};
+use crate::relay::hub::Resuming;
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::IpVerdict;
 use crate::relay::link::Greet;
 use crate::relay::outbox;
 use crate::relay::outcome::{
-    DIRECTORY_DOWN, NO_FREE_ID, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
+    DIRECTORY_DOWN, NO_FREE_ID, RESUME_FAILED, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS,
+    TOO_MANY_FAILURES,
 };
 use crate::relay::upgrade::Rejection;
 use futures_util::FutureExt as _;
@@ -89,11 +91,15 @@ async fn start_session(
         IpVerdict::TooManyFailures => Admission::Refused(TOO_MANY_FAILURES),
     };
     let mut elsewhere = None;
-    if let (Some(cluster), Admission::Client(code)) = (&shared.cluster, admission) {
+    if let (Some(cluster), Some(code)) = (&shared.cluster, room_of(admission)) {
         match place(cluster, &shared, headers, code).await {
             Placed::Here => {}
             Placed::Refused(refusal) => admission = Admission::Refused(refusal),
             Placed::Replay(value) => return response::replay(&value),
+            // A session lives where its room does; pubsub routing does not carry resumes yet.
+            Placed::Forward(_) if matches!(admission, Admission::Resume { .. }) => {
+                admission = Admission::Refused(RESUME_FAILED);
+            }
             Placed::Forward(owner) => elsewhere = Some((code, owner)),
         }
     }
@@ -128,6 +134,18 @@ async fn start_session(
         None => Either::Right(std::future::ready(())),
     }));
     response::switching_protocols(&upgrade.accept_key)
+}
+
+/// The room a client joins or resumes in.
+fn room_of(admission: Admission) -> Option<JoinCode> {
+    match admission {
+        Admission::Client(code)
+        | Admission::Resume {
+            resuming: Resuming::ClientOf(code),
+            ..
+        } => Some(code),
+        _ => None,
+    }
 }
 
 /// Where a client's room is, seen from this instance of a cluster.
@@ -177,7 +195,7 @@ async fn join_elsewhere(shared: &Arc<Shared>, code: JoinCode, owner: Owner) -> A
     };
     let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
     let greeter = shared.clone();
-    let greet: Greet = Box::new(move |id| session::hello(&greeter.config, id));
+    let greet: Greet = Box::new(move |id| session::hello(&greeter.config, id, None));
     match pubsub.join(code, owner, outbox.clone(), greet).await {
         Ok(guest) => Arrival::Guest {
             guest: Box::new(guest),

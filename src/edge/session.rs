@@ -7,15 +7,18 @@
 use crate::config::Config;
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
-use crate::relay::hub::{JoinError, Membership, NoFreeId, PeerId};
+use crate::relay::hub::{JoinError, NoFreeId, PeerId, RouteError, Seated};
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
 use crate::relay::link::{Guest, Seat};
-use crate::relay::outbox::{self, Inbox, Outbox};
+use crate::relay::outbox::{Inbox, Outbox};
 use crate::relay::outcome::{
-    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, NO_FREE_ID, NOT_UTF8, Notice,
-    PROTOCOL_ERROR, Refusal, SERVER_FULL, TOO_BIG, TOO_SLOW, UNKNOWN_SERVER, close,
+    BINARY, Closing, DROPPED, ErrorCode, FLOODING, IDLE, LEFT, NO_FREE_ID, NOT_UTF8, Notice,
+    PROTOCOL_ERROR, QUEUE_FULL, RESUME_FAILED, Refusal, SERVER_FULL, TOO_BIG, TOO_SLOW,
+    UNKNOWN_SERVER, close,
 };
 use crate::relay::protocol;
+use crate::relay::protocol::Resumption;
+use crate::relay::resume;
 use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::VecDeque;
@@ -71,12 +74,14 @@ pub enum Arrival {
     },
 }
 
-/// The HELLO a peer with `id` gets from a relay running `config`.
-pub fn hello(config: &Config, id: &str) -> String {
+/// The HELLO a peer with `id` gets from a relay running `config`, with `resume` when it may
+/// resume its session.
+pub fn hello(config: &Config, id: &str, resume: Option<Resumption<'_>>) -> String {
     protocol::hello(&protocol::Hello {
         id,
         server_info: config.server_info.as_deref(),
         ice_servers: &config.ice.for_peer(id, SystemTime::now()),
+        resume,
     })
 }
 
@@ -96,20 +101,17 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let started = Instant::now();
-    let (outbox, inbox, registered) = match arrival {
+    let registered = match arrival {
         Arrival::Guest {
             guest,
             outbox,
             inbox,
-        } => (outbox, inbox, Ok(Seat::Guest(guest))),
-        Arrival::Here(admission) => {
-            let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
-            let registered = register(&shared, admission, outbox.clone());
-            (outbox, inbox, registered.map(Seat::Member))
-        }
+        } => Ok((Seat::Guest(guest), outbox, inbox)),
+        Arrival::Here(admission) => register(&shared, admission)
+            .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
     };
     match registered {
-        Ok(seat) => {
+        Ok((seat, outbox, inbox)) => {
             let limiter = RateLimiter::new(
                 shared.config.rate_limit,
                 shared.config.flood_window,
@@ -140,30 +142,43 @@ where
     }
 }
 
-/// Registers a peer in this instance's hub as `admission` says.
-fn register(shared: &Shared, admission: Admission, outbox: Outbox) -> Result<Membership, Refusal> {
-    let hello = |id: &str| hello(&shared.config, id);
-    match admission {
+/// Registers a peer in this instance's hub as `admission` says, with the queue its session
+/// drains.
+fn register(shared: &Shared, admission: Admission) -> Result<Seated, Refusal> {
+    let hello = |id: &str, resume: Option<Resumption<'_>>| hello(&shared.config, id, resume);
+    let queue_bytes = shared.config.send_queue_bytes;
+    if let Admission::Resume {
+        resuming,
+        token,
+        received,
+    } = admission
+    {
+        return shared
+            .hub
+            .resume(token, resuming, received, queue_bytes, hello);
+    }
+    let (outbox, inbox) = shared.hub.queue(queue_bytes);
+    let membership = match admission {
         Admission::Server => shared
             .hub
-            .register_server(outbox, hello)
+            .register_server(outbox.clone(), hello)
             .map_err(|NoFreeId| NO_FREE_ID),
         Admission::ClaimedServer(code) => shared
             .hub
-            .register_server_as(code, outbox, hello)
+            .register_server_as(code, outbox.clone(), hello)
             .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::Client(code) => {
-            shared
-                .hub
-                .join(code, outbox, hello)
-                .map_err(|error| match error {
-                    JoinError::UnknownServer => UNKNOWN_SERVER,
-                    JoinError::ServerFull => SERVER_FULL,
-                    JoinError::NoFreeId => NO_FREE_ID,
-                })
-        }
+        Admission::Client(code) => shared
+            .hub
+            .join(code, outbox.clone(), hello)
+            .map_err(|error| match error {
+                JoinError::UnknownServer => UNKNOWN_SERVER,
+                JoinError::ServerFull => SERVER_FULL,
+                JoinError::NoFreeId => NO_FREE_ID,
+            }),
         Admission::Refused(refusal) => Err(refusal),
-    }
+        Admission::Resume { .. } => Err(RESUME_FAILED),
+    }?;
+    Ok((membership, outbox, inbox))
 }
 
 /// A registered peer: everything its task holds while the peer is connected.
@@ -194,10 +209,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         async move {
             let end = self.relay().await;
             let id = self.seat.id();
-            // Leave the room before the closing handshake, so counterparts hear PEER_GONE at once.
-            self.seat.leave();
-            if let (PeerId::Server(code), Some(cluster)) = (id, &self.shared.cluster) {
-                cluster.release(code);
+            let (close_code, by_relay) = match end {
+                End::Closed(closing) => (closing.code, true),
+                End::Left(code) => (code, false),
+            };
+            // Leave the room (or step away from it) before the closing handshake, so
+            // counterparts hear PEER_GONE or PEER_AWAY at once.
+            let away = if resume::leaves_away(close_code, by_relay) {
+                self.seat.step_away()
+            } else {
+                self.seat.leave();
+                None
+            };
+            match away {
+                Some(generation) => expire_later(&self.shared, id, generation),
+                None => release(&self.shared, id),
             }
             let code = match end {
                 End::Closed(closing) => {
@@ -226,6 +252,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 role,
                 remote = %self.remote,
                 close = code,
+                away = away.is_some(),
                 duration_ms = self.started.elapsed().as_millis() as u64,
                 "peer left"
             );
@@ -353,6 +380,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(incoming) => incoming,
             Err(error) => return self.reply_error(ErrorCode::BadMessage, &error.to_string(), None),
         };
+        if incoming.to == protocol::RELAY_ID && incoming.kind == protocol::LEAVE {
+            return Err(End::Closed(LEFT));
+        }
         if let Some(schemas) = &self.shared.config.message_schemas
             && let Err(invalid) = schemas.check(&incoming.kind, incoming.message)
         {
@@ -370,11 +400,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.shared.metrics.relayed(bytes);
                 Ok(())
             }
-            Err(unknown) => self.reply_error(
+            Err(error @ RouteError::UnknownPeer) => self.reply_error(
                 ErrorCode::UnknownPeer,
-                &unknown.to_string(),
+                &error.to_string(),
                 Some(&incoming.to),
             ),
+            Err(RouteError::QueueFull) => {
+                self.reply_error(QUEUE_FULL.code, QUEUE_FULL.reason, Some(&incoming.to))
+            }
         }
     }
 
@@ -387,6 +420,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         self.outbox
             .push(protocol::error(code, reason, id))
             .map_err(|_| End::Closed(TOO_SLOW))
+    }
+}
+
+/// Ends the away time of the peer `id` once the resume window has passed, unless it resumed.
+fn expire_later(shared: &Arc<Shared>, id: PeerId, generation: u32) {
+    let shared = shared.clone();
+    // Not tracked with the sessions: a drain must not wait out the window.
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.config.resume.window).await;
+        if shared.hub.expire(id, generation) {
+            release(&shared, id);
+        }
+    });
+}
+
+/// Gives a server's code up in the cluster directory once it is gone.
+fn release(shared: &Shared, id: PeerId) {
+    if let (PeerId::Server(code), Some(cluster)) = (id, &shared.cluster) {
+        cluster.release(code);
     }
 }
 

@@ -45,7 +45,8 @@ impl Shared {
                 passphrase: config.passphrase.clone(),
                 client_ip_header: config.client_ip_header.clone(),
             },
-            hub: Hub::new(config.code_length, config.max_clients_per_server),
+            hub: Hub::new(config.code_length, config.max_clients_per_server)
+                .resumable(config.resume),
             slots: ConnectionSlots::new(
                 config.max_connections,
                 config.max_connections_per_ip,

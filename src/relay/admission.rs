@@ -2,8 +2,10 @@
 //! origin, the passphrase and the client's address. Pure; the stateful bounds (connection caps,
 //! failed attempts) are applied after it by the HTTP layer.
 
+use crate::relay::hub::Resuming;
 use crate::relay::ids::JoinCode;
-use crate::relay::outcome::{Refusal, UNAUTHORIZED, UNKNOWN_SERVER};
+use crate::relay::outcome::{RESUME_FAILED, Refusal, UNAUTHORIZED, UNKNOWN_SERVER};
+use crate::relay::resume::Token;
 use crate::relay::upgrade::{self, Rejection};
 use http::{HeaderName, Method, Request, StatusCode, header};
 use std::net::{IpAddr, SocketAddr};
@@ -66,6 +68,15 @@ pub enum Admission {
     ClaimedServer(JoinCode),
     /// Join the server with this code.
     Client(JoinCode),
+    /// Resume a session with its token, after the first `received` frames of it when given.
+    Resume {
+        /// Who resumes.
+        resuming: Resuming,
+        /// The token its last HELLO carried.
+        token: Token,
+        /// Frames the peer received since that HELLO.
+        received: Option<u64>,
+    },
     /// Upgrade only to say why not.
     Refused(Refusal),
 }
@@ -85,13 +96,22 @@ impl Door {
         let admission = match path {
             HEALTH_PATH if readable => return Route::Health,
             READY_PATH if readable => return Route::Readiness,
-            SERVER_PATH if self.authorized(request) => Admission::Server,
-            SERVER_PATH => Admission::Refused(UNAUTHORIZED),
+            // A resuming server needs no passphrase: its token is the stronger secret.
+            SERVER_PATH => resume(request, Resuming::Server).unwrap_or_else(|| {
+                if self.authorized(request) {
+                    Admission::Server
+                } else {
+                    Admission::Refused(UNAUTHORIZED)
+                }
+            }),
             _ => match path.strip_prefix(CLIENT_PREFIX) {
                 Some(code) if !code.contains('/') => {
                     let code = percent_encoding::percent_decode_str(code).decode_utf8_lossy();
-                    JoinCode::parse(&code)
-                        .map_or(Admission::Refused(UNKNOWN_SERVER), Admission::Client)
+                    match JoinCode::parse(&code) {
+                        Some(code) => resume(request, Resuming::ClientOf(code))
+                            .unwrap_or(Admission::Client(code)),
+                        None => Admission::Refused(UNKNOWN_SERVER),
+                    }
                 }
                 _ if readable => return Route::Page(path),
                 _ => return Route::NotFound,
@@ -181,6 +201,29 @@ pub fn origin_mistake(origin: &str) -> Option<&'static str> {
     authority
         .ends_with(default_port)
         .then_some("browsers leave the scheme's default port out")
+}
+
+/// The resume a request asks for (`?resume=TOKEN` or `Authorization: Resume TOKEN`, and
+/// `&received=N`), if it asks for one; a token that cannot be one, or more than one, fails it.
+fn resume<B>(request: &Request<B>, resuming: Resuming) -> Option<Admission> {
+    let token = match secret(request, "Resume", "resume") {
+        Secret::Absent => return None,
+        Secret::Repeated => None,
+        Secret::One(token) => Token::parse(&token),
+    };
+    let Some(token) = token else {
+        return Some(Admission::Refused(RESUME_FAILED));
+    };
+    let received = request.uri().query().and_then(|query| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "received")
+            .and_then(|(_, value)| value.parse().ok())
+    });
+    Some(Admission::Resume {
+        resuming,
+        token,
+        received,
+    })
 }
 
 /// A secret as a request carries it.

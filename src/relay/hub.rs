@@ -1,14 +1,22 @@
-//! The registry of live peers and the rules of who may send to whom.
+//! The registry of live and away peers and the rules of who may send to whom.
 //!
-//! One `std::sync::Mutex` guards both maps and is taken once per operation. No operation awaits
+//! One `std::sync::Mutex` guards the maps and is taken once per operation. No operation awaits
 //! while holding it: whatever must reach another peer is pushed into that peer's bounded
 //! [`Outbox`] and written by the peer's own task.
+//!
+//! With a resume window, a peer whose connection was lost is *away*: it keeps its id, its room
+//! and its place in it, and frames for it wait in a bounded queue until it resumes with its token
+//! (getting them in order) or the window ends (and it is gone, as on a leave).
 
 use crate::relay::ids::{ClientId, JoinCode};
-use crate::relay::outbox::Outbox;
-use crate::relay::outcome::{Closing, Refusal, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW};
-use crate::relay::protocol;
-use std::collections::HashMap;
+use crate::relay::outbox::{self, Outbox};
+use crate::relay::outcome::{
+    Closing, RESUME_FAILED, Refusal, SERVER_GONE, SHUTTING_DOWN, SUPERSEDED, SUPERSEDED_NOTICE,
+    TOO_SLOW,
+};
+use crate::relay::protocol::{self, Resumption};
+use crate::relay::resume::{Replay, ResumePolicy, Token, TokenHash};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -18,12 +26,18 @@ pub struct Hub {
     state: Arc<Mutex<State>>,
     code_length: usize,
     max_clients_per_server: usize,
+    /// `None` when `--resume-window` is `0`: every loss is a leave, and no token is made.
+    resume: Option<ResumePolicy>,
 }
 
 #[derive(Default)]
 struct State {
     servers: HashMap<JoinCode, ServerEntry>,
     clients: HashMap<ClientId, ClientEntry>,
+    /// Every live or away peer's resume token.
+    tokens: HashMap<TokenHash, PeerId>,
+    /// Peers away now; never above `ResumePolicy::max_away`.
+    away: usize,
     /// Set by [`Hub::shut_down`]: peers that register later are closed at once.
     shutting_down: bool,
 }
@@ -38,6 +52,36 @@ impl State {
         }
         if self.shutting_down {
             outbox.close(SHUTTING_DOWN);
+        }
+    }
+
+    fn seat(&mut self, id: PeerId) -> Option<&mut Seat> {
+        match id {
+            PeerId::Server(code) => self.servers.get_mut(&code).map(|entry| &mut entry.seat),
+            PeerId::Client(id) => self.clients.get_mut(&id).map(|entry| &mut entry.seat),
+        }
+    }
+
+    /// Pushes a notice about `id` to each of its counterparts; those that cannot take it are
+    /// evicted as too slow.
+    fn tell_counterparts(&mut self, id: PeerId, notice: &str) {
+        let counterparts: Vec<PeerId> = match id {
+            PeerId::Server(code) => self.servers.get(&code).map_or_else(Vec::new, |server| {
+                server.clients.iter().copied().map(PeerId::Client).collect()
+            }),
+            PeerId::Client(id) => self
+                .clients
+                .get(&id)
+                .map(|client| vec![PeerId::Server(client.server)])
+                .unwrap_or_default(),
+        };
+        for counterpart in counterparts {
+            let told = self
+                .seat(counterpart)
+                .is_some_and(|seat| seat.outbox.push(notice.to_owned()).is_ok());
+            if !told {
+                Hub::evict_locked(self, counterpart, Some(TOO_SLOW));
+            }
         }
     }
 }
@@ -55,14 +99,34 @@ fn free_id<T: Copy>(mut draw: impl FnMut() -> T, taken: impl Fn(&T) -> bool) -> 
         .find(|id| !taken(id))
 }
 
-struct ServerEntry {
+/// A peer's place, live or away.
+struct Seat {
+    /// The session's queue while live; the away queue while away.
     outbox: Outbox,
+    /// Bumped whenever the seat changes hands (away, resumed), so a stale session or timer
+    /// cannot act on the peer's newer state.
+    generation: u32,
+    token: Option<TokenHash>,
+    /// Set while away; boxed, as most peers are never away.
+    away: Option<Box<Away>>,
+}
+
+/// What an away peer's resume needs besides its queue.
+struct Away {
+    /// The frames written last before the loss.
+    replay: Replay,
+    /// Frames queued for it were dropped (more than its queue holds): its resume says `gap`.
+    lost: bool,
+}
+
+struct ServerEntry {
+    seat: Seat,
     /// Never longer than `Hub::max_clients_per_server`.
     clients: Vec<ClientId>,
 }
 
 struct ClientEntry {
-    outbox: Outbox,
+    seat: Seat,
     server: JoinCode,
 }
 
@@ -110,10 +174,28 @@ pub enum JoinError {
     ServerFull,
 }
 
-/// `to` names no peer the sender may reach.
+/// Why a frame was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no such peer, or not one you may send to")]
-pub struct UnknownPeer;
+pub enum RouteError {
+    /// `to` names no peer the sender may reach.
+    #[error("no such peer, or not one you may send to")]
+    UnknownPeer,
+    /// The destination is away and its queue has no room for the frame.
+    #[error("the peer is away and its queue is full")]
+    QueueFull,
+}
+
+/// Who resumes: the server at `/server`, or a client of the server with this code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resuming {
+    /// At `/server?resume=…`.
+    Server,
+    /// At `/client/CODE?resume=…`.
+    ClientOf(JoinCode),
+}
+
+/// A peer's membership, and the queue its session drains.
+pub type Seated = (Membership, Outbox, outbox::Inbox);
 
 /// Live membership in the hub; dropping it removes the peer and tells its counterparts.
 ///
@@ -121,7 +203,10 @@ pub struct UnknownPeer;
 pub struct Membership {
     hub: Hub,
     id: PeerId,
-    /// Set once the peer has left, so a later drop cannot evict a newer peer given the same code.
+    /// The seat's generation when this session took it: once the peer resumed elsewhere (a newer
+    /// session holds a newer generation), this one can no longer evict or send it away.
+    generation: u32,
+    /// Set once the peer has left or gone away, so a later drop does nothing.
     left: bool,
 }
 
@@ -134,8 +219,57 @@ impl Membership {
     /// Leaves the hub now rather than on drop; counterparts hear PEER_GONE at once.
     pub fn leave(&mut self) {
         if !std::mem::replace(&mut self.left, true) {
-            self.hub.evict(self.id, None);
+            let mut state = self.hub.lock();
+            if state
+                .seat(self.id)
+                .is_some_and(|seat| seat.generation == self.generation)
+            {
+                Hub::evict_locked(&mut state, self.id, None);
+            }
         }
+    }
+
+    /// The connection was lost: keeps the peer away with what its queue held, if the relay
+    /// resumes sessions and has room for one more away peer; otherwise leaves. Returns the away
+    /// seat's generation, for [`Hub::expire`] once the window has passed.
+    ///
+    /// The queue is emptied under the hub's lock, so no frame pushed meanwhile can be lost.
+    pub fn step_away(&mut self) -> Option<u32> {
+        if std::mem::replace(&mut self.left, true) {
+            return None;
+        }
+        let mut state = self.hub.lock();
+        let current = state
+            .seat(self.id)
+            .is_some_and(|seat| seat.generation == self.generation);
+        if !current {
+            return None;
+        }
+        let room = self
+            .hub
+            .resume
+            .filter(|policy| state.away < policy.max_away);
+        let Some(policy) = room else {
+            Hub::evict_locked(&mut state, self.id, None);
+            return None;
+        };
+        let rest = state.seat(self.id)?.outbox.take_rest();
+        let (outbox, _) = outbox::bounded(policy.queue_bytes);
+        let mut lost = false;
+        for frame in rest.unwritten {
+            lost = lost || outbox.push(frame).is_err();
+        }
+        let seat = state.seat(self.id)?;
+        seat.outbox = outbox;
+        seat.generation += 1;
+        let generation = seat.generation;
+        seat.away = Some(Box::new(Away {
+            replay: rest.replay,
+            lost,
+        }));
+        state.away += 1;
+        state.tell_counterparts(self.id, &protocol::peer_away(self.id.as_str()));
+        Some(generation)
     }
 }
 
@@ -146,12 +280,21 @@ impl Drop for Membership {
 }
 
 impl Hub {
-    /// An empty registry issuing `code_length`-character codes.
+    /// An empty registry issuing `code_length`-character codes, resuming no session.
     pub fn new(code_length: usize, max_clients_per_server: usize) -> Hub {
         Hub {
             state: Arc::default(),
             code_length,
             max_clients_per_server,
+            resume: None,
+        }
+    }
+
+    /// The same registry, resuming sessions as `policy` says (none with a zero window).
+    pub fn resumable(self, policy: ResumePolicy) -> Hub {
+        Hub {
+            resume: (!policy.window.is_zero()).then_some(policy),
+            ..self
         }
     }
 
@@ -162,11 +305,49 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A fresh send queue for a session, keeping a replay window when sessions resume.
+    pub fn queue(&self, send_queue_bytes: usize) -> (Outbox, outbox::Inbox) {
+        let replay = self.resume.map_or(0, |policy| policy.queue_bytes);
+        outbox::replayable(send_queue_bytes, replay)
+    }
+
+    /// A token for a new peer, if sessions resume, and what its HELLO says of it.
+    fn new_seat(&self, state: &mut State, id: PeerId, outbox: Outbox) -> (Seat, Option<Token>) {
+        let token = self.resume.map(|_| Token::generate());
+        let hash = token.map(|token| token.hash());
+        if let Some(hash) = hash {
+            state.tokens.insert(hash, id);
+        }
+        let seat = Seat {
+            outbox,
+            generation: 0,
+            token: hash,
+            away: None,
+        };
+        (seat, token)
+    }
+
+    /// The resume part of a HELLO carrying `token`.
+    fn resumption<'t>(
+        &self,
+        token: Option<&'t str>,
+        resumed: Option<(usize, bool)>,
+    ) -> Option<Resumption<'t>> {
+        let (policy, token) = self.resume.zip(token)?;
+        Some(Resumption {
+            token,
+            window_ms: policy.window.as_millis() as u64,
+            resumed: resumed.is_some(),
+            replayed: resumed.map(|(replayed, _)| replayed),
+            gap: resumed.is_some_and(|(_, gap)| gap),
+        })
+    }
+
     /// Registers a server under a fresh unique code; `hello` builds its first frame from the code.
     pub fn register_server(
         &self,
         outbox: Outbox,
-        hello: impl FnOnce(&str) -> String,
+        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
         let code = self.free_code(&state)?;
@@ -185,7 +366,7 @@ impl Hub {
         &self,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str) -> String,
+        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
         if state.servers.contains_key(&code) {
@@ -207,29 +388,36 @@ impl Hub {
         state: &mut State,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str) -> String,
+        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
     ) -> Membership {
-        state.greet(&outbox, hello(code.as_str()));
-        state.servers.insert(
-            code,
-            ServerEntry {
-                outbox,
-                clients: Vec::new(),
-            },
+        let id = PeerId::Server(code);
+        let (seat, token) = self.new_seat(state, id, outbox);
+        let token = token.map(|token| token.encode());
+        state.greet(
+            &seat.outbox,
+            hello(code.as_str(), self.resumption(token.as_deref(), None)),
         );
+        let clients = Vec::new();
+        state.servers.insert(code, ServerEntry { seat, clients });
+        self.membership(id, 0)
+    }
+
+    fn membership(&self, id: PeerId, generation: u32) -> Membership {
         Membership {
             hub: self.clone(),
-            id: PeerId::Server(code),
+            id,
+            generation,
             left: false,
         }
     }
 
-    /// Whether a live server here has `code`.
+    /// Whether a live or away server here has `code`.
     pub fn holds(&self, code: &JoinCode) -> bool {
         self.lock().servers.contains_key(code)
     }
 
-    /// The codes of every live server here, for claiming them again in the cluster directory.
+    /// The codes of every live or away server here, for claiming them again in the cluster
+    /// directory.
     pub fn server_codes(&self) -> Vec<JoinCode> {
         self.lock().servers.keys().copied().collect()
     }
@@ -238,7 +426,7 @@ impl Hub {
     pub fn close_server(&self, code: JoinCode, refusal: Refusal) {
         let mut state = self.lock();
         if let Some(server) = state.servers.get(&code) {
-            let _ = server.outbox.push(protocol::notice(refusal.notice));
+            let _ = server.seat.outbox.push(protocol::notice(refusal.notice));
             Self::evict_locked(&mut state, PeerId::Server(code), Some(refusal.closing));
         }
     }
@@ -250,7 +438,7 @@ impl Hub {
         &self,
         code: JoinCode,
         outbox: Outbox,
-        hello: impl FnOnce(&str) -> String,
+        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
     ) -> Result<Membership, JoinError> {
         let mut state = self.lock();
         let id = free_id(ClientId::generate, |id| state.clients.contains_key(id))
@@ -263,6 +451,7 @@ impl Hub {
             return Err(JoinError::ServerFull);
         }
         if server
+            .seat
             .outbox
             .push(protocol::peer_joined(id.as_str()))
             .is_err()
@@ -271,47 +460,129 @@ impl Hub {
             return Err(JoinError::UnknownServer);
         }
         server.clients.push(id);
-        state.greet(&outbox, hello(id.as_str()));
-        state.clients.insert(
-            id,
-            ClientEntry {
-                outbox,
-                server: code,
-            },
+        let (seat, token) = self.new_seat(&mut state, PeerId::Client(id), outbox);
+        let token = token.map(|token| token.encode());
+        state.greet(
+            &seat.outbox,
+            hello(id.as_str(), self.resumption(token.as_deref(), None)),
         );
-        Ok(Membership {
-            hub: self.clone(),
-            id: PeerId::Client(id),
-            left: false,
-        })
+        state.clients.insert(id, ClientEntry { seat, server: code });
+        Ok(self.membership(PeerId::Client(id), 0))
+    }
+
+    /// Resumes the peer holding `token` for a new session whose queue holds at most
+    /// `send_queue_bytes`: its HELLO (old id, `resumed`, a fresh token), then the frames it did
+    /// not receive (after the first `received` of its last session, when it says), then those
+    /// queued while it was away. A session still holding the peer is superseded (`4412`).
+    pub fn resume(
+        &self,
+        token: Token,
+        resuming: Resuming,
+        received: Option<u64>,
+        send_queue_bytes: usize,
+        hello: impl FnOnce(&str, Option<Resumption<'_>>) -> String,
+    ) -> Result<Seated, Refusal> {
+        let policy = self.resume.ok_or(RESUME_FAILED)?;
+        let mut state = self.lock();
+        let hash = token.hash();
+        let id = *state.tokens.get(&hash).ok_or(RESUME_FAILED)?;
+        let role_matches = match (id, resuming) {
+            (PeerId::Server(_), Resuming::Server) => true,
+            (PeerId::Client(client), Resuming::ClientOf(code)) => state
+                .clients
+                .get(&client)
+                .is_some_and(|entry| entry.server == code),
+            _ => false,
+        };
+        let seat = state.seat(id).ok_or(RESUME_FAILED)?;
+        if !role_matches || !seat.token.is_some_and(|held| held.matches(&hash)) {
+            return Err(RESUME_FAILED);
+        }
+        let was_away = seat.away.is_some();
+        let rest = seat.outbox.take_rest();
+        let (replay, lost) = match seat.away.take() {
+            Some(away) => (away.replay, away.lost),
+            None => {
+                let _ = seat.outbox.push(protocol::notice(SUPERSEDED_NOTICE));
+                seat.outbox.close(SUPERSEDED);
+                (rest.replay, false)
+            }
+        };
+        let (replayed, gap) =
+            received.map_or((Vec::new(), false), |received| replay.since(received));
+        let fresh = Token::generate();
+        let fresh_hash = fresh.hash();
+        let encoded = fresh.encode();
+        let resumption = self.resumption(Some(&encoded), Some((replayed.len(), gap || lost)));
+        let mut frames = VecDeque::with_capacity(1 + replayed.len() + rest.unwritten.len());
+        frames.push_back(hello(id.as_str(), resumption));
+        frames.extend(replayed);
+        frames.extend(rest.unwritten);
+        let (outbox, inbox) = outbox::preloaded(send_queue_bytes, policy.queue_bytes, frames);
+        seat.outbox = outbox.clone();
+        seat.generation += 1;
+        seat.token = Some(fresh_hash);
+        let generation = seat.generation;
+        state.tokens.remove(&hash);
+        state.tokens.insert(fresh_hash, id);
+        if was_away {
+            state.away -= 1;
+            state.tell_counterparts(id, &protocol::peer_back(id.as_str()));
+        }
+        if state.shutting_down {
+            outbox.close(SHUTTING_DOWN);
+        }
+        Ok((self.membership(id, generation), outbox, inbox))
+    }
+
+    /// Ends the away time of the peer `id` if it is still away in the `generation`
+    /// [`Membership::step_away`] returned: its counterparts hear PEER_GONE, as on a leave.
+    /// Returns whether it was (a server's code is then free).
+    pub fn expire(&self, id: PeerId, generation: u32) -> bool {
+        let mut state = self.lock();
+        let due = state
+            .seat(id)
+            .is_some_and(|seat| seat.away.is_some() && seat.generation == generation);
+        if due {
+            Self::evict_locked(&mut state, id, None);
+        }
+        due
     }
 
     /// Delivers `frame` from `from` to the peer named by `to`, if `from` may reach it.
     ///
     /// A client may reach only its own server (any forgiving spelling of the code); a server only
-    /// its own clients. A destination whose queue is full is disconnected as too slow, and the
-    /// sender hears PEER_GONE as for any other leave.
-    pub fn route(&self, from: PeerId, to: &str, frame: String) -> Result<(), UnknownPeer> {
+    /// its own clients. A live destination whose queue is full is disconnected as too slow, and
+    /// the sender hears PEER_GONE as for any other leave; an away one's full queue refuses the
+    /// frame.
+    pub fn route(&self, from: PeerId, to: &str, frame: String) -> Result<(), RouteError> {
         let mut state = self.lock();
-        let (destination, outbox) = match from {
+        let (destination, seat) = match from {
             PeerId::Client(sender) => {
-                let server = state.clients.get(&sender).ok_or(UnknownPeer)?.server;
+                let server = state
+                    .clients
+                    .get(&sender)
+                    .ok_or(RouteError::UnknownPeer)?
+                    .server;
                 if JoinCode::parse(to) != Some(server) {
-                    return Err(UnknownPeer);
+                    return Err(RouteError::UnknownPeer);
                 }
-                let entry = state.servers.get(&server).ok_or(UnknownPeer)?;
-                (PeerId::Server(server), &entry.outbox)
+                let entry = state.servers.get(&server).ok_or(RouteError::UnknownPeer)?;
+                (PeerId::Server(server), &entry.seat)
             }
             PeerId::Server(sender) => {
-                let id = ClientId::parse(to).ok_or(UnknownPeer)?;
-                let entry = state.clients.get(&id).ok_or(UnknownPeer)?;
+                let id = ClientId::parse(to).ok_or(RouteError::UnknownPeer)?;
+                let entry = state.clients.get(&id).ok_or(RouteError::UnknownPeer)?;
                 if entry.server != sender {
-                    return Err(UnknownPeer);
+                    return Err(RouteError::UnknownPeer);
                 }
-                (PeerId::Client(id), &entry.outbox)
+                (PeerId::Client(id), &entry.seat)
             }
         };
-        if outbox.push(frame).is_err() {
+        if seat.outbox.push(frame).is_err() {
+            if seat.away.is_some() {
+                return Err(RouteError::QueueFull);
+            }
             Self::evict_locked(&mut state, destination, Some(TOO_SLOW));
         }
         Ok(())
@@ -323,20 +594,31 @@ impl Hub {
     pub fn shut_down(&self) {
         let mut state = self.lock();
         state.shutting_down = true;
-        let servers = state.servers.values().map(|server| &server.outbox);
-        for outbox in servers.chain(state.clients.values().map(|client| &client.outbox)) {
+        let servers = state.servers.values().map(|server| &server.seat.outbox);
+        for outbox in servers.chain(state.clients.values().map(|client| &client.seat.outbox)) {
             outbox.close(SHUTTING_DOWN);
         }
     }
 
-    /// Numbers of live servers and clients.
+    /// Numbers of live or away servers and clients.
     pub fn counts(&self) -> (usize, usize) {
         let state = self.lock();
         (state.servers.len(), state.clients.len())
     }
 
-    fn evict(&self, id: PeerId, closing: Option<Closing>) {
-        Self::evict_locked(&mut self.lock(), id, closing);
+    /// Number of away peers.
+    pub fn away_count(&self) -> usize {
+        self.lock().away
+    }
+
+    /// Removes a peer's seat bookkeeping: its token, and its place among the away.
+    fn vacate(state: &mut State, seat: &Seat) {
+        if let Some(hash) = &seat.token {
+            state.tokens.remove(hash);
+        }
+        if seat.away.is_some() {
+            state.away -= 1;
+        }
     }
 
     /// Removes a peer and tells its counterparts; with `closing`, also asks the peer to close.
@@ -352,17 +634,19 @@ impl Hub {
                     let Some(server) = state.servers.remove(&code) else {
                         continue;
                     };
+                    Self::vacate(state, &server.seat);
                     if let Some(closing) = closing {
-                        server.outbox.close(closing);
+                        server.seat.outbox.close(closing);
                     }
                     let gone = protocol::peer_gone(code.as_str());
                     for client_id in server.clients {
                         if let Some(client) = state.clients.remove(&client_id) {
-                            let closing = match client.outbox.push(gone.clone()) {
+                            Self::vacate(state, &client.seat);
+                            let closing = match client.seat.outbox.push(gone.clone()) {
                                 Ok(()) => SERVER_GONE,
                                 Err(_) => TOO_SLOW,
                             };
-                            client.outbox.close(closing);
+                            client.seat.outbox.close(closing);
                         }
                     }
                 }
@@ -370,13 +654,14 @@ impl Hub {
                     let Some(client) = state.clients.remove(&client_id) else {
                         continue;
                     };
+                    Self::vacate(state, &client.seat);
                     if let Some(closing) = closing {
-                        client.outbox.close(closing);
+                        client.seat.outbox.close(closing);
                     }
                     if let Some(server) = state.servers.get_mut(&client.server) {
                         server.clients.retain(|c| *c != client_id);
                         let gone = protocol::peer_gone(client_id.as_str());
-                        if server.outbox.push(gone).is_err() {
+                        if server.seat.outbox.push(gone).is_err() {
                             next = Some((PeerId::Server(client.server), Some(TOO_SLOW)));
                         }
                     }
@@ -393,7 +678,7 @@ mod tests {
 
     const ROOMY: usize = 1 << 20;
 
-    fn hello(id: &str) -> String {
+    fn hello(id: &str, _: Option<Resumption<'_>>) -> String {
         format!("HELLO {id}")
     }
 
@@ -442,9 +727,12 @@ mod tests {
         let (_c, client_inbox, id) = client(&hub, code);
         assert_eq!(
             drain(&server_inbox).await.0,
-            [hello(code.as_str()), protocol::peer_joined(id.as_str())]
+            [
+                hello(code.as_str(), None),
+                protocol::peer_joined(id.as_str())
+            ]
         );
-        assert_eq!(drain(&client_inbox).await.0, [hello(id.as_str())]);
+        assert_eq!(drain(&client_inbox).await.0, [hello(id.as_str(), None)]);
         assert_eq!(hub.counts(), (1, 1));
     }
 
@@ -464,25 +752,28 @@ mod tests {
 
         assert_eq!(
             hub.route(a1.id(), b_code.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
         assert_eq!(
             hub.route(a1.id(), b1_id.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
         assert_eq!(
             hub.route(a.id(), b1_id.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
         assert_eq!(
             hub.route(a.id(), b_code.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
         assert_eq!(
             hub.route(b.id(), a1_id.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
-        assert_eq!(hub.route(b1.id(), "0", "x".into()), Err(UnknownPeer));
+        assert_eq!(
+            hub.route(b1.id(), "0", "x".into()),
+            Err(RouteError::UnknownPeer)
+        );
     }
 
     #[tokio::test]
@@ -534,7 +825,7 @@ mod tests {
         assert_eq!(hub.counts(), (0, 0));
         assert_eq!(
             hub.route(c1.id(), code.as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
     }
 
@@ -564,7 +855,7 @@ mod tests {
         );
         assert_eq!(
             hub.route(s.id(), slow.id().as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
     }
 
@@ -573,7 +864,8 @@ mod tests {
         let hub = Hub::new(6, 8);
         // Room for HELLO and two PEER_JOINED, and not a byte more.
         let joined = protocol::peer_joined(&"x".repeat(crate::relay::ids::CLIENT_ID_LENGTH)).len();
-        let (_s, server_inbox, code) = server_with_room(&hub, hello("ABCDEF").len() + 2 * joined);
+        let (_s, server_inbox, code) =
+            server_with_room(&hub, hello("ABCDEF", None).len() + 2 * joined);
         let (leaving, _leaving_inbox, _) = client(&hub, code);
         let (_staying, staying_inbox, _) = client(&hub, code);
         drain(&staying_inbox).await;
@@ -598,7 +890,7 @@ mod tests {
         assert_eq!(
             drain(&client_inbox).await,
             (
-                vec![hello(id.as_str()), "last words".into()],
+                vec![hello(id.as_str(), None), "last words".into()],
                 Some(SHUTTING_DOWN)
             )
         );
@@ -612,7 +904,7 @@ mod tests {
         let (_late, late_inbox, late_code) = server(&hub);
         assert_eq!(
             drain(&late_inbox).await,
-            (vec![hello(late_code.as_str())], Some(SHUTTING_DOWN))
+            (vec![hello(late_code.as_str(), None)], Some(SHUTTING_DOWN))
         );
     }
 
@@ -643,8 +935,14 @@ mod tests {
                     .map(|place| crate::relay::ids::CROCKFORD[(n >> (5 * place)) as usize % 32])
                     .collect();
                 let code = JoinCode::parse(&text).expect("a code");
-                let entry = ServerEntry {
+                let seat = Seat {
                     outbox: outbox.clone(),
+                    generation: 0,
+                    token: None,
+                    away: None,
+                };
+                let entry = ServerEntry {
+                    seat,
                     clients: Vec::new(),
                 };
                 state.servers.insert(code, entry);
@@ -660,5 +958,163 @@ mod tests {
         let (outbox, inbox) = outbox::bounded(4);
         let _member = hub.register_server(outbox, hello).expect("a free code");
         assert_eq!(drain(&inbox).await, (vec![], Some(TOO_SLOW)));
+    }
+
+    fn resumable_hub(max_away: usize) -> Hub {
+        Hub::new(6, 8).resumable(ResumePolicy {
+            window: std::time::Duration::from_secs(30),
+            queue_bytes: 1024,
+            max_away,
+        })
+    }
+
+    /// Registers with `hub`'s own queue, keeping the token its HELLO carried.
+    fn seated(hub: &Hub, code: Option<JoinCode>) -> (Membership, Inbox, Token) {
+        let (outbox, inbox) = hub.queue(ROOMY);
+        let token = std::cell::Cell::new(None);
+        let keep = |_: &str, resume: Option<Resumption<'_>>| {
+            token.set(resume.and_then(|r| Token::parse(r.token.as_bytes())));
+            "HELLO".to_owned()
+        };
+        let membership = match code {
+            None => hub.register_server(outbox, keep).expect("a code"),
+            Some(code) => hub.join(code, outbox, keep).expect("joins"),
+        };
+        (membership, inbox, token.get().expect("a token"))
+    }
+
+    fn resumed_hello(id: &str, resume: Option<Resumption<'_>>) -> String {
+        let resume = resume.expect("resume fields");
+        format!(
+            "HELLO {id} resumed={} replayed={:?} gap={}",
+            resume.resumed, resume.replayed, resume.gap
+        )
+    }
+
+    #[tokio::test]
+    async fn an_away_client_keeps_its_place_and_resumes_with_what_was_sent_meanwhile() {
+        let hub = resumable_hub(8);
+        let (server, server_inbox, _) = seated(&hub, None);
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        let (mut client, client_inbox, token) = seated(&hub, Some(code));
+        let id = client.id();
+        drain(&client_inbox).await;
+        drain(&server_inbox).await;
+
+        assert_eq!(client.step_away(), Some(1));
+        hub.route(server.id(), id.as_str(), "while away".into())
+            .expect("queued");
+        let (back, _, inbox) = hub
+            .resume(token, Resuming::ClientOf(code), None, ROOMY, resumed_hello)
+            .expect("resumes");
+
+        assert_eq!(back.id(), id);
+        assert_eq!(
+            drain(&inbox).await.0,
+            [
+                resumed_hello(
+                    id.as_str(),
+                    Some(Resumption {
+                        token: "",
+                        window_ms: 0,
+                        resumed: true,
+                        replayed: Some(0),
+                        gap: false
+                    })
+                ),
+                "while away".into()
+            ]
+        );
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [
+                protocol::peer_away(id.as_str()),
+                protocol::peer_back(id.as_str())
+            ]
+        );
+        assert_eq!(hub.away_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_token_is_single_use_and_a_stale_timer_expires_nothing() {
+        let hub = resumable_hub(8);
+        let (mut server, _inbox, token) = seated(&hub, None);
+        let id = server.id();
+        let away = server.step_away().expect("away");
+        let (mut back, _, _) = hub
+            .resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+            .expect("resumes");
+
+        assert_eq!(
+            hub.resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+                .err(),
+            Some(RESUME_FAILED)
+        );
+        assert!(!hub.expire(id, away), "the resumed seat is newer");
+        let again = back.step_away().expect("away again");
+        assert!(hub.expire(id, again));
+        assert_eq!(hub.counts(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_resume_of_a_live_peer_supersedes_its_session() {
+        let hub = resumable_hub(8);
+        let (mut old, old_inbox, token) = seated(&hub, None);
+        drain(&old_inbox).await;
+
+        let (_new, _, _) = hub
+            .resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+            .expect("resumes");
+
+        assert_eq!(
+            drain(&old_inbox).await,
+            (vec![protocol::notice(SUPERSEDED_NOTICE)], Some(SUPERSEDED))
+        );
+        old.leave();
+        assert_eq!(
+            hub.counts(),
+            (1, 0),
+            "the old session cannot evict the new one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_resumes_only_its_own_role_and_room() {
+        let hub = resumable_hub(8);
+        let (server, _, server_token) = seated(&hub, None);
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        let (_client, _, client_token) = seated(&hub, Some(code));
+        let other = JoinCode::parse("ZZZZZZ").expect("a code");
+
+        for (token, resuming) in [
+            (server_token, Resuming::ClientOf(code)),
+            (client_token, Resuming::Server),
+            (client_token, Resuming::ClientOf(other)),
+        ] {
+            let refused = hub.resume(token, resuming, None, ROOMY, resumed_hello);
+            assert_eq!(refused.err(), Some(RESUME_FAILED));
+        }
+    }
+
+    #[tokio::test]
+    async fn beyond_max_away_a_loss_is_a_leave() {
+        let hub = resumable_hub(0);
+        let (server, server_inbox, _) = seated(&hub, None);
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        let (mut client, _, _) = seated(&hub, Some(code));
+        let id = client.id();
+        drain(&server_inbox).await;
+
+        assert_eq!(client.step_away(), None);
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [protocol::peer_gone(id.as_str())]
+        );
     }
 }

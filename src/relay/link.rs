@@ -12,7 +12,7 @@
 //! concern is closed ([`LINK_LOST`]) rather than left running with a gap.
 
 use crate::relay::directory::Owner;
-use crate::relay::hub::{Hub, Membership, PeerId, UnknownPeer};
+use crate::relay::hub::{Hub, Membership, PeerId, RouteError};
 use crate::relay::ids::{ClientId, JoinCode};
 use crate::relay::link_wire::{self as wire, Ticket, Why, Wire};
 use crate::relay::outbox::{self, Inbox, Outbox};
@@ -258,7 +258,7 @@ impl Links {
             }
         }
         let (outbox, inbox) = outbox::bounded(self.0.queue_bytes);
-        let membership = match self.0.hub.join(code, outbox, wire::id_frame) {
+        let membership = match self.0.hub.join(code, outbox, |id, _| wire::id_frame(id)) {
             Ok(membership) => membership,
             Err(error) => return refuse(error.into()),
         };
@@ -508,9 +508,9 @@ pub struct Guest {
 impl Guest {
     /// Sends `frame` (from this client, `from` already set) to its server, if `to` names it.
     /// When the way out is full, the client is closed with [`LINK_LOST`] instead.
-    fn route(&self, to: &str, frame: String) -> Result<(), UnknownPeer> {
+    fn route(&self, to: &str, frame: String) -> Result<(), RouteError> {
         if JoinCode::parse(to) != Some(self.code) {
-            return Err(UnknownPeer);
+            return Err(RouteError::UnknownPeer);
         }
         let text = wire::deliver(self.ticket, std::iter::once(frame.as_str()));
         if self.links.0.courier.send(&self.owner, text, 1).is_err() {
@@ -554,7 +554,7 @@ impl Seat {
     }
 
     /// Delivers `frame` from this peer to the peer named by `to`, if it may reach it.
-    pub fn route(&self, hub: &Hub, to: &str, frame: String) -> Result<(), UnknownPeer> {
+    pub fn route(&self, hub: &Hub, to: &str, frame: String) -> Result<(), RouteError> {
         match self {
             Seat::Member(membership) => hub.route(membership.id(), to, frame),
             Seat::Guest(guest) => guest.route(to, frame),
@@ -566,6 +566,19 @@ impl Seat {
         match self {
             Seat::Member(membership) => membership.leave(),
             Seat::Guest(guest) => guest.leave(),
+        }
+    }
+
+    /// The connection was lost: away if the peer may resume (see [`Membership::step_away`]), else
+    /// gone. A guest of another instance's room is always gone: resuming across instances is its
+    /// owner's to keep, which pubsub routing does not do yet.
+    pub fn step_away(&mut self) -> Option<u32> {
+        match self {
+            Seat::Member(membership) => membership.step_away(),
+            Seat::Guest(guest) => {
+                guest.leave();
+                None
+            }
         }
     }
 }
@@ -675,7 +688,10 @@ mod tests {
         b: &Instance,
     ) -> (Membership, Inbox, JoinCode, PendingJoin, Inbox) {
         let (outbox, server_inbox) = outbox::bounded(ROOMY);
-        let server = a.hub.register_server(outbox, hello).expect("a code");
+        let server = a
+            .hub
+            .register_server(outbox, |id, _| hello(id))
+            .expect("a code");
         let PeerId::Server(code) = server.id() else {
             panic!("a server has a code")
         };
@@ -721,10 +737,13 @@ mod tests {
         settle(&mut a, &mut b).await;
         let guest = Seat::Guest(Box::new(pending.accepted().await.expect("accepted")));
 
-        assert_eq!(guest.route(&b.hub, "ZZZZZZ", "x".into()), Err(UnknownPeer));
+        assert_eq!(
+            guest.route(&b.hub, "ZZZZZZ", "x".into()),
+            Err(RouteError::UnknownPeer)
+        );
         assert_eq!(
             guest.route(&b.hub, guest.id().as_str(), "x".into()),
-            Err(UnknownPeer)
+            Err(RouteError::UnknownPeer)
         );
     }
 

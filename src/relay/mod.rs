@@ -12,5 +12,6 @@ pub(crate) mod link_wire;
 pub(crate) mod outbox;
 pub(crate) mod outcome;
 pub mod protocol;
+pub mod resume;
 pub mod schema;
 pub mod upgrade;

@@ -6,6 +6,7 @@
 //! for a peer that keeps reading are always delivered, in order.
 
 use crate::relay::outcome::{Closing, SHUTTING_DOWN, TOO_SLOW};
+use crate::relay::resume::Replay;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,15 +29,17 @@ pub struct Inbox(Arc<Shared>);
 #[derive(Debug)]
 struct Shared {
     queue: Mutex<Queue>,
-    /// Most bytes of frames waiting in `queue` at once.
-    limit: usize,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
     frames: VecDeque<String>,
-    /// Sum of the lengths of `frames`; never above `Shared::limit`.
+    /// Sum of the lengths of `frames`; never above `limit`.
     bytes: usize,
+    /// Most bytes of frames waiting at once.
+    limit: usize,
+    /// The last frames taken to be written, for a resume to replay.
+    replay: Replay,
     closing: Option<Closing>,
     /// The peer's task, once it found nothing to do. Only that task waits on its inbox, so one slot
     /// is enough; kept under the queue's lock, a push cannot slip between a check and the wait.
@@ -49,11 +52,42 @@ pub struct QueueFull;
 
 /// Makes a connected pair holding at most `limit_bytes` of queued frames.
 pub fn bounded(limit_bytes: usize) -> (Outbox, Inbox) {
+    replayable(limit_bytes, 0)
+}
+
+/// Like [`bounded`], also keeping the last `replay_bytes` of frames taken, for a resume.
+pub fn replayable(limit_bytes: usize, replay_bytes: usize) -> (Outbox, Inbox) {
+    preloaded(limit_bytes, replay_bytes, VecDeque::new())
+}
+
+/// Like [`replayable`], with `frames` already queued (a resumed peer's HELLO, its replayed and
+/// its queued frames); they count against the bound on top of `limit_bytes`.
+pub fn preloaded(
+    limit_bytes: usize,
+    replay_bytes: usize,
+    frames: VecDeque<String>,
+) -> (Outbox, Inbox) {
+    let bytes = frames.iter().map(String::len).sum();
+    let queue = Queue {
+        frames,
+        bytes,
+        limit: limit_bytes + bytes,
+        replay: Replay::new(replay_bytes),
+        ..Queue::default()
+    };
     let shared = Arc::new(Shared {
-        queue: Mutex::new(Queue::default()),
-        limit: limit_bytes,
+        queue: Mutex::new(queue),
     });
     (Outbox(shared.clone()), Inbox(shared))
+}
+
+/// What a queue held when its peer went away or was superseded.
+#[derive(Debug)]
+pub struct Rest {
+    /// Frames not taken yet, in order.
+    pub unwritten: VecDeque<String>,
+    /// The frames taken last, which may have died in the socket.
+    pub replay: Replay,
 }
 
 impl Shared {
@@ -92,13 +126,24 @@ impl Outbox {
         if queue.closing.is_some() {
             return Ok(());
         }
-        if queue.bytes + frame.len() > self.0.limit {
+        if queue.bytes + frame.len() > queue.limit {
             return Err(QueueFull);
         }
         queue.bytes += frame.len();
         queue.frames.push_back(frame);
         Shared::wake(queue);
         Ok(())
+    }
+
+    /// Takes everything the queue holds, written or not, for the peer's next session.
+    pub fn take_rest(&self) -> Rest {
+        let mut queue = self.0.lock();
+        queue.bytes = 0;
+        let limit = queue.replay.limit();
+        Rest {
+            unwritten: std::mem::take(&mut queue.frames),
+            replay: std::mem::replace(&mut queue.replay, Replay::new(limit)),
+        }
     }
 
     /// Asks the peer's task to close after writing what is already queued. The first call wins.
@@ -120,7 +165,11 @@ impl Inbox {
             let mut queue = self.0.lock();
             if !queue.frames.is_empty() {
                 queue.bytes = 0;
-                return Poll::Ready(Ok(std::mem::take(&mut queue.frames)));
+                let frames = std::mem::take(&mut queue.frames);
+                for frame in &frames {
+                    queue.replay.record(frame);
+                }
+                return Poll::Ready(Ok(frames));
             }
             if let Some(closing) = queue.closing {
                 return Poll::Ready(Err(closing));

@@ -21,11 +21,17 @@ pub enum ErrorCode {
     InvalidMessage,
     /// The relay cannot take the peer now; it may try again later.
     ServerUnavailable,
+    /// A frame for an away peer did not fit its queue; it was not queued.
+    QueueFull,
+    /// A newer connection resumed this peer.
+    Superseded,
+    /// The resume token is unknown, used or expired.
+    ResumeFailed,
 }
 
 impl ErrorCode {
     /// Every code, in the README's order.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadMessage,
         ErrorCode::UnknownPeer,
         ErrorCode::RateLimited,
@@ -34,6 +40,9 @@ impl ErrorCode {
         ErrorCode::Unauthorized,
         ErrorCode::InvalidMessage,
         ErrorCode::ServerUnavailable,
+        ErrorCode::QueueFull,
+        ErrorCode::Superseded,
+        ErrorCode::ResumeFailed,
     ];
 
     /// The code as it appears on the wire.
@@ -47,12 +56,17 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::InvalidMessage => "INVALID_MESSAGE",
             ErrorCode::ServerUnavailable => "SERVER_UNAVAILABLE",
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::Superseded => "SUPERSEDED",
+            ErrorCode::ResumeFailed => "RESUME_FAILED",
         }
     }
 }
 
 /// WebSocket close codes: those the relay sends, and those it records for a peer that left.
 pub mod close {
+    /// A deliberate leave: the peer's own, or the relay's answer to LEAVE.
+    pub const NORMAL: u16 = 1000;
     /// The relay is shutting down.
     pub const GOING_AWAY: u16 = 1001;
     /// A WebSocket protocol violation.
@@ -79,12 +93,15 @@ pub mod close {
     pub const SERVER_FULL: u16 = 4409;
     /// The client's server left.
     pub const SERVER_GONE: u16 = 4410;
+    /// A newer connection resumed this peer.
+    pub const SUPERSEDED: u16 = 4412;
     /// Too many connections or failed attempts from the client's address.
     pub const RATE_LIMITED: u16 = 4429;
 
     /// Every code above: the README's close table.
     #[cfg(test)]
-    pub const DOCUMENTED: [u16; 14] = [
+    pub const DOCUMENTED: [u16; 16] = [
+        NORMAL,
         GOING_AWAY,
         PROTOCOL_ERROR,
         NO_STATUS,
@@ -98,6 +115,7 @@ pub mod close {
         IDLE,
         SERVER_FULL,
         SERVER_GONE,
+        SUPERSEDED,
         RATE_LIMITED,
     ];
 }
@@ -111,6 +129,11 @@ pub struct Closing {
     pub reason: &'static str,
 }
 
+/// The peer sent LEAVE: it is gone at once, and may not resume.
+pub const LEFT: Closing = Closing {
+    code: close::NORMAL,
+    reason: "left",
+};
 /// The peer's queue overflowed: what is still queued for it is abandoned.
 pub const TOO_SLOW: Closing = Closing {
     code: close::POLICY,
@@ -125,6 +148,11 @@ pub const SHUTTING_DOWN: Closing = Closing {
 pub const SERVER_GONE: Closing = Closing {
     code: close::SERVER_GONE,
     reason: "server gone",
+};
+/// A newer connection resumed this peer, after [`SUPERSEDED_NOTICE`].
+pub const SUPERSEDED: Closing = Closing {
+    code: close::SUPERSEDED,
+    reason: "superseded",
 };
 /// Nothing arrived from the peer for `--idle-timeout`.
 pub const IDLE: Closing = Closing {
@@ -166,6 +194,16 @@ pub const DROPPED: Notice = Notice {
     code: ErrorCode::RateLimited,
     reason: "too many messages: this one was dropped",
 };
+/// A frame for an away peer whose resume queue is full; the sender's connection stays open.
+pub const QUEUE_FULL: Notice = Notice {
+    code: ErrorCode::QueueFull,
+    reason: "the peer is away and its queue is full: this message was not queued",
+};
+/// What a superseded connection is told before its close.
+pub const SUPERSEDED_NOTICE: Notice = Notice {
+    code: ErrorCode::Superseded,
+    reason: "a newer connection resumed this session",
+};
 /// A binary frame, which the protocol does not use.
 pub const BINARY: Notice = Notice {
     code: ErrorCode::BadMessage,
@@ -186,7 +224,7 @@ impl Refusal {
     pub fn is_failed_attempt(&self) -> bool {
         matches!(
             self.notice.code,
-            ErrorCode::UnknownServer | ErrorCode::Unauthorized
+            ErrorCode::UnknownServer | ErrorCode::Unauthorized | ErrorCode::ResumeFailed
         )
     }
 }
@@ -244,6 +282,19 @@ pub const TOO_MANY_FAILURES: Refusal = Refusal {
     closing: Closing {
         code: close::RATE_LIMITED,
         reason: "too many failed attempts",
+    },
+};
+
+/// A resume with a token that is unknown, already used, or past its window. It counts as a
+/// failed attempt, so tokens cannot be guessed at speed.
+pub const RESUME_FAILED: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ResumeFailed,
+        reason: "this resume token is unknown, used or expired: join or register afresh",
+    },
+    closing: Closing {
+        code: close::UNKNOWN_SERVER,
+        reason: "resume failed",
     },
 };
 
@@ -340,7 +391,7 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 10] = [
+    const REFUSALS: [Refusal; 11] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
@@ -351,6 +402,7 @@ mod tests {
         ROOM_UNREACHABLE,
         CODE_LOST,
         LINK_LOST,
+        RESUME_FAILED,
     ];
 
     #[test]
@@ -389,6 +441,8 @@ mod tests {
             TOO_BIG,
             PROTOCOL_ERROR,
             NOT_UTF8,
+            SUPERSEDED,
+            LEFT,
         ];
         let refusals = REFUSALS.map(|refusal| refusal.closing);
         for closing in closings.iter().chain(&refusals) {

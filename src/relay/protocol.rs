@@ -11,6 +11,10 @@ use std::borrow::Cow;
 /// The relay's own peer id: frames the relay itself sends come `"from": "0"`.
 pub const RELAY_ID: &str = "0";
 
+/// The `type` of the command, sent to [`RELAY_ID`], that leaves a room on purpose: gone at once,
+/// no resume.
+pub const LEAVE: &str = "LEAVE";
+
 /// Longest `type` a peer may send, in bytes.
 pub const MAX_TYPE_BYTES: usize = 64;
 
@@ -116,6 +120,29 @@ pub struct Hello<'a> {
     /// `--ice-server` entries, ready for `new RTCPeerConnection({iceServers})`.
     #[serde(rename = "iceServers", skip_serializing_if = "<[_]>::is_empty")]
     pub ice_servers: &'a [IceServer],
+    /// How to resume this session, when `--resume-window` is not `0`.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resumption<'a>>,
+}
+
+/// The resume part of a HELLO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resumption<'a> {
+    /// Single-use: the next resume needs the one the next HELLO carries.
+    #[serde(rename = "resumeToken")]
+    pub token: &'a str,
+    /// How long after a lost connection the session may be resumed.
+    #[serde(rename = "resumeWindowMs")]
+    pub window_ms: u64,
+    /// Set on the HELLO of a resumed session.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub resumed: bool,
+    /// On a resumed session: frames sent again because the peer had not received them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed: Option<usize>,
+    /// On a resumed session: frames were lost for good, so the application should renegotiate.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub gap: bool,
 }
 
 /// Builds HELLO for a peer.
@@ -126,6 +153,16 @@ pub fn hello(hello: &Hello<'_>) -> String {
 #[derive(Serialize)]
 struct PeerRef<'a> {
     id: &'a str,
+}
+
+/// Tells a peer's counterparts that its connection was lost and it may resume.
+pub fn peer_away(id: &str) -> String {
+    frame(RELAY_ID, "PEER_AWAY", &PeerRef { id })
+}
+
+/// Tells a peer's counterparts that it resumed.
+pub fn peer_back(id: &str) -> String {
+    frame(RELAY_ID, "PEER_BACK", &PeerRef { id })
 }
 
 /// Tells a server that a client joined.
@@ -305,8 +342,26 @@ mod tests {
                 id: "7KQ2MX",
                 server_info: None,
                 ice_servers: &[],
+                resume: None,
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX"}})
+        );
+        let resumed = Resumption {
+            token: "T",
+            window_ms: 30_000,
+            resumed: true,
+            replayed: Some(2),
+            gap: false,
+        };
+        assert_eq!(
+            value(&hello(&Hello {
+                id: "7KQ2MX",
+                server_info: None,
+                ice_servers: &[],
+                resume: Some(resumed),
+            })),
+            json!({"from":"0","type":"HELLO","message":{"id":"7KQ2MX","resumeToken":"T",
+                "resumeWindowMs":30000,"resumed":true,"replayed":2}})
         );
         assert_eq!(
             value(&hello(&Hello {
@@ -317,8 +372,17 @@ mod tests {
                     username: None,
                     credential: None
                 }],
+                resume: None,
             })),
             json!({"from":"0","type":"HELLO","message":{"id":"c","serverInfo":"v1","iceServers":[{"urls":"stun:s"}]}})
+        );
+        assert_eq!(
+            value(&peer_away("c")),
+            json!({"from":"0","type":"PEER_AWAY","message":{"id":"c"}})
+        );
+        assert_eq!(
+            value(&peer_back("c")),
+            json!({"from":"0","type":"PEER_BACK","message":{"id":"c"}})
         );
         assert_eq!(
             value(&peer_joined("c")),

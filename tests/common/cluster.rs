@@ -7,9 +7,12 @@ use std::time::{Duration, Instant};
 pub const LEASE_TTL: &str = "2s";
 
 /// A relay process named `id` in the cluster on `redis`, routing clients of other instances'
-/// rooms by `routing`, with `extra` arguments.
+/// rooms by `routing`, with `extra` arguments. Sessions do not resume: a dropped socket is a
+/// leave at once, as these tests of rooms across instances expect.
 pub fn instance(redis: &str, id: &str, routing: &str, extra: &[&str]) -> RelayProcess {
     let mut args = vec![
+        "--resume-window",
+        "0",
         "--cluster-redis-url",
         redis,
         "--cluster-routing",

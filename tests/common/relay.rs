@@ -1,5 +1,6 @@
 //! The relay under test, in this process: on 127.0.0.1:0, shut down when dropped.
 
+use intercessor::relay::resume::ResumePolicy;
 use intercessor::{Config, Relay};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,11 +15,17 @@ pub struct TestRelay {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// A configuration listening on a free loopback port.
+/// A configuration listening on a free loopback port, resuming no session: every test written
+/// before resumable sessions runs as it did (`--resume-window 0`); `tests/resume.rs` turns it on.
 pub fn config() -> Config {
+    let defaults = Config::default();
     Config {
         listen: "127.0.0.1:0".parse().expect("valid address"),
-        ..Config::default()
+        resume: ResumePolicy {
+            window: Duration::ZERO,
+            ..defaults.resume
+        },
+        ..defaults
     }
 }
 

@@ -2,7 +2,7 @@
 //
 // The binary is ../../target/debug/intercessor, or debug/intercessor under $CARGO_TARGET_DIR when
 // that is set (or $INTERCESSOR_BIN). When that default binary is missing, or older than the demo
-// files it compiles in, it is built with `cargo build`.
+// files it compiles in, it is built with `cargo build`. lib/cluster.js builds its proxy the same way.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '..', '..', '..');
 // Where `cargo build` puts it: cargo reads a relative CARGO_TARGET_DIR from where it runs, repoRoot.
-const targetDir = process.env.CARGO_TARGET_DIR
+export const targetDir = process.env.CARGO_TARGET_DIR
   ? path.resolve(repoRoot, process.env.CARGO_TARGET_DIR)
   : path.join(repoRoot, 'target');
 const defaultBinary = path.join(targetDir, 'debug', 'intercessor');
@@ -25,8 +25,24 @@ const STOP_TIMEOUT_MS = 5000;
 
 let binaryChecked = null;
 
-function newestDemoChange() {
-  return Math.max(...readdirSync(demoDir).map((name) => statSync(path.join(demoDir, name)).mtimeMs));
+/**
+ * Runs `cargo ARGS` in the repository when `binary` is missing or older than any of `sources`
+ * (`described` names them in the message), then checks that `binary` is there.
+ */
+export function buildWhenStale(binary, sources, described, cargoArgs) {
+  let why = null;
+  if (!existsSync(binary)) why = 'is missing';
+  else if (statSync(binary).mtimeMs < Math.max(...sources.map((file) => statSync(file).mtimeMs))) {
+    why = `is older than ${described}`;
+  }
+  if (why) {
+    const command = `cargo ${cargoArgs.join(' ')}`;
+    console.log(`# ${path.relative(repoRoot, binary)} ${why}: running ${command} in ${repoRoot}`);
+    const build = spawnSync('cargo', cargoArgs, { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
+    if (build.error) throw new Error(`${command} could not start: ${build.error.message}`);
+    if (build.status !== 0) throw new Error(`${command} failed with status ${build.status}`);
+  }
+  if (!existsSync(binary)) throw new Error(`${binary} is still missing after cargo build`);
 }
 
 /** The relay binary to run, built first when needed. */
@@ -38,16 +54,8 @@ export function relayBinary() {
     binaryChecked = bin;
     return bin;
   }
-  let why = null;
-  if (!existsSync(defaultBinary)) why = 'is missing';
-  else if (statSync(defaultBinary).mtimeMs < newestDemoChange()) why = 'is older than src/demo/*, which it compiles in';
-  if (why) {
-    console.log(`# ${path.relative(repoRoot, defaultBinary)} ${why}: running cargo build in ${repoRoot}`);
-    const build = spawnSync('cargo', ['build'], { cwd: repoRoot, stdio: ['ignore', 'inherit', 'inherit'] });
-    if (build.error) throw new Error(`cargo build could not start: ${build.error.message}`);
-    if (build.status !== 0) throw new Error(`cargo build failed with status ${build.status}`);
-  }
-  if (!existsSync(defaultBinary)) throw new Error(`${defaultBinary} is still missing after cargo build`);
+  const demoFiles = readdirSync(demoDir).map((name) => path.join(demoDir, name));
+  buildWhenStale(defaultBinary, demoFiles, 'src/demo/*, which it compiles in', ['build']);
   binaryChecked = defaultBinary;
   return defaultBinary;
 }
@@ -106,17 +114,22 @@ export async function startRelay({ args = [], tls = null } = {}) {
     origin: `${tls ? 'https' : 'http'}://${listen}`,
     listen,
     logs,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      // Only this child, by its own PID.
-      process.kill(child.pid, 'SIGTERM');
-      const timer = setTimeout(() => {
-        if (child.exitCode === null) process.kill(child.pid, 'SIGKILL');
-      }, STOP_TIMEOUT_MS);
-      await exited;
-      clearTimeout(timer);
-    },
+    stop: () => stopChild(child, exited),
   };
+}
+
+/**
+ * Stops `child` (SIGTERM, then SIGKILL after STOP_TIMEOUT_MS) and resolves once it has exited
+ * (`exited`, a promise of its 'exit' event). Only this child, by its own PID.
+ */
+export async function stopChild(child, exited) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  process.kill(child.pid, 'SIGTERM');
+  const timer = setTimeout(() => {
+    if (child.exitCode === null) process.kill(child.pid, 'SIGKILL');
+  }, STOP_TIMEOUT_MS);
+  await exited;
+  clearTimeout(timer);
 }
 
 /** Development certificates from `intercessor gen-certs` in a fresh temporary directory. */
