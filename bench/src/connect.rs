@@ -15,8 +15,10 @@
 
 use crate::net::{self, CloseOutcome, Dialer, Pair};
 use crate::pingpong::Target;
-use crate::procfs::{self, CpuSpent, Watched};
+use crate::procfs::{self, GroupSpent, Watchers};
+use crate::redis_info::{Commands, Counters, Redis};
 use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
+use crate::route::{Replays, Route};
 use anyhow::{Result, bail};
 use hdrhistogram::Histogram;
 use serde_json::json;
@@ -68,29 +70,76 @@ impl Tally {
     }
 }
 
-/// The relay's CPU time in each phase.
-#[derive(Debug, Clone, Copy)]
-pub struct PhaseCpu {
+/// What one phase cost, set-up or tear-down: CPU time of the processes watched, Redis commands.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseCost<T> {
     /// While the pairs were set up.
-    pub setup: CpuSpent,
+    pub setup: T,
     /// While they were torn down.
-    pub teardown: CpuSpent,
+    pub teardown: T,
 }
+
+/// CPU time in each phase (of several processes, summed).
+pub type PhaseCpu = PhaseCost<GroupSpent>;
 
 impl PhaseCpu {
     /// Both phases together, as one figure for consumers of the whole-run cost.
-    pub fn total(&self) -> CpuSpent {
-        CpuSpent {
-            ns: self.setup.ns + self.teardown.ns,
-            // Schedstat could vanish between the phases; then neither name is true of the sum.
-            source: if self.setup.source == self.teardown.source {
-                self.setup.source
-            } else {
-                "mixed"
-            },
-            stat_ns: self.setup.stat_ns + self.teardown.stat_ns,
+    pub fn total(&self) -> GroupSpent {
+        self.setup.plus(&self.teardown)
+    }
+}
+
+/// Readings taken between phases (with Redis, once it has gone quiet), compared pairwise.
+struct Marks {
+    cpu: Option<procfs::GroupSample>,
+    commands: Option<Counters>,
+    replays: Option<Replays>,
+}
+
+impl Marks {
+    async fn take(
+        watched: Option<&Watchers>,
+        redis: Option<&Redis>,
+        route: &Route,
+    ) -> Result<Marks> {
+        // Redis first: its wait for quiet lets the relays finish the phase's background work.
+        let commands = match redis {
+            Some(redis) => Some(redis.settled_counters().await?),
+            None => None,
+        };
+        Ok(Marks {
+            cpu: watched.map(Watchers::cpu).transpose()?,
+            commands,
+            replays: route.replays(),
+        })
+    }
+
+    /// What was spent between these readings and `later` ones.
+    fn until(&self, later: &Marks) -> Spent {
+        Spent {
+            cpu: self
+                .cpu
+                .as_ref()
+                .zip(later.cpu.as_ref())
+                .map(|(a, b)| a.until(b)),
+            commands: self
+                .commands
+                .as_ref()
+                .zip(later.commands.as_ref())
+                .map(|(a, b)| a.until(b)),
+            replays: self.replays.zip(later.replays).map(|(a, b)| Replays {
+                replayed: b.replayed.saturating_sub(a.replayed),
+                failed: b.failed.saturating_sub(a.failed),
+            }),
         }
     }
+}
+
+/// One phase's cost, from two [`Marks`].
+struct Spent {
+    cpu: Option<GroupSpent>,
+    commands: Option<Commands>,
+    replays: Option<Replays>,
 }
 
 /// What a run found.
@@ -111,8 +160,12 @@ pub struct Outcome {
     pub teardown_elapsed: Duration,
     /// Set-up latency, µs: from the server's TCP connect to its PEER_JOINED.
     pub setup: Histogram<u64>,
-    /// The relay's CPU time in each phase, with `--pid`.
+    /// The relay's CPU time in each phase, with `--pid` (summed over several).
     pub cpu: Option<PhaseCpu>,
+    /// Redis commands in each phase, with `--redis-url`.
+    pub commands: Option<PhaseCost<Commands>>,
+    /// Requests the in-process proxy replayed during the set-up phase, with `--fly-proxy`.
+    pub replays: Option<Replays>,
 }
 
 impl Outcome {
@@ -134,14 +187,20 @@ impl Outcome {
 /// `--idle-timeout` (60 s by default) and the pairs fit its `--max-connections` (10,000 sockets).
 pub async fn measure(
     params: &Params,
-    dialer: Arc<Dialer>,
-    watched: Option<&Watched>,
+    route: &Route,
+    watched: Option<&Watchers>,
+    redis: Option<&Redis>,
 ) -> Result<Outcome> {
     if params.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    procfs::check_room_for_pairs(
-        params.pairs,
+    if route.is_split() && params.target != Target::Relay {
+        bail!("--client-url and --fly-proxy need --target relay");
+    }
+    // Through the in-process proxy each client holds two more sockets: its side and upstream.
+    let sockets = if route.replays().is_some() { 4 } else { 2 };
+    procfs::check_room_for_sockets(
+        sockets * params.pairs,
         "raise the limit (ulimit -n) or give fewer --pairs",
     )?;
 
@@ -151,7 +210,7 @@ pub async fn measure(
             "connect: warm-up round {round} of {}: {} pairs, {} at a time…",
             params.warmup_rounds, params.pairs, params.concurrency
         );
-        let (pairs, tally, _) = set_up_all(params, dialer.clone()).await?;
+        let (pairs, tally, _) = set_up_all(params, route).await?;
         warm_up.merge_failures(tally);
         warm_up.merge_failures(tear_down_all(pairs, params).await?);
     }
@@ -159,11 +218,11 @@ pub async fn measure(
         "connect: setting up {} pairs, {} at a time…",
         params.pairs, params.concurrency
     );
-    let before = watched.map(Watched::cpu).transpose()?;
+    let before = Marks::take(watched, redis, route).await?;
     let started = Instant::now();
-    let (pairs, mut tally, setup) = set_up_all(params, dialer).await?;
+    let (pairs, mut tally, setup) = set_up_all(params, route).await?;
     let setup_elapsed = started.elapsed();
-    let between = watched.map(Watched::cpu).transpose()?;
+    let between = Marks::take(watched, redis, route).await?;
 
     eprintln!(
         "connect: {} pairs open in {:.2} s; tearing them down…",
@@ -174,13 +233,17 @@ pub async fn measure(
     tally.merge(tear_down_all(pairs, params).await?);
     let teardown_elapsed = started.elapsed();
     tally.merge_failures(warm_up);
-    let cpu = match (watched, before, between) {
-        (Some(watched), Some(before), Some(between)) => Some(PhaseCpu {
-            setup: before.until(&between),
-            teardown: between.until(&watched.cpu()?),
-        }),
-        _ => None,
-    };
+    let after = Marks::take(watched, redis, route).await?;
+    let (setup_cost, teardown_cost) = (before.until(&between), between.until(&after));
+    let cpu = setup_cost
+        .cpu
+        .zip(teardown_cost.cpu)
+        .map(|(setup, teardown)| PhaseCost { setup, teardown });
+    let commands = setup_cost
+        .commands
+        .zip(teardown_cost.commands)
+        .map(|(setup, teardown)| PhaseCost { setup, teardown });
+    let replays = setup_cost.replays;
     Ok(Outcome {
         set_up: tally.set_up,
         failed: tally.failed,
@@ -191,19 +254,19 @@ pub async fn measure(
         teardown_elapsed,
         setup,
         cpu,
+        commands,
+        replays,
     })
 }
 
 /// The set-up phase: workers take pair numbers from a shared counter and keep what they open.
-async fn set_up_all(
-    params: &Params,
-    dialer: Arc<Dialer>,
-) -> Result<(Vec<Pair>, Tally, Histogram<u64>)> {
+async fn set_up_all(params: &Params, route: &Route) -> Result<(Vec<Pair>, Tally, Histogram<u64>)> {
     let next = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..params.concurrency.min(params.pairs.max(1)))
         .map(|_| {
             let next = next.clone();
-            let dialer = dialer.clone();
+            let servers = route.servers.clone();
+            let clients = route.clients.clone();
             let total = params.pairs;
             let target = params.target;
             tokio::spawn(async move {
@@ -212,7 +275,7 @@ async fn set_up_all(
                 let mut pairs = Vec::new();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
                     let began = Instant::now();
-                    match timeout(net::PATIENCE, open(target, &dialer)).await {
+                    match timeout(net::PATIENCE, open(target, &servers, &clients)).await {
                         Ok(Ok(pair)) => {
                             let micros = began.elapsed().as_micros();
                             setup.saturating_record(u64::try_from(micros).unwrap_or(u64::MAX));
@@ -248,12 +311,12 @@ async fn set_up_all(
 }
 
 /// One pair's set-up: against the echo floor, just the two upgrades.
-async fn open(target: Target, dialer: &Dialer) -> Result<Pair> {
+async fn open(target: Target, servers: &Dialer, clients: &Dialer) -> Result<Pair> {
     match target {
-        Target::Relay => net::open_pair(dialer).await,
+        Target::Relay => net::open_pair(servers, clients).await,
         Target::Echo => Ok(Pair {
-            server: dialer.open("/echo").await?,
-            client: dialer.open("/echo").await?,
+            server: servers.open("/echo").await?,
+            client: servers.open("/echo").await?,
             code: String::new(),
             client_id: String::new(),
         }),
@@ -317,23 +380,26 @@ fn us_per_pair(ns: u64, pairs: u64) -> f64 {
 }
 
 /// The table and JSON for a run.
-pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -> Report {
+pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
     let seconds = outcome.elapsed().as_secs_f64();
     let setup_seconds = outcome.setup_elapsed.as_secs_f64();
     let pairs_per_s = outcome.set_up as f64 / seconds;
     let setup_pairs_per_s = outcome.set_up as f64 / setup_seconds;
-    let cpu_json = outcome.cpu.map(|cpu| {
-        let total = cpu.total();
+    let cpu_json = outcome.cpu.as_ref().map(|cpu| {
+        let all = cpu.total();
+        let total = all.total;
         json!({
-            "pid": pid,
+            "pid": all.single_pid(),
+            "by_pid": all.each_json(),
+            "setup_by_pid": cpu.setup.each_json(),
             "ns": total.ns,
             "source": total.source,
             "stat_ns": total.stat_ns,
-            "setup_ns": cpu.setup.ns,
-            "teardown_ns": cpu.teardown.ns,
+            "setup_ns": cpu.setup.total.ns,
+            "teardown_ns": cpu.teardown.total.ns,
             "us_per_pair": round(us_per_pair(total.ns, outcome.set_up), 2),
-            "us_per_setup": round(us_per_pair(cpu.setup.ns, outcome.set_up), 2),
-            "us_per_teardown": round(us_per_pair(cpu.teardown.ns, outcome.set_up), 2),
+            "us_per_setup": round(us_per_pair(cpu.setup.total.ns, outcome.set_up), 2),
+            "us_per_teardown": round(us_per_pair(cpu.teardown.total.ns, outcome.set_up), 2),
             "core_share": round(total.ns as f64 / 1e9 / seconds, 3),
         })
     });
@@ -364,6 +430,15 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "setup_pairs_per_s": round(setup_pairs_per_s, 1),
             "setup_latency": latency_json(&outcome.setup),
             "cpu": cpu_json,
+            "redis_commands": outcome.commands.as_ref().map(|c| json!({
+                "setup": c.setup.json(outcome.set_up),
+                "teardown": c.teardown.json(outcome.set_up),
+            })),
+            "replays": outcome.replays.map(|r| json!({
+                "replayed": r.replayed,
+                "failed": r.failed,
+                "per_setup": round(r.replayed as f64 / outcome.set_up.max(1) as f64, 4),
+            })),
             "problems": outcome.samples.as_slice(),
         }),
     );
@@ -380,11 +455,12 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
         format!("{} in {setup_seconds:.2} s", thousands(setup_pairs_per_s)),
     );
     report.row("set-up latency", latency_text(&outcome.setup));
-    match (outcome.cpu, pid) {
-        (Some(cpu), Some(pid)) => {
-            let total = cpu.total();
+    match &outcome.cpu {
+        Some(cpu) => {
+            let all = cpu.total();
+            let total = all.total;
             report.row(
-                format!("CPU of PID {pid} ({})", total.source),
+                format!("CPU of {} ({})", all.label(), total.source),
                 format!(
                     "{:.1} ms ({:.0}% of a core)",
                     total.ns as f64 / 1e6,
@@ -393,18 +469,52 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             );
             report.row(
                 "CPU-µs per pair set-up",
-                format!("{:.1}", us_per_pair(cpu.setup.ns, outcome.set_up)),
+                format!("{:.1}", us_per_pair(cpu.setup.total.ns, outcome.set_up)),
             );
+            if cpu.setup.each.len() > 1 {
+                for (pid, spent) in &cpu.setup.each {
+                    report.row(
+                        format!("  of which PID {pid}"),
+                        format!("{:.1}", us_per_pair(spent.ns, outcome.set_up)),
+                    );
+                }
+            }
             report.row(
                 "CPU-µs per pair tear-down",
-                format!("{:.1}", us_per_pair(cpu.teardown.ns, outcome.set_up)),
+                format!("{:.1}", us_per_pair(cpu.teardown.total.ns, outcome.set_up)),
             );
             report.row(
                 "CPU-µs per pair (set-up + tear-down)",
                 format!("{:.1}", us_per_pair(total.ns, outcome.set_up)),
             );
         }
-        _ => report.row("CPU per pair", "not measured (give --pid)"),
+        None => report.row("CPU per pair", "not measured (give --pid)"),
+    }
+    if let Some(commands) = &outcome.commands {
+        for (phase, spent) in [
+            ("set-up", &commands.setup),
+            ("tear-down", &commands.teardown),
+        ] {
+            report.row(
+                format!("Redis commands per pair {phase}"),
+                format!(
+                    "{:.3} ({} sent; by name, inner ones too: {})",
+                    spent.sent as f64 / outcome.set_up.max(1) as f64,
+                    thousands(spent.sent as f64),
+                    spent.breakdown()
+                ),
+            );
+        }
+    }
+    if let Some(replays) = outcome.replays {
+        report.row(
+            "proxy replays per pair set-up (failed)",
+            format!(
+                "{:.3} ({} failed)",
+                replays.replayed as f64 / outcome.set_up.max(1) as f64,
+                replays.failed
+            ),
+        );
     }
     report.row(
         "PEER_GONE missing / closes not answered",

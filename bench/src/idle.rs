@@ -1,13 +1,14 @@
 //! `idle`: what each connected but silent peer costs the relay in resident memory, and whether
-//! idle connections stay up while pings run.
+//! idle connections stay up while pings run. With `--servers-only` each pair is a lone server
+//! peer, a room nobody joined: what a cluster's directory holds for an idle room.
 
-use crate::net::{self, Dialer, Ws};
+use crate::net::{self, Ws};
 use crate::procfs::{self, Watched};
 use crate::report::{Problems, Report, round, thousands};
-use anyhow::Result;
+use crate::route::Route;
+use anyhow::{Context as _, Result};
 use futures_util::{StreamExt, stream};
 use serde_json::json;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,8 +23,10 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 /// How to run.
 pub struct Params {
-    /// Pairs to open and hold (two sockets each).
+    /// Pairs to open and hold (two sockets each), or with `servers_only` lone server peers.
     pub pairs: usize,
+    /// Open only the server peer of each pair: a room with no client, one socket.
+    pub servers_only: bool,
     /// How long to keep them open after measuring, pings running.
     pub hold: Duration,
     /// Open and close a batch first, so the base reading includes warmed-up allocator arenas and
@@ -66,25 +69,22 @@ struct Kept {
 }
 
 /// Opens the pairs, measures, holds, and closes them.
-pub async fn measure(
-    params: &Params,
-    dialer: Arc<Dialer>,
-    watched: Option<&Watched>,
-) -> Result<Outcome> {
-    procfs::check_room_for_pairs(
-        params.pairs,
+pub async fn measure(params: &Params, route: &Route, watched: Option<&Watched>) -> Result<Outcome> {
+    procfs::check_room_for_sockets(
+        params.pairs * params.peers_per_pair(),
         "run several generator processes, each with a share of --pairs",
     )?;
     if params.base_rss_after_warmup {
         let warmup = params.pairs.min(SETUP_CONCURRENCY);
         eprintln!("idle: warm-up with {warmup} pairs…");
-        let pairs: Vec<_> = stream::iter((0..warmup).map(|_| net::open_pair(&dialer)))
+        let opened: Vec<_> = stream::iter((0..warmup).map(|_| open(route, params.servers_only)))
             .buffer_unordered(SETUP_CONCURRENCY)
             .collect()
             .await;
-        let closes = pairs.into_iter().flatten().map(|mut pair| async move {
-            net::close(&mut pair.client).await;
-            net::close(&mut pair.server).await;
+        let closes = opened.into_iter().flatten().map(|sockets| async move {
+            for mut ws in sockets {
+                net::close(&mut ws).await;
+            }
         });
         stream::iter(closes)
             .buffer_unordered(SETUP_CONCURRENCY)
@@ -101,20 +101,23 @@ pub async fn measure(
         params.pairs
     );
     let (stop, stopped) = watch::channel(false);
-    let mut keepers: Vec<JoinHandle<Kept>> = Vec::with_capacity(2 * params.pairs);
+    let mut keepers: Vec<JoinHandle<Kept>> =
+        Vec::with_capacity(params.pairs * params.peers_per_pair());
     let mut set_up = 0;
     let mut failed = 0;
     let mut samples = Problems::default();
     let started = Instant::now();
-    let mut opening =
-        stream::iter((0..params.pairs).map(|_| timeout(net::PATIENCE, net::open_pair(&dialer))))
-            .buffer_unordered(SETUP_CONCURRENCY);
+    let mut opening = stream::iter(
+        (0..params.pairs).map(|_| timeout(net::PATIENCE, open(route, params.servers_only))),
+    )
+    .buffer_unordered(SETUP_CONCURRENCY);
     while let Some(result) = opening.next().await {
         match result {
-            Ok(Ok(pair)) => {
+            Ok(Ok(sockets)) => {
                 set_up += 1;
-                keepers.push(tokio::spawn(keep(pair.server, stopped.clone())));
-                keepers.push(tokio::spawn(keep(pair.client, stopped.clone())));
+                for ws in sockets {
+                    keepers.push(tokio::spawn(keep(ws, stopped.clone())));
+                }
             }
             Ok(Err(error)) => {
                 failed += 1;
@@ -166,6 +169,24 @@ pub async fn measure(
         unexpected,
         samples,
     })
+}
+
+impl Params {
+    /// Sockets (peers) each pair holds.
+    fn peers_per_pair(&self) -> usize {
+        if self.servers_only { 1 } else { 2 }
+    }
+}
+
+/// One pair's sockets, server first; with `servers_only` the server peer alone, past HELLO.
+async fn open(route: &Route, servers_only: bool) -> Result<Vec<Ws>> {
+    if servers_only {
+        let mut server = route.servers.open("/server").await?;
+        net::read_hello(&mut server).await.context("server HELLO")?;
+        return Ok(vec![server]);
+    }
+    let pair = net::open_pair(&route.servers, &route.clients).await?;
+    Ok(vec![pair.server, pair.client])
 }
 
 /// Reads a held connection until told to stop, so the relay's pings get their pongs.
@@ -228,16 +249,21 @@ pub fn report(
     pid: Option<u32>,
     tls: bool,
 ) -> Report {
-    let peers = 2 * outcome.set_up;
+    let peers = outcome.set_up * params.peers_per_pair() as u64;
     let rss = outcome.rss.map(|(before, after)| {
         let delta = after as i64 - before as i64;
         (before, after, delta, delta as f64 / peers.max(1) as f64)
     });
     let mut report = Report::new(
         format!(
-            "idle → {url}: {} pairs ({} peers), held {:?}",
+            "idle → {url}: {} {} ({} peers), held {:?}",
             params.pairs,
-            2 * params.pairs,
+            if params.servers_only {
+                "lone servers"
+            } else {
+                "pairs"
+            },
+            params.pairs * params.peers_per_pair(),
             params.hold
         ),
         json!({
@@ -245,6 +271,7 @@ pub fn report(
             "url": url,
             "tls": tls,
             "pairs": params.pairs,
+            "servers_only": params.servers_only,
             "peers": peers,
             "set_up": outcome.set_up,
             "failed": outcome.failed,

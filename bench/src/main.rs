@@ -4,22 +4,25 @@
 //! Exit codes: 0 when every check held, 1 when one failed (a lost, reordered or corrupted
 //! message, a failed set-up, a dropped connection), 2 when the run could not be made at all.
 
+mod commands;
 mod connect;
 mod idle;
 mod net;
 mod pingpong;
 mod procfs;
+mod redis_info;
 mod report;
+mod route;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use net::Dialer;
-use procfs::Watched;
+use procfs::{Watched, Watchers};
+use redis_info::Redis;
 use report::{Report, thousands};
+use route::Route;
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -45,6 +48,54 @@ struct Endpoint {
     /// CA certificate (PEM) that wss:// servers must chain to; nothing else is trusted
     #[arg(long, value_name = "FILE")]
     ca: Option<PathBuf>,
+}
+
+/// Where client peers connect when not where their servers do, and what else a cluster run reads.
+#[derive(Args)]
+struct Cluster {
+    /// Client peers connect here; server peers still use --url (another instance of a cluster)
+    #[arg(long, value_name = "URL", conflicts_with = "fly_proxy")]
+    client_url: Option<String>,
+    /// Client peers connect through a replaying proxy started in this process, a stand-in for
+    /// Fly.io's, in front of instance ID at IP:PORT (repeatable, one per instance; ws:// only)
+    #[arg(long, value_name = "ID=IP:PORT", requires = "first_hop")]
+    fly_proxy: Vec<String>,
+    /// The instance the proxy sends each client's request to before any replay
+    #[arg(long, value_name = "ID", requires = "fly_proxy")]
+    first_hop: Option<String>,
+    /// Redis whose command counters are read around the measured interval (redis://HOST:PORT)
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+}
+
+impl Cluster {
+    /// The route the pairs take, and the Redis to read.
+    async fn open(&self, endpoint: &Endpoint) -> Result<(Route, Option<Redis>)> {
+        let ca = endpoint.ca.as_deref();
+        let route = match (&self.client_url, &self.first_hop) {
+            (Some(client_url), _) => Route::split(&endpoint.url, client_url, ca)?,
+            (None, Some(first_hop)) => {
+                if ca.is_some() {
+                    anyhow::bail!("--fly-proxy speaks ws:// only; drop --ca");
+                }
+                Route::via_fly_proxy(&endpoint.url, &self.fly_proxy, first_hop).await?
+            }
+            (None, None) => Route::direct(&endpoint.url, ca)?,
+        };
+        let redis = self.redis_url.as_deref().map(Redis::new).transpose()?;
+        Ok((route, redis))
+    }
+
+    /// How reports name where the pairs went.
+    fn describe(&self, url: &str) -> String {
+        match (&self.client_url, &self.first_hop) {
+            (Some(client_url), _) => format!("{url} (clients: {client_url})"),
+            (None, Some(first_hop)) => {
+                format!("{url} (clients: via the replaying proxy, first to {first_hop})")
+            }
+            (None, None) => url.to_owned(),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -75,9 +126,12 @@ enum Command {
         /// delivered messages/s and losses are reported apart from the measured pairs'
         #[arg(long, default_value_t = 0, value_name = "N")]
         flooders: usize,
-        /// PID of the target process, to charge its CPU time to each message
+        /// PID of the target process, to charge its CPU time to each message (repeatable: the
+        /// CPU time of every one is summed, e.g. both relays of a cluster and its Redis)
         #[arg(long)]
-        pid: Option<u32>,
+        pid: Vec<u32>,
+        #[command(flatten)]
+        cluster: Cluster,
     },
     /// Sets up N pairs (HELLO, HELLO, PEER_JOINED) C at a time and holds them, then tears them all
     /// down C at a time; the relay's CPU is read between the two phases
@@ -98,8 +152,11 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         warmup_rounds: usize,
         /// PID of the relay, to charge its CPU time to each pair's set-up and tear-down
+        /// (repeatable: summed)
         #[arg(long)]
-        pid: Option<u32>,
+        pid: Vec<u32>,
+        #[command(flatten)]
+        cluster: Cluster,
     },
     /// Opens N idle pairs and reports the relay's resident memory per peer; checks none drop.
     ///
@@ -111,6 +168,13 @@ enum Command {
         /// Pairs to open in this process (two peers, two sockets each)
         #[arg(long, default_value_t = 4000)]
         pairs: usize,
+        /// Open each pair's server peer only: rooms nobody joined, one socket each
+        #[arg(long, conflicts_with = "client_url")]
+        servers_only: bool,
+        /// Client peers connect here; server peers still use --url (another instance of a
+        /// cluster, so each room has a client forwarded from elsewhere)
+        #[arg(long, value_name = "URL")]
+        client_url: Option<String>,
         /// PID of the relay, to read its RSS
         #[arg(long)]
         pid: Option<u32>,
@@ -121,6 +185,19 @@ enum Command {
         /// charged to the peers
         #[arg(long)]
         base_rss_after_warmup: bool,
+    },
+    /// Counts the commands a cluster's relays send their Redis over an interval of doing
+    /// nothing: what idle rooms cost the directory (run it while `idle` holds them)
+    RedisCommands {
+        /// The cluster's Redis: redis://HOST:PORT
+        #[arg(long, value_name = "URL")]
+        redis_url: String,
+        /// How long to count
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// What was running, for the report (e.g. "10000 idle rooms on 2 instances")
+        #[arg(long, default_value = "")]
+        label: String,
     },
     /// A quick correctness check (10 pairs of pingpong, 200 pairs of connect); never fails on timing
     Smoke {
@@ -161,14 +238,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens the dialer and, when a PID is given, the watched process.
-fn prepare(endpoint: &Endpoint, pid: Option<u32>) -> Result<(Arc<Dialer>, Option<Watched>)> {
-    let dialer = Arc::new(Dialer::new(&endpoint.url, endpoint.ca.as_deref())?);
+/// The watched process, when a PID is given.
+fn watch_one(pid: Option<u32>) -> Result<Option<Watched>> {
     let watched = pid.map(Watched::new).transpose()?;
     if let Some(note) = watched.as_ref().and_then(Watched::clk_tck_note) {
         eprintln!("note: {note}");
     }
-    Ok((dialer, watched))
+    Ok(watched)
+}
+
+/// The processes whose CPU time is charged to the work, when PIDs are given.
+fn watch(pids: &[u32]) -> Result<Option<Watchers>> {
+    let watched = Watchers::new(pids)?;
+    if let Some(note) = watched.as_ref().and_then(Watchers::clk_tck_note) {
+        eprintln!("note: {note}");
+    }
+    Ok(watched)
 }
 
 async fn run(command: Command) -> Result<Report> {
@@ -183,8 +268,10 @@ async fn run(command: Command) -> Result<Report> {
             target,
             flooders,
             pid,
+            cluster,
         } => {
-            let (dialer, watched) = prepare(&endpoint, pid)?;
+            let (route, redis) = cluster.open(&endpoint).await?;
+            let watched = watch(&pid)?;
             let params = pingpong::Params {
                 pairs,
                 size,
@@ -194,8 +281,13 @@ async fn run(command: Command) -> Result<Report> {
                 target,
                 flooders,
             };
-            let outcome = pingpong::measure(&params, dialer, watched.as_ref()).await?;
-            Ok(pingpong::report(&params, &endpoint.url, &outcome, pid))
+            let outcome =
+                pingpong::measure(&params, &route, watched.as_ref(), redis.as_ref()).await?;
+            Ok(pingpong::report(
+                &params,
+                &cluster.describe(&endpoint.url),
+                &outcome,
+            ))
         }
         Command::Connect {
             target,
@@ -204,33 +296,61 @@ async fn run(command: Command) -> Result<Report> {
             concurrency,
             warmup_rounds,
             pid,
+            cluster,
         } => {
-            let (dialer, watched) = prepare(&endpoint, pid)?;
+            let (route, redis) = cluster.open(&endpoint).await?;
+            let watched = watch(&pid)?;
             let params = connect::Params {
                 pairs,
                 concurrency,
                 target,
                 warmup_rounds,
             };
-            let outcome = connect::measure(&params, dialer, watched.as_ref()).await?;
-            Ok(connect::report(&params, &endpoint.url, &outcome, pid))
+            let outcome =
+                connect::measure(&params, &route, watched.as_ref(), redis.as_ref()).await?;
+            Ok(connect::report(
+                &params,
+                &cluster.describe(&endpoint.url),
+                &outcome,
+            ))
         }
         Command::Idle {
             endpoint,
             pairs,
+            servers_only,
+            client_url,
             pid,
             hold,
             base_rss_after_warmup,
         } => {
-            let (dialer, watched) = prepare(&endpoint, pid)?;
-            let tls = dialer.is_tls();
+            let ca = endpoint.ca.as_deref();
+            let route = match &client_url {
+                Some(client_url) => Route::split(&endpoint.url, client_url, ca)?,
+                None => Route::direct(&endpoint.url, ca)?,
+            };
+            let watched = watch_one(pid)?;
+            let tls = route.servers.is_tls();
             let params = idle::Params {
                 pairs,
+                servers_only,
                 hold,
                 base_rss_after_warmup,
             };
-            let outcome = idle::measure(&params, dialer, watched.as_ref()).await?;
-            Ok(idle::report(&params, &endpoint.url, &outcome, pid, tls))
+            let outcome = idle::measure(&params, &route, watched.as_ref()).await?;
+            let url = match &client_url {
+                Some(client_url) => format!("{} (clients: {client_url})", endpoint.url),
+                None => endpoint.url.clone(),
+            };
+            Ok(idle::report(&params, &url, &outcome, pid, tls))
+        }
+        Command::RedisCommands {
+            redis_url,
+            duration,
+            label,
+        } => {
+            let redis = Redis::new(&redis_url)?;
+            let outcome = commands::measure(&redis, duration).await?;
+            Ok(commands::report(&redis_url, &label, &outcome))
         }
         Command::Smoke { endpoint } => smoke(&endpoint).await,
     }
@@ -238,7 +358,7 @@ async fn run(command: Command) -> Result<Report> {
 
 /// Short pingpong and connect runs whose only verdict is correctness.
 async fn smoke(endpoint: &Endpoint) -> Result<Report> {
-    let (dialer, _) = prepare(endpoint, None)?;
+    let route = Route::direct(&endpoint.url, endpoint.ca.as_deref())?;
     let ping = pingpong::Params {
         pairs: 10,
         size: 512,
@@ -248,7 +368,7 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
         target: pingpong::Target::Relay,
         flooders: 0,
     };
-    let pinged = pingpong::measure(&ping, dialer.clone(), None).await?;
+    let pinged = pingpong::measure(&ping, &route, None, None).await?;
     let conn = connect::Params {
         pairs: 200,
         concurrency: 50,
@@ -256,7 +376,7 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
         // Correctness only: a fresh relay's first round is the one that matters here.
         warmup_rounds: 0,
     };
-    let connected = connect::measure(&conn, dialer, None).await?;
+    let connected = connect::measure(&conn, &route, None, None).await?;
     let checks = &pinged.checks;
     let passed = checks.clean() && connected.clean();
     let summary = format!(
@@ -278,8 +398,8 @@ async fn smoke(endpoint: &Endpoint) -> Result<Report> {
         json!({
             "command": "smoke",
             "url": endpoint.url,
-            "pingpong": pingpong::report(&ping, &endpoint.url, &pinged, None).json,
-            "connect": connect::report(&conn, &endpoint.url, &connected, None).json,
+            "pingpong": pingpong::report(&ping, &endpoint.url, &pinged).json,
+            "connect": connect::report(&conn, &endpoint.url, &connected).json,
         }),
     );
     for sample in checks

@@ -235,11 +235,12 @@ pub struct Pair {
     pub client_id: String,
 }
 
-/// Registers a server, joins it with a client, and waits for the server to hear of the join.
-pub async fn open_pair(dialer: &Dialer) -> Result<Pair> {
-    let mut server = dialer.open("/server").await?;
+/// Registers a server through `servers`, joins it with a client through `clients` (the same
+/// dialer, or another instance's), and waits for the server to hear of the join.
+pub async fn open_pair(servers: &Dialer, clients: &Dialer) -> Result<Pair> {
+    let mut server = servers.open("/server").await?;
     let code = read_hello(&mut server).await.context("server HELLO")?;
-    let mut client = dialer.open(&format!("/client/{code}")).await?;
+    let mut client = clients.open(&format!("/client/{code}")).await?;
     let client_id = read_hello(&mut client).await.context("client HELLO")?;
     expect_relay_frame(&mut server, "PEER_JOINED", &client_id).await?;
     Ok(Pair {

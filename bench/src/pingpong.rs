@@ -1,9 +1,11 @@
 //! `pingpong`: timed round trips through the relay (client → server → client) or through the bare
 //! echo server, checking that every message comes back in order and intact.
 
-use crate::net::{self, Dialer, Ws};
-use crate::procfs::{CpuSpent, Watched};
+use crate::net::{self, Ws};
+use crate::procfs::{GroupSpent, Watchers};
+use crate::redis_info::{Commands, Redis};
 use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
+use crate::route::Route;
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
 use futures_util::{SinkExt, StreamExt, stream};
@@ -97,8 +99,10 @@ pub struct Outcome {
     pub rtt: Histogram<u64>,
     /// Integrity counters over the whole run, warm-up included.
     pub checks: Checks,
-    /// The target's CPU time over the measured interval, with `--pid`.
-    pub cpu: Option<CpuSpent>,
+    /// The target's CPU time over the measured interval, with `--pid` (summed over several).
+    pub cpu: Option<GroupSpent>,
+    /// Redis commands over the measured interval, with `--redis-url`.
+    pub commands: Option<Commands>,
     /// What the flooders did, with `--flooders`.
     pub flood: Flood,
 }
@@ -238,8 +242,9 @@ struct Sent {
 /// Runs the round trips and gathers the figures.
 pub async fn measure(
     params: &Params,
-    dialer: Arc<Dialer>,
-    watched: Option<&Watched>,
+    route: &Route,
+    watched: Option<&Watchers>,
+    redis: Option<&Redis>,
 ) -> Result<Outcome> {
     if params.size < HEADER_LEN + 4 {
         bail!("--size must be at least {} bytes", HEADER_LEN + 4);
@@ -252,6 +257,9 @@ pub async fn measure(
     }
     if params.flooders > 0 && params.target != Target::Relay {
         bail!("--flooders needs --target relay");
+    }
+    if route.is_split() && params.target != Target::Relay {
+        bail!("--client-url and --fly-proxy need --target relay");
     }
     if params.pairs + params.flooders > MAX_PAIRS {
         bail!("--pairs plus --flooders must be at most {MAX_PAIRS}");
@@ -271,15 +279,12 @@ pub async fn measure(
         }
     );
     // Pair numbers from `params.pairs` on are flooders.
-    let setups = (0..params.pairs + params.flooders).map(|pair| {
-        let dialer = dialer.clone();
-        async move {
-            match params.target {
-                Target::Relay => net::open_pair(&dialer)
-                    .await
-                    .map(|p| (pair, p.client, Some((p.server, p.code, p.client_id)))),
-                Target::Echo => dialer.open("/echo").await.map(|ws| (pair, ws, None)),
-            }
+    let setups = (0..params.pairs + params.flooders).map(|pair| async move {
+        match params.target {
+            Target::Relay => net::open_pair(&route.servers, &route.clients)
+                .await
+                .map(|p| (pair, p.client, Some((p.server, p.code, p.client_id)))),
+            Target::Echo => route.servers.open("/echo").await.map(|ws| (pair, ws, None)),
         }
     });
     let links: Vec<_> = stream::iter(setups)
@@ -351,16 +356,26 @@ pub async fn measure(
         )));
     }
 
-    let cpu = match watched {
-        Some(watched) => {
-            sleep_until(schedule.start).await;
-            let before = watched.cpu()?;
-            let started = Instant::now();
-            sleep_until(schedule.end).await;
-            let after = watched.cpu()?;
-            Some((before.until(&after), started.elapsed()))
-        }
-        None => None,
+    let (cpu, commands, measured) = if watched.is_some() || redis.is_some() {
+        sleep_until(schedule.start).await;
+        let before = watched.map(Watchers::cpu).transpose()?;
+        let counted = match redis {
+            Some(redis) => Some(redis.counters().await?),
+            None => None,
+        };
+        let started = Instant::now();
+        sleep_until(schedule.end).await;
+        let after = watched.map(Watchers::cpu).transpose()?;
+        let commands = match (redis, counted) {
+            (Some(redis), Some(counted)) => Some(counted.until(&redis.counters().await?)),
+            _ => None,
+        };
+        let cpu = before
+            .zip(after)
+            .map(|(before, after)| before.until(&after));
+        (cpu, commands, started.elapsed())
+    } else {
+        (None, None, params.duration)
     };
 
     let mut rtt = report::histogram();
@@ -395,10 +410,11 @@ pub async fn measure(
     }
     Ok(Outcome {
         round_trips,
-        measured: cpu.map_or(params.duration, |(_, measured)| measured),
+        measured,
         rtt,
         checks,
-        cpu: cpu.map(|(spent, _)| spent),
+        cpu,
+        commands,
         flood,
     })
 }
@@ -744,7 +760,7 @@ fn clip(text: &str) -> String {
 }
 
 /// The table and JSON for a run.
-pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -> Report {
+pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
     let target = params.target;
     let seconds = outcome.measured.as_secs_f64();
     let round_trips_per_s = outcome.round_trips as f64 / seconds;
@@ -757,9 +773,11 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
         Target::Relay => "relayed message",
         Target::Echo => "echo",
     };
-    let cpu_json = outcome.cpu.map(|cpu| {
+    let cpu_json = outcome.cpu.as_ref().map(|group| {
+        let cpu = group.total;
         json!({
-            "pid": pid,
+            "pid": group.single_pid(),
+            "by_pid": group.each_json(),
             "ns": cpu.ns,
             "source": cpu.source,
             "stat_ns": cpu.stat_ns,
@@ -806,6 +824,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
             "messages_per_s": round(messages_per_s, 1),
             "rtt": latency_json(&outcome.rtt),
             "cpu": cpu_json,
+            "redis_commands": outcome.commands.as_ref().map(|c| c.json(charged)),
             "lost": checks.lost,
             "reordered": checks.reordered,
             "corrupted": checks.corrupted,
@@ -841,10 +860,11 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
         thousands(messages_per_s),
     );
     report.row("round-trip latency", latency_text(&outcome.rtt));
-    match (outcome.cpu, pid) {
-        (Some(cpu), Some(pid)) => {
+    match &outcome.cpu {
+        Some(group) => {
+            let cpu = group.total;
             report.row(
-                format!("CPU of PID {pid} ({})", cpu.source),
+                format!("CPU of {} ({})", group.label(), cpu.source),
                 format!(
                     "{:.1} ms ({:.0}% of a core; /proc/PID/stat says {:.1} ms)",
                     cpu.ns as f64 / 1e6,
@@ -860,8 +880,31 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome, pid: Option<u32>) -
                 },
                 format!("{:.2}", cpu.ns as f64 / 1000.0 / charged.max(1) as f64),
             );
+            if group.each.len() > 1 {
+                for (pid, spent) in &group.each {
+                    report.row(
+                        format!("  of which PID {pid} ({})", spent.source),
+                        format!(
+                            "{:.1} ms, {:.2} µs per {unit}",
+                            spent.ns as f64 / 1e6,
+                            spent.ns as f64 / 1000.0 / charged.max(1) as f64
+                        ),
+                    );
+                }
+            }
         }
-        _ => report.row("CPU per message", "not measured (give --pid)"),
+        None => report.row("CPU per message", "not measured (give --pid)"),
+    }
+    if let Some(commands) = &outcome.commands {
+        report.row(
+            format!("Redis commands per {unit}"),
+            format!(
+                "{:.3} ({} sent; by name, inner ones too: {})",
+                commands.sent as f64 / charged.max(1) as f64,
+                thousands(commands.sent as f64),
+                commands.breakdown()
+            ),
+        );
     }
     report.row(
         "lost / reordered / corrupted / unexpected / failed conns",

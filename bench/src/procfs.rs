@@ -150,19 +150,140 @@ impl CpuSample {
     }
 }
 
+impl CpuSpent {
+    /// Both figures together; the source is named only when both share it.
+    pub fn plus(self, other: CpuSpent) -> CpuSpent {
+        CpuSpent {
+            ns: self.ns + other.ns,
+            source: if self.source == other.source {
+                self.source
+            } else {
+                "mixed"
+            },
+            stat_ns: self.stat_ns + other.stat_ns,
+        }
+    }
+}
+
+/// Processes whose CPU time is charged together to the same work: a cluster's relays and its
+/// Redis, say, since a message crossing instances costs all of them.
+pub struct Watchers(Vec<Watched>);
+
+/// One [`CpuSample`] per watched process, in the order they were given.
+pub struct GroupSample(Vec<(u32, CpuSample)>);
+
+/// CPU time over an interval, summed over the processes and for each of them.
+#[derive(Debug, Clone)]
+pub struct GroupSpent {
+    /// The sum, the figure work is charged with.
+    pub total: CpuSpent,
+    /// Each process's share, by PID, in the order given.
+    pub each: Vec<(u32, CpuSpent)>,
+}
+
+impl Watchers {
+    /// Watches `pids`; `None` when there are none.
+    pub fn new(pids: &[u32]) -> Result<Option<Watchers>> {
+        if pids.is_empty() {
+            return Ok(None);
+        }
+        let watched = pids
+            .iter()
+            .map(|&pid| Watched::new(pid))
+            .collect::<Result<_>>()?;
+        Ok(Some(Watchers(watched)))
+    }
+
+    /// A note for reports when the tick rate was assumed (the same for every process).
+    pub fn clk_tck_note(&self) -> Option<String> {
+        self.0.first().and_then(Watched::clk_tck_note)
+    }
+
+    /// Reads every process's CPU figures now.
+    pub fn cpu(&self) -> Result<GroupSample> {
+        let samples = self
+            .0
+            .iter()
+            .map(|watched| Ok((watched.pid, watched.cpu()?)))
+            .collect::<Result<_>>()?;
+        Ok(GroupSample(samples))
+    }
+}
+
+impl GroupSample {
+    /// CPU time between `self` (earlier) and `later`, each process's fallback chosen on its own.
+    pub fn until(&self, later: &GroupSample) -> GroupSpent {
+        let each: Vec<(u32, CpuSpent)> = self
+            .0
+            .iter()
+            .zip(&later.0)
+            .map(|((pid, before), (_, after))| (*pid, before.until(after)))
+            .collect();
+        let total = each
+            .iter()
+            .map(|(_, spent)| *spent)
+            .reduce(CpuSpent::plus)
+            .unwrap_or(CpuSpent {
+                ns: 0,
+                source: "stat",
+                stat_ns: 0,
+            });
+        GroupSpent { total, each }
+    }
+}
+
+impl GroupSpent {
+    /// Both intervals together, process by process.
+    pub fn plus(&self, other: &GroupSpent) -> GroupSpent {
+        GroupSpent {
+            total: self.total.plus(other.total),
+            each: self
+                .each
+                .iter()
+                .zip(&other.each)
+                .map(|((pid, a), (_, b))| (*pid, a.plus(*b)))
+                .collect(),
+        }
+    }
+
+    /// How tables name the processes: `PID 12`, or `PIDs 12 + 13 + 14`.
+    pub fn label(&self) -> String {
+        let pids: Vec<String> = self.each.iter().map(|(pid, _)| pid.to_string()).collect();
+        match pids.as_slice() {
+            [one] => format!("PID {one}"),
+            _ => format!("PIDs {}", pids.join(" + ")),
+        }
+    }
+
+    /// The single PID when there is one (the JSON `pid` field keeps its old meaning), else null.
+    pub fn single_pid(&self) -> Option<u32> {
+        match self.each.as_slice() {
+            [(pid, _)] => Some(*pid),
+            _ => None,
+        }
+    }
+
+    /// Each process's share as JSON: `[{"pid", "ns", "source"}...]`.
+    pub fn each_json(&self) -> serde_json::Value {
+        self.each
+            .iter()
+            .map(|(pid, spent)| serde_json::json!({"pid": pid, "ns": spent.ns, "source": spent.source}))
+            .collect()
+    }
+}
+
 /// File descriptors the generator needs beyond its sockets (runtime, stdio, /proc reads).
 const SPARE_FDS: u64 = 64;
 
-/// Fails, ending with `advice`, unless this process may hold `pairs` pairs (two sockets each) open
-/// at once.
-pub fn check_room_for_pairs(pairs: usize, advice: &str) -> Result<()> {
-    let need = 2 * pairs as u64 + SPARE_FDS;
+/// Fails, ending with `advice`, unless this process may hold `sockets` sockets open at once.
+pub fn check_room_for_sockets(sockets: usize, advice: &str) -> Result<()> {
+    let need = sockets as u64 + SPARE_FDS;
     if let Some(limit) = open_files_limit()
         && need > limit
     {
         bail!(
-            "{pairs} pairs held open together need about {need} open files but this process may \
-             have {limit}; {advice}"
+            "{sockets} sockets held open together need about {need} open files but this process \
+             may have {limit}; {advice}"
         );
     }
     Ok(())
@@ -220,5 +341,18 @@ mod tests {
     fn a_thread_that_exits_mid_run_falls_back_to_the_whole_process_figure() {
         let spent = sample(Some(9_000), 10_000_000).until(&sample(Some(2_000), 30_000_000));
         assert_eq!((spent.ns, spent.source), (20_000_000, "stat"));
+    }
+
+    #[test]
+    fn a_group_sums_its_processes_and_names_a_mixed_source() {
+        let before = GroupSample(vec![(1, sample(Some(0), 0)), (2, sample(Some(50), 0))]);
+        let after = GroupSample(vec![
+            (1, sample(Some(100), 10_000_000)),
+            (2, sample(Some(10), 20_000_000)),
+        ]);
+        let spent = before.until(&after);
+        assert_eq!((spent.total.ns, spent.total.source), (20_000_100, "mixed"));
+        assert_eq!(spent.single_pid(), None);
+        assert_eq!(spent.label(), "PIDs 1 + 2");
     }
 }
