@@ -298,3 +298,25 @@ async fn metrics_show_the_lease_and_each_directory_step() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_server_resuming_on_the_wrong_instance_is_replayed_to_its_room_with_its_code() {
+    let redis = RedisServer::start();
+    let resuming = ["--resume-window", "30s"];
+    let a = instance(&redis.url(), "a", &resuming);
+    let b = instance(&redis.url(), "b", &resuming);
+    let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "a").await;
+    let mut server = connect(&proxy.url("/server")).await;
+    let hello = server.recv().await;
+    let code = hello["message"]["id"].as_str().expect("a code").to_owned();
+    let token = hello["message"]["resumeToken"].as_str().expect("a token").to_owned();
+    drop(server);
+
+    proxy.route_to("b");
+    let mut resumed = connect(&proxy.url(&format!("/server?resume={token}&code={code}"))).await;
+    let hello = resumed.recv().await;
+
+    assert_eq!(proxy.replays(), 1);
+    assert_eq!(hello["message"]["id"], code.as_str(), "{hello}");
+    assert_eq!(hello["message"]["resumed"], true, "{hello}");
+}

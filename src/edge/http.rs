@@ -146,7 +146,7 @@ fn room_of(admission: Admission) -> Option<JoinCode> {
     match admission {
         Admission::Client(code)
         | Admission::Resume {
-            resuming: Resuming::ClientOf(code),
+            resuming: Resuming::ClientOf(code) | Resuming::Server(Some(code)),
             ..
         } => Some(code),
         _ => None,

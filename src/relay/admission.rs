@@ -103,7 +103,11 @@ impl Door {
             HEALTH_PATH if readable => return Route::Health,
             READY_PATH if readable => return Route::Readiness,
             // A resuming server needs no passphrase: its token is the stronger secret.
-            SERVER_PATH => resume(request, Resuming::Server).unwrap_or_else(|| {
+            SERVER_PATH => {
+                let code = query_value(request, "code").and_then(|code| JoinCode::parse(&code));
+                resume(request, Resuming::Server(code))
+            }
+            .unwrap_or_else(|| {
                 if self.authorized(request) {
                     Admission::Server(rules(request))
                 } else {

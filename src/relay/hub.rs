@@ -221,8 +221,9 @@ pub enum RouteError {
 /// Who resumes: the server at `/server`, or a client of the server with this code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resuming {
-    /// At `/server?resume=…`.
-    Server,
+    /// At `/server?resume=…`, with the code it held when it says (`&code=`): in a cluster,
+    /// that finds the instance holding its room.
+    Server(Option<JoinCode>),
     /// At `/client/CODE?resume=…`.
     ClientOf(JoinCode),
 }
@@ -691,7 +692,7 @@ impl Hub {
         let hash = token.hash();
         let id = *state.tokens.get(&hash).ok_or(RESUME_FAILED)?;
         let role_matches = match (id, resuming) {
-            (PeerId::Server(_), Resuming::Server) => true,
+            (PeerId::Server(code), Resuming::Server(said)) => said.is_none_or(|said| said == code),
             (PeerId::Client(client), Resuming::ClientOf(code)) => state
                 .clients
                 .get(&client)
@@ -1277,11 +1278,11 @@ mod tests {
         let id = server.id();
         let away = server.step_away().expect("away");
         let (mut back, _, _) = hub
-            .resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+            .resume(token, Resuming::Server(None), None, ROOMY, resumed_hello)
             .expect("resumes");
 
         assert_eq!(
-            hub.resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+            hub.resume(token, Resuming::Server(None), None, ROOMY, resumed_hello)
                 .err(),
             Some(RESUME_FAILED)
         );
@@ -1298,7 +1299,7 @@ mod tests {
         drain(&old_inbox).await;
 
         let (_new, _, _) = hub
-            .resume(token, Resuming::Server, None, ROOMY, resumed_hello)
+            .resume(token, Resuming::Server(None), None, ROOMY, resumed_hello)
             .expect("resumes");
 
         assert_eq!(
@@ -1325,7 +1326,7 @@ mod tests {
 
         for (token, resuming) in [
             (server_token, Resuming::ClientOf(code)),
-            (client_token, Resuming::Server),
+            (client_token, Resuming::Server(None)),
             (client_token, Resuming::ClientOf(other)),
         ] {
             let refused = hub.resume(token, resuming, None, ROOMY, resumed_hello);
