@@ -309,7 +309,10 @@ async fn a_server_resuming_on_the_wrong_instance_is_replayed_to_its_room_with_it
     let mut server = connect(&proxy.url("/server")).await;
     let hello = server.recv().await;
     let code = hello["message"]["id"].as_str().expect("a code").to_owned();
-    let token = hello["message"]["resumeToken"].as_str().expect("a token").to_owned();
+    let token = hello["message"]["resumeToken"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
     drop(server);
 
     proxy.route_to("b");
