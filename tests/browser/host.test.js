@@ -1,0 +1,136 @@
+// The host's say over who is in, on the demo page in Chromium: removing a guest, locking the room,
+// and "Ask to join" with Admit (then the chat works) and with Deny.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import {
+  assertNoCspViolations,
+  connectPair,
+  hostRoom,
+  joinRoom,
+  sendChat,
+  statusText,
+  waitForChat,
+  waitForStatus,
+  withPeople,
+} from './lib/pages.js';
+import { startRelay } from './lib/relay.js';
+
+const options = browserTestOptions();
+const browserTest = (name, body) =>
+  test(name, options, (t) => {
+    requireChromium();
+    return body(t);
+  });
+
+const byTestId = (id) => `[data-testid="${id}"]`;
+
+/** The frames of `type` this page sent to the relay. */
+async function sentOfType(page, type) {
+  const frames = await page.evaluate(() => window.__sentFrames);
+  return frames.map((text) => JSON.parse(text)).filter((frame) => frame.type === type);
+}
+
+describe('the host decides who is in', () => {
+  let relay;
+  let browser;
+
+  before(async () => {
+    if (chromiumMissing()) return;
+    relay = await startRelay();
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  const people = (name, body) => browserTest(name, () => withPeople(name, browser, relay.origin, body));
+
+  people('Remove: the guest is told "The host removed you." and the host sees it go', async (open) => {
+    const { host, guest } = await connectPair(open);
+    const row = host.locator(`${byTestId('guests')} ${byTestId('guest')}`);
+    await row.waitFor();
+    assert.equal(await row.locator('.who').textContent(), 'Guest 1');
+    await row.locator(byTestId('remove')).click();
+
+    await waitForStatus(guest, 'The host removed you.');
+    await waitForChat(host, 'Guest 1 was removed.');
+    await waitForStatus(host, 'waiting for someone to join');
+    assert.equal(await host.locator(byTestId('guest')).count(), 0);
+    // The guest's page is over: no chat, back to start from the leave button.
+    assert.equal(await guest.locator(byTestId('chat-input')).isDisabled(), true);
+    assert.equal((await sentOfType(host, 'KICK')).length, 1);
+    await assertNoCspViolations(host);
+    await assertNoCspViolations(guest);
+  });
+
+  people('Lock room: a new guest sees "This room is locked."; unlocking lets them in', async (open) => {
+    const { host, code } = await connectPair(open);
+    await host.locator(byTestId('lock-room')).check();
+    await host.waitForFunction(() => !document.querySelector('[data-testid="lock-room"]').disabled);
+    assert.deepEqual((await sentOfType(host, 'ROOM')).map((frame) => frame.message), [{ locked: true }]);
+
+    const late = await open('late guest');
+    await joinRoom(late, code);
+    await waitForStatus(late, 'This room is locked.');
+    await late.locator(byTestId('join')).waitFor({ state: 'visible' });
+
+    await host.locator(byTestId('lock-room')).uncheck();
+    await host.waitForFunction(() => !document.querySelector('[data-testid="lock-room"]').disabled);
+    await late.locator(byTestId('join')).click();
+    await waitForStatus(late, 'connected');
+    await sendChat(late, 'made it in');
+    await waitForChat(host, 'made it in');
+  });
+
+  people('Ask to join, then Admit: the guest waits with its name shown, is let in, and chats', async (open) => {
+    const host = await open('host');
+    const guest = await open('guest');
+    const code = await hostRoom(host);
+    await host.locator(byTestId('ask-to-join')).check();
+    await host.waitForFunction(() => !document.querySelector('[data-testid="ask-to-join"]').disabled);
+
+    await guest.locator(byTestId('join-name')).fill('Ada');
+    await joinRoom(guest, code);
+    await waitForStatus(guest, 'Waiting for the host to let you in…');
+    const knocker = host.locator(byTestId('knocker'));
+    await knocker.waitFor();
+    assert.equal(await knocker.locator('.who').textContent(), 'Ada');
+    await waitForStatus(host, 'Ada is asking to join');
+
+    await knocker.locator(byTestId('admit')).click();
+    await waitForStatus(guest, 'connected');
+    await waitForStatus(host, 'connected');
+    assert.equal(await host.locator(byTestId('knocker')).count(), 0);
+    await sendChat(guest, 'thanks for letting me in');
+    await waitForChat(host, 'thanks for letting me in');
+    await sendChat(host, 'welcome, Ada');
+    await waitForChat(guest, 'welcome, Ada');
+    // The host knows the guest by the name it gave.
+    assert.equal(await host.locator(`${byTestId('guest')} .who`).textContent(), 'Ada');
+    await waitForChat(host, 'Ada joined.');
+  });
+
+  people('Ask to join, then Deny: the guest is told "The host did not let you in."', async (open) => {
+    const host = await open('host');
+    const guest = await open('guest');
+    const code = await hostRoom(host);
+    await host.locator(byTestId('ask-to-join')).check();
+    await host.waitForFunction(() => !document.querySelector('[data-testid="ask-to-join"]').disabled);
+
+    await joinRoom(guest, code);
+    await waitForStatus(guest, 'Waiting for the host to let you in…');
+    const knocker = host.locator(byTestId('knocker'));
+    await knocker.waitFor();
+    assert.equal(await knocker.locator('.who').textContent(), 'Someone');
+    await knocker.locator(byTestId('deny')).click();
+
+    await waitForStatus(guest, 'The host did not let you in.');
+    await waitForChat(host, 'You did not let Someone in.');
+    assert.equal(await host.locator(byTestId('knocker')).count(), 0);
+    assert.doesNotMatch(await statusText(host), /asking to join/);
+  });
+});
