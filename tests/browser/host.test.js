@@ -1,5 +1,5 @@
 // The host's say over who is in, on the demo page in Chromium: removing a guest, locking the room,
-// and "Ask to join" with Admit (then the chat works) and with Deny.
+// and "Ask to join" with Admit (then the chat works) and with Deny; and fresh TURN credentials.
 
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -133,4 +133,48 @@ describe('the host decides who is in', () => {
     assert.equal(await host.locator(byTestId('knocker')).count(), 0);
     assert.doesNotMatch(await statusText(host), /asking to join/);
   });
+});
+
+describe('the demo refreshes TURN credentials before they expire', () => {
+  let relay;
+  let browser;
+
+  before(async () => {
+    if (chromiumMissing()) return;
+    // A TURN server nobody listens on (loopback): only its credentials matter here; the call
+    // connects over host candidates. They last 10 s, so the page refreshes them after about 8 s.
+    relay = await startRelay({
+      args: ['--ice-server', 'turn:127.0.0.1:9', '--turn-secret', 'tests-secret', '--turn-ttl', '10s'],
+    });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  browserTest('host and guest ask for fresh credentials and give them to their connections', () =>
+    withPeople('ice refresh', browser, relay.origin, async (open) => {
+      const { host, guest } = await connectPair(open);
+      const username = (page) =>
+        page.evaluate(() => window.__peerConnections.map((pc) => pc.getConfiguration().iceServers[0]?.username));
+      const [hostFirst] = await username(host);
+      const [guestFirst] = await username(guest);
+      assert.match(hostFirst, /^\d+:/);
+      for (const page of [host, guest]) {
+        await page.waitForFunction(
+          () => window.__sentFrames.some((text) => JSON.parse(text).type === 'ICE_REFRESH'),
+          null,
+          { timeout: 15000 },
+        );
+      }
+      await host.waitForFunction((first) => window.__peerConnections[0].getConfiguration().iceServers[0].username !== first, hostFirst);
+      await guest.waitForFunction((first) => window.__peerConnections[0].getConfiguration().iceServers[0].username !== first, guestFirst);
+      assert.ok(Number((await username(host))[0].split(':')[0]) > Number(hostFirst.split(':')[0]));
+      // The call goes on.
+      await sendChat(guest, 'still here after the refresh');
+      await waitForChat(host, 'still here after the refresh');
+    }),
+  );
 });
