@@ -130,7 +130,9 @@ function describeRelayError(session, code, reason, kind) {
     case 'UNKNOWN_SERVER':
       return `There is no host with code ${room}. Check the code and try again.`;
     case 'SERVER_FULL':
-      return `The room with code ${room} is full. Ask the host, or try again later.`;
+      return session.role === 'host'
+        ? 'Your room is full, so that guest is still waiting: let them in once someone leaves.'
+        : `The room with code ${room} is full. Ask the host, or try again later.`;
     case 'BAD_MESSAGE':
       return `The relay could not read a message from this page${detail}.`;
     case 'UNKNOWN_PEER':
@@ -447,6 +449,7 @@ class Session {
     this.waiting = false; // a guest knocking, not let in yet
     this.name = ''; // the name a guest gave
     this.knockers = new Map(); // the host's: id → name of each guest asking to join
+    this.admitting = new Set(); // the host's: knockers it let in, until they join (or the room is full)
     this.names = new Map(); // the host's: id → name of each guest it let in
     this.iceTimer = 0;
   }
@@ -569,13 +572,15 @@ class Session {
   /** The host's answer to a knock: let the guest in, or not. */
   answerKnock(id, admit) {
     const name = this.knockers.get(id);
-    if (this.over || name === undefined) return;
-    this.knockers.delete(id);
+    if (this.over || name === undefined || this.admitting.has(id)) return;
     if (admit) {
+      // Listed until PEER_JOINED: a full room keeps the guest waiting (SERVER_FULL).
+      this.admitting.add(id);
       this.names.set(id, name);
       this.signal.admit(id);
       addNote(`You let ${name} in.`);
     } else {
+      this.knockers.delete(id);
       this.signal.deny(id);
       addNote(`You did not let ${name} in.`);
     }
@@ -587,6 +592,7 @@ class Session {
     const name = this.knockers.get(id);
     if (name === undefined) return;
     this.knockers.delete(id);
+    this.admitting.delete(id);
     if (reason === 'timeout') addNote(`${name} stopped waiting: nobody answered in time.`);
     else if (reason !== 'denied') addNote(`${name} stopped waiting.`);
     showKnockers(this);
@@ -636,6 +642,11 @@ class Session {
       if (peer) peer.problem(error);
       return;
     }
+    if (error.code === 'SERVER_FULL' && this.role === 'host') {
+      // An ADMIT into a full room: whoever was being let in is still waiting.
+      this.admitting.clear();
+      showKnockers(this);
+    }
     flashProblem(describeRelayError(this, error.code, error.message, error.detail.type), () => this.showStatus());
   }
 
@@ -684,12 +695,17 @@ class Session {
 
   addGuest(id) {
     if (this.peers.has(id)) return;
+    if (this.knockers.delete(id)) {
+      this.admitting.delete(id);
+      showKnockers(this);
+    }
     this.guestsSoFar += 1;
     const label = this.names.get(id) ?? this.uniqueLabel(`Guest ${this.guestsSoFar}`);
     const peer = new Peer(this, id, this.signal.peerConnection(id), label);
     this.peers.set(id, peer);
     // Creating the channel triggers negotiationneeded, which sends the first OFFER.
     peer.openChannel();
+    showGuests(this);
     this.showStatus();
   }
 
@@ -860,8 +876,9 @@ class Session {
     if (this.role === 'host') {
       const open = this.openPeers().length;
       const joining = this.peers.size - open;
-      if (this.knockers.size > 0) {
-        const who = this.knockers.size === 1 ? `${[...this.knockers.values()][0]} is` : `${this.knockers.size} guests are`;
+      const asking = [...this.knockers].filter(([id]) => !this.admitting.has(id)).map(([, name]) => name);
+      if (asking.length > 0) {
+        const who = asking.length === 1 ? `${asking[0]} is` : `${asking.length} guests are`;
         return [`${who} asking to join: let them in or not, beside the code.`, 'warn'];
       }
       if (open > 0) {
@@ -952,7 +969,7 @@ function showRoomState({ locked, knock }) {
 /** The host's list of guests in the room, each with a Remove button. */
 function showGuests(current) {
   ui.guests.replaceChildren(
-    ...current.openPeers().map((peer) => {
+    ...[...current.peers.values()].map((peer) => {
       const item = document.createElement('li');
       item.dataset.testid = 'guest';
       const who = document.createElement('span');
@@ -987,6 +1004,7 @@ function showKnockers(current) {
         control.dataset.testid = admit ? 'admit' : 'deny';
         control.textContent = text;
         control.setAttribute('aria-label', `${text} ${name}`);
+        control.disabled = current.admitting.has(id);
         control.addEventListener('click', () => current.answerKnock(id, admit));
         return control;
       };

@@ -135,6 +135,45 @@ describe('the host decides who is in', () => {
   });
 });
 
+describe('admitting into a full room', () => {
+  let relay;
+  let browser;
+
+  before(async () => {
+    if (chromiumMissing()) return;
+    relay = await startRelay({ args: ['--max-clients-per-server', '1'] });
+    browser = await launchBrowser();
+  });
+
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  browserTest('the host is told the room is full, the guest keeps waiting, and gets in once there is room', () =>
+    withPeople('admit into a full room', browser, relay.origin, async (open) => {
+      const { host, code } = await connectPair(open);
+      await host.locator(byTestId('ask-to-join')).check();
+      await host.waitForFunction(() => !document.querySelector('[data-testid="ask-to-join"]').disabled);
+      const second = await open('second guest');
+      await second.locator(byTestId('join-name')).fill('Grace');
+      await joinRoom(second, code);
+      await waitForStatus(second, 'Waiting for the host to let you in…');
+      const knocker = host.locator(byTestId('knocker'));
+      await knocker.locator(byTestId('admit')).click();
+      await waitForStatus(host, 'Your room is full, so that guest is still waiting');
+      await host.waitForFunction(() => !document.querySelector('[data-testid="admit"]').disabled);
+      assert.match(await statusText(second), /Waiting for the host/);
+
+      await host.locator(`${byTestId('guest')} ${byTestId('remove')}`).click();
+      await knocker.locator(byTestId('admit')).click();
+      await waitForStatus(second, 'connected');
+      await sendChat(second, 'room for one more');
+      await waitForChat(host, 'room for one more');
+    }),
+  );
+});
+
 describe('the demo refreshes TURN credentials before they expire', () => {
   let relay;
   let browser;
