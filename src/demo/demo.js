@@ -43,7 +43,6 @@ const ui = {
   code: $('code'),
   codeNote: $('code-note'),
   members: $('members'),
-  roomControls: $('room-controls'),
   lockRoom: $('lock-room'),
   askToJoin: $('ask-to-join'),
   knockers: $('knockers'),
@@ -554,7 +553,8 @@ class Session {
 
   /** A label nobody in the room has yet: `name`, or `name (2)`, … */
   uniqueLabel(name) {
-    const taken = new Set([...this.peers.values()].map((peer) => peer.label).concat([...this.knockers.values()], ['Host']));
+    const taken = new Set(['Host', ...this.knockers.values()]);
+    for (const peer of this.peers.values()) taken.add(peer.label);
     let label = name;
     for (let n = 2; taken.has(label); n += 1) label = `${name} (${n})`;
     return label;
@@ -931,7 +931,9 @@ class Session {
 // Screens
 
 function setBusy(busy) {
-  for (const control of [ui.hostButton, ui.joinButton, ui.joinCode, ui.joinName, ui.passphrase]) control.disabled = busy;
+  for (const control of [ui.hostButton, ui.joinButton, ui.joinCode, ui.joinName, ui.passphrase]) {
+    control.disabled = busy;
+  }
 }
 
 function showStart() {

@@ -208,8 +208,9 @@ describe('the demo refreshes TURN credentials before they expire', () => {
           { timeout: 15000 },
         );
       }
-      await host.waitForFunction((first) => window.__peerConnections[0].getConfiguration().iceServers[0].username !== first, hostFirst);
-      await guest.waitForFunction((first) => window.__peerConnections[0].getConfiguration().iceServers[0].username !== first, guestFirst);
+      const renewed = (first) => window.__peerConnections[0].getConfiguration().iceServers[0].username !== first;
+      await host.waitForFunction(renewed, hostFirst);
+      await guest.waitForFunction(renewed, guestFirst);
       assert.ok(Number((await username(host))[0].split(':')[0]) > Number(hostFirst.split(':')[0]));
       // The call goes on.
       await sendChat(guest, 'still here after the refresh');

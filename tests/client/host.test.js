@@ -48,7 +48,7 @@ describe('room control', () => {
     room.leave();
   });
 
-  test('setRoom locks the room: a new guest is refused with locked; members stay; unlocking lets guests in', async () => {
+  test('setRoom locks the room: a new guest is refused (locked), members stay, unlocking lets guests in', async () => {
     const room = await Intercessor.host(url, options);
     const member = await Intercessor.join(url, room.code, options);
     const events = collect(room, 'room');
@@ -146,7 +146,10 @@ describe('room control', () => {
     const gone = next(room, 'knockgone');
     const link = await Intercessor.join(url, room.code, options);
     const { code, reason, error } = await next(link, 'close');
-    assert.deepEqual({ code, reason, error: error.code }, { code: 4408, reason: 'knock-timeout', error: 'KNOCK_TIMEOUT' });
+    assert.deepEqual(
+      { code, reason, error: error.code },
+      { code: 4408, reason: 'knock-timeout', error: 'KNOCK_TIMEOUT' },
+    );
     assert.deepEqual(await gone, { id: link.id, reason: 'timeout' });
     room.leave();
   });
