@@ -7,6 +7,8 @@
 // channels (JSON {kind: 'chat' | 'members' | 'hello'}) it passes each guest's chat on to the others
 // and tells everyone who is in the room. Signaling messages keep to the exact shapes an operator's
 // JSON Schema may enforce: OFFER/ANSWER {type, sdp}, CANDIDATE RTCIceCandidate.toJSON(), BYE {}.
+// The host also decides who is in: it can remove a guest, lock the room, or make guests ask to
+// join (knock) and let each in or not; the library sends those commands to the relay.
 
 import { Intercessor } from './intercessor.js';
 import { qrSvg } from './qr.js';
@@ -17,6 +19,12 @@ const CONNECT_TIMEOUT_MS = 15000;
 const CODE_PATTERN = /^[0-9A-HJKMNP-TV-Z]{4,16}$/;
 const ERROR_SHOWN_MS = 8000;
 const COPIED_SHOWN_MS = 2000;
+// TURN credentials expire (the relay's --turn-ttl); fresh ones are fetched once this share of
+// their remaining life has passed, but never sooner than ICE_REFRESH_MIN_MS.
+const ICE_REFRESH_AT = 0.8;
+const ICE_REFRESH_MIN_MS = 5000;
+// setTimeout's longest delay (about 24.8 days).
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const $ = (id) => document.getElementById(id);
 const ui = {
@@ -28,12 +36,17 @@ const ui = {
   passphrase: $('passphrase'),
   joinForm: $('join-form'),
   joinCode: $('join-code'),
+  joinName: $('join-name'),
   joinButton: $('join-button'),
   session: $('session'),
   share: $('share'),
   code: $('code'),
   codeNote: $('code-note'),
   members: $('members'),
+  lockRoom: $('lock-room'),
+  askToJoin: $('ask-to-join'),
+  knockers: $('knockers'),
+  guests: $('guests'),
   qr: $('qr'),
   shareLink: $('share-link'),
   copyLink: $('copy-link'),
@@ -116,7 +129,9 @@ function describeRelayError(session, code, reason, kind) {
     case 'UNKNOWN_SERVER':
       return `There is no host with code ${room}. Check the code and try again.`;
     case 'SERVER_FULL':
-      return `The room with code ${room} is full. Ask the host, or try again later.`;
+      return session.role === 'host'
+        ? 'Your room is full, so that guest is still waiting: let them in once someone leaves.'
+        : `The room with code ${room} is full. Ask the host, or try again later.`;
     case 'BAD_MESSAGE':
       return `The relay could not read a message from this page${detail}.`;
     case 'UNKNOWN_PEER':
@@ -129,15 +144,30 @@ function describeRelayError(session, code, reason, kind) {
         : 'The relay is turning this address away for now (too many attempts or connections). Wait a minute and try again.';
     case 'INVALID_MESSAGE':
       return `The relay refused a ${kind || 'signaling'} message that breaks its rules${detail}.`;
+    case 'ROOM_LOCKED':
+      return 'This room is locked. Ask the host to unlock it, then try again.';
+    case 'KICKED':
+      return 'The host removed you.';
+    case 'DENIED':
+      return 'The host did not let you in.';
+    case 'KNOCK_TIMEOUT':
+      return 'The host did not let you in: nobody answered in time.';
+    case 'NOT_ADMITTED':
+      return 'The host has not let you in yet.';
     default:
       return `The relay reported a problem: ${code || 'unknown'}${detail}.`;
   }
 }
 
 /** Why the relay closed the WebSocket, in plain words (for closes with no ERROR before them). */
-function describeClose(session, { code, text }) {
+function describeClose(session, { code, text, reason: why }) {
   const reason = text ? ` (${text})` : '';
+  if (why === 'kicked') return 'The host removed you.';
+  if (why === 'denied') return 'The host did not let you in.';
+  if (why === 'knock-timeout') return 'The host did not let you in: nobody answered in time.';
   switch (code) {
+    case 4423:
+      return 'This room is locked.';
     case 4410:
       return 'Session over: the host left.';
     case 4401:
@@ -310,6 +340,16 @@ class Peer {
     for (const track of stream.getTracks()) this.senders.push(this.pc.addTrack(track, stream));
   }
 
+  /** Fresh TURN credentials, for whatever ICE gathers from now on (a restart, a new path). */
+  useIceServers(iceServers) {
+    if (this.closed) return;
+    try {
+      this.pc.setConfiguration({ iceServers });
+    } catch (error) {
+      console.warn(`Could not update the ICE servers for ${this.label}:`, error);
+    }
+  }
+
   removeLocalMedia() {
     if (this.closed) return;
     for (const sender of this.senders) this.pc.removeTrack(sender);
@@ -405,6 +445,12 @@ class Session {
     this.stuckText = null; // set once a direct connection took too long
     this.hostPeer = null;
     this.guestsSoFar = 0;
+    this.waiting = false; // a guest knocking, not let in yet
+    this.name = ''; // the name a guest gave
+    this.knockers = new Map(); // the host's: id → name of each guest asking to join
+    this.admitting = new Set(); // the host's: knockers it let in, until they join (or the room is full)
+    this.names = new Map(); // the host's: id → name of each guest it let in
+    this.iceTimer = 0;
   }
 
   /** Opens the room or link: `opening` is Intercessor.host(…) or Intercessor.join(…). */
@@ -423,10 +469,14 @@ class Session {
     }
     this.signal = signal;
     signal.on('peerjoined', ({ id }) => this.role === 'host' && this.addGuest(id));
-    signal.on('peergone', ({ id }) => {
-      if (this.role === 'host') this.guestGone(id, 'left');
+    signal.on('peergone', ({ id, reason }) => {
+      if (this.role === 'host') this.guestGone(id, reason === 'kicked' ? 'was removed' : 'left');
       else this.end('Session over: the host left.', 'warn');
     });
+    signal.on('knock', ({ id, info }) => this.role === 'host' && this.addKnocker(id, info));
+    signal.on('knockgone', ({ id, reason }) => this.knockerGone(id, reason));
+    signal.on('room', (state) => showRoomState(state));
+    signal.on('admitted', () => this.onAdmitted());
     signal.on('message', ({ from, type }) => {
       const peer = this.peers.get(from);
       if (type === 'BYE' && peer) this.peerSaidBye(peer);
@@ -457,10 +507,118 @@ class Session {
       showHostSession(this);
     } else {
       showGuestSession(this);
-      this.hostPeer = new Peer(this, signal.code, signal.peerConnection(), 'Host');
-      this.peers.set(signal.code, this.hostPeer);
+      this.waiting = signal.waiting;
+      if (this.waiting) addNote('The host of this room lets each guest in. Please wait a moment.');
+      else this.connectToHost();
     }
+    this.scheduleIceRefresh();
     this.showStatus();
+  }
+
+  connectToHost() {
+    this.hostPeer = new Peer(this, this.signal.code, this.signal.peerConnection(), 'Host');
+    this.peers.set(this.signal.code, this.hostPeer);
+  }
+
+  /** The host let this knocking guest in. */
+  onAdmitted() {
+    if (this.over || !this.waiting) return;
+    this.waiting = false;
+    addNote('The host let you in.');
+    this.connectToHost();
+    this.showStatus();
+  }
+
+  /** Fetches fresh TURN credentials before those in hand expire (none to fetch without TURN). */
+  scheduleIceRefresh() {
+    clearTimeout(this.iceTimer);
+    // The TURN REST username is `<unix expiry>:<peer id>`.
+    const turn = this.iceServers.find(({ username }) => /^\d+:/.test(username ?? ''));
+    if (!turn || this.over) return;
+    const left = Number(turn.username.split(':')[0]) * 1000 - Date.now();
+    const delay = Math.min(MAX_TIMER_MS, Math.max(ICE_REFRESH_MIN_MS, left * ICE_REFRESH_AT));
+    this.iceTimer = setTimeout(() => this.refreshIce(), delay);
+  }
+
+  async refreshIce() {
+    if (this.over || !this.signal) return;
+    try {
+      this.iceServers = await this.signal.refreshIce();
+    } catch {
+      return; // the relay connection ended: there is nothing left to refresh for
+    }
+    for (const peer of this.peers.values()) peer.useIceServers(this.iceServers);
+    this.scheduleIceRefresh();
+  }
+
+  /** A label nobody in the room has yet: `name`, or `name (2)`, … */
+  uniqueLabel(name) {
+    const taken = new Set(['Host', ...this.knockers.values()]);
+    for (const peer of this.peers.values()) taken.add(peer.label);
+    let label = name;
+    for (let n = 2; taken.has(label); n += 1) label = `${name} (${n})`;
+    return label;
+  }
+
+  /** A guest asks to join (the room knocks): show its name with Admit and Deny. */
+  addKnocker(id, info) {
+    const name = this.uniqueLabel(typeof info === 'string' && info.trim() ? info.trim() : 'Someone');
+    this.knockers.set(id, name);
+    addNote(`${name} is asking to join.`);
+    showKnockers(this);
+    this.showStatus();
+  }
+
+  /** The host's answer to a knock: let the guest in, or not. */
+  answerKnock(id, admit) {
+    const name = this.knockers.get(id);
+    if (this.over || name === undefined || this.admitting.has(id)) return;
+    if (admit) {
+      // Listed until PEER_JOINED: a full room keeps the guest waiting (SERVER_FULL).
+      this.admitting.add(id);
+      this.names.set(id, name);
+      this.signal.admit(id);
+      addNote(`You let ${name} in.`);
+    } else {
+      this.knockers.delete(id);
+      this.signal.deny(id);
+      addNote(`You did not let ${name} in.`);
+    }
+    showKnockers(this);
+    this.showStatus();
+  }
+
+  knockerGone(id, reason) {
+    const name = this.knockers.get(id);
+    if (name === undefined) return;
+    this.knockers.delete(id);
+    this.admitting.delete(id);
+    if (reason === 'timeout') addNote(`${name} stopped waiting: nobody answered in time.`);
+    else if (reason !== 'denied') addNote(`${name} stopped waiting.`);
+    showKnockers(this);
+    this.showStatus();
+  }
+
+  /** The host removes a guest: the relay closes its link (KICK); its connection here closes too. */
+  removeGuest(peer) {
+    if (this.over || !this.peers.has(peer.id)) return;
+    this.signal.kick(peer.id);
+    this.guestGone(peer.id, 'was removed');
+  }
+
+  /** The host changes who may join; the switches follow the relay's answer. */
+  async changeRoom(settings) {
+    if (this.over || !this.signal) return;
+    ui.lockRoom.disabled = ui.askToJoin.disabled = true;
+    try {
+      showRoomState(await this.signal.setRoom(settings));
+    } catch {
+      // The relay connection ended (its close says so): the switch goes back.
+      if (settings.locked !== undefined) ui.lockRoom.checked = !settings.locked;
+      if (settings.knock !== undefined) ui.askToJoin.checked = !settings.knock;
+    } finally {
+      ui.lockRoom.disabled = ui.askToJoin.disabled = this.over || this.relayLost;
+    }
   }
 
   /** The relay refused the room or link, or could not be reached: say why, back at the start. */
@@ -483,6 +641,11 @@ class Session {
       const peer = this.peers.get(error.detail.peer);
       if (peer) peer.problem(error);
       return;
+    }
+    if (error.code === 'SERVER_FULL' && this.role === 'host') {
+      // An ADMIT into a full room: whoever was being let in is still waiting.
+      this.admitting.clear();
+      showKnockers(this);
     }
     flashProblem(describeRelayError(this, error.code, error.message, error.detail.type), () => this.showStatus());
   }
@@ -513,13 +676,16 @@ class Session {
     if (this.over) return;
     this.reconnecting = false;
     const text = describeClose(this, close);
-    if (close.code === 4410) {
+    if (close.code === 4410 || ['kicked', 'denied', 'knock-timeout'].includes(close.reason)) {
       this.end(text, 'warn');
       return;
     }
     // The relay is gone, but direct connections live on without it.
     this.relayLost = true;
-    if (this.role === 'host') showCodeExpired();
+    if (this.role === 'host') {
+      showCodeExpired();
+      ui.lockRoom.disabled = ui.askToJoin.disabled = true;
+    }
     if (this.openPeers().length > 0) {
       this.showStatus();
     } else {
@@ -529,11 +695,17 @@ class Session {
 
   addGuest(id) {
     if (this.peers.has(id)) return;
+    if (this.knockers.delete(id)) {
+      this.admitting.delete(id);
+      showKnockers(this);
+    }
     this.guestsSoFar += 1;
-    const peer = new Peer(this, id, this.signal.peerConnection(id), `Guest ${this.guestsSoFar}`);
+    const label = this.names.get(id) ?? this.uniqueLabel(`Guest ${this.guestsSoFar}`);
+    const peer = new Peer(this, id, this.signal.peerConnection(id), label);
     this.peers.set(id, peer);
     // Creating the channel triggers negotiationneeded, which sends the first OFFER.
     peer.openChannel();
+    showGuests(this);
     this.showStatus();
   }
 
@@ -650,6 +822,7 @@ class Session {
     const members = ['Host', ...guests];
     for (const peer of this.openPeers()) peer.sendRoom({ kind: 'members', members, you: peer.label });
     this.showMembers(members, 'Host');
+    showGuests(this);
   }
 
   /** Shows the member list; a guest also hears who came and went since the last one. */
@@ -703,6 +876,11 @@ class Session {
     if (this.role === 'host') {
       const open = this.openPeers().length;
       const joining = this.peers.size - open;
+      const asking = [...this.knockers].filter(([id]) => !this.admitting.has(id)).map(([, name]) => name);
+      if (asking.length > 0) {
+        const who = asking.length === 1 ? `${asking[0]} is` : `${asking.length} guests are`;
+        return [`${who} asking to join: let them in or not, beside the code.`, 'warn'];
+      }
       if (open > 0) {
         const more = joining > 0 ? ` (${joining} more joining…)` : '';
         return [`You’re connected with ${plural(open, 'guest')}${more}.${lost}`, 'ok'];
@@ -710,6 +888,7 @@ class Session {
       if (joining > 0) return [`Someone is joining room ${room}…`, 'info'];
       return [`Hosting room ${room}. Share the code; waiting for someone to join…`, 'info'];
     }
+    if (this.waiting) return ['Waiting for the host to let you in…', 'info'];
     if (this.hostPeer && this.hostPeer.channelOpen) {
       return [`You’re connected to ${room}.${lost}`, 'ok'];
     }
@@ -721,6 +900,7 @@ class Session {
   end(text, tone = 'error') {
     if (this.over) return;
     this.over = true;
+    clearTimeout(this.iceTimer);
     for (const peer of this.peers.values()) peer.close();
     this.peers.clear();
     if (this.signal) this.signal.leave();
@@ -751,7 +931,9 @@ class Session {
 // Screens
 
 function setBusy(busy) {
-  for (const control of [ui.hostButton, ui.joinButton, ui.joinCode, ui.passphrase]) control.disabled = busy;
+  for (const control of [ui.hostButton, ui.joinButton, ui.joinCode, ui.joinName, ui.passphrase]) {
+    control.disabled = busy;
+  }
 }
 
 function showStart() {
@@ -773,7 +955,65 @@ function resetRoom() {
   ui.peerCount.textContent = '';
   ui.members.replaceChildren();
   ui.qr.replaceChildren();
+  ui.knockers.replaceChildren();
+  ui.guests.replaceChildren();
+  ui.lockRoom.checked = ui.askToJoin.checked = false;
+  ui.lockRoom.disabled = ui.askToJoin.disabled = false;
   updateChatControls(null);
+}
+
+/** The room's settings as the relay last said them. */
+function showRoomState({ locked, knock }) {
+  ui.lockRoom.checked = Boolean(locked);
+  ui.askToJoin.checked = Boolean(knock);
+}
+
+/** The host's list of guests in the room, each with a Remove button. */
+function showGuests(current) {
+  ui.guests.replaceChildren(
+    ...[...current.peers.values()].map((peer) => {
+      const item = document.createElement('li');
+      item.dataset.testid = 'guest';
+      const who = document.createElement('span');
+      who.className = 'who';
+      who.textContent = peer.label;
+      const remove = document.createElement('button');
+      remove.type = 'button';
+      remove.className = 'button danger';
+      remove.dataset.testid = 'remove';
+      remove.textContent = 'Remove';
+      remove.setAttribute('aria-label', `Remove ${peer.label}`);
+      remove.addEventListener('click', () => current.removeGuest(peer));
+      item.append(who, remove);
+      return item;
+    }),
+  );
+}
+
+/** The host's list of guests asking to join, each with Admit and Deny. */
+function showKnockers(current) {
+  ui.knockers.replaceChildren(
+    ...[...current.knockers].map(([id, name]) => {
+      const item = document.createElement('li');
+      item.dataset.testid = 'knocker';
+      const who = document.createElement('span');
+      who.className = 'who';
+      who.textContent = name;
+      const button = (text, admit) => {
+        const control = document.createElement('button');
+        control.type = 'button';
+        control.className = admit ? 'button primary' : 'button';
+        control.dataset.testid = admit ? 'admit' : 'deny';
+        control.textContent = text;
+        control.setAttribute('aria-label', `${text} ${name}`);
+        control.disabled = current.admitting.has(id);
+        control.addEventListener('click', () => current.answerKnock(id, admit));
+        return control;
+      };
+      item.append(who, button('Admit', true), button('Deny', false));
+      return item;
+    }),
+  );
 }
 
 function showHostSession(current) {
@@ -895,10 +1135,11 @@ function join() {
   }
   const current = new Session('guest');
   current.code = Intercessor.normalizeCode(typed);
+  current.name = ui.joinName.value.trim();
   session = current;
   setBusy(true);
   setStatus(`Looking for the host with code ${groupCode(current.code)}…`);
-  current.connect(Intercessor.join('.', typed));
+  current.connect(Intercessor.join('.', typed, { name: current.name }));
 }
 
 function leave() {
@@ -962,6 +1203,8 @@ ui.chatForm.addEventListener('submit', (event) => {
   sendChat();
 });
 ui.call.addEventListener('click', () => toggleCall());
+ui.lockRoom.addEventListener('change', () => session?.changeRoom({ locked: ui.lockRoom.checked }));
+ui.askToJoin.addEventListener('change', () => session?.changeRoom({ knock: ui.askToJoin.checked }));
 ui.leave.addEventListener('click', () => leave());
 ui.copyLink.addEventListener('click', () => copyLink());
 ui.shareLink.addEventListener('focus', () => ui.shareLink.select());

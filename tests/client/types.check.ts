@@ -1,6 +1,6 @@
 // Typed code using the library, compiled (never run) by `tsc --noEmit`: the declarations must
 // describe the module as an app uses it. A wrong use below is marked with @ts-expect-error.
-import { Intercessor, IntercessorError, type Link, type Room } from '../../src/demo/intercessor.js';
+import { Intercessor, IntercessorError, type Link, type Room, type RoomState } from '../../src/demo/intercessor.js';
 
 export async function hostAndJoin(url: string): Promise<void> {
   const room: Room = await Intercessor.host(url, { passphrase: 'secret', queueLimit: 10 });
@@ -25,6 +25,36 @@ export async function hostAndJoin(url: string): Promise<void> {
   // @ts-expect-error: no such event
   link.on('kicked', () => {});
   link.leave();
+
+  // Host controls, and a knocking guest.
+  const locked: Room = await Intercessor.host(url, { locked: true, knock: true });
+  locked.on('knock', ({ id, info }) => {
+    if (info === 'Mallory') locked.deny(id, 'not today');
+    else locked.admit(id);
+  });
+  locked.on('knockgone', ({ id, reason }) => console.log(id, reason === 'timeout'));
+  locked.on('peergone', ({ id, reason }) => reason === 'kicked' && console.log(id));
+  const state: RoomState = await locked.setRoom({ locked: false });
+  const waiting: string[] = state.waiting;
+  locked.on('room', ({ locked, knock }) => console.log(locked && knock, waiting));
+  const kicked: boolean = locked.kick('someone', 'be nice');
+  locked.kick('someone');
+  await locked.setRoom();
+  // @ts-expect-error: settings are booleans
+  locked.setRoom({ locked: 'yes' });
+  const knocker: Link = await Intercessor.join(url, locked.code, { name: 'Ada' });
+  const isWaiting: boolean = knocker.waiting;
+  knocker.on('admitted', () => console.log(kicked, isWaiting));
+  knocker.on('close', ({ reason }) => {
+    if (reason === 'kicked' || reason === 'denied' || reason === 'locked' || reason === 'knock-timeout') console.log(reason);
+  });
+  const fresh: RTCIceServer[] = await knocker.refreshIce();
+  knocker.on('iceservers', ({ iceServers }) => console.log(iceServers.length, fresh.length));
+  await locked.refreshIce();
+  // @ts-expect-error: only the host commands the room
+  knocker.kick('someone');
+  // @ts-expect-error: a name is for joining, not hosting
+  await Intercessor.host(url, { name: 'Host' });
   try {
     await Intercessor.join(url, 'zzz');
   } catch (error) {
