@@ -70,7 +70,7 @@ class Signal {
   }
 
   #connect(query) {
-    // A resume needs no passphrase: the token is the stronger secret, so it goes alone.
+    // A resume sends its token, never the passphrase; `code` finds a cluster's room.
     const url = query ? `${this.#url.split('?')[0]}?${query}` : this.#url;
     let ws;
     try {
@@ -160,7 +160,7 @@ class Signal {
     const left = this.#deadline - Date.now();
     if (left <= 0) return this.#end(this.#lost, this.#error);
     const backoff = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** this.#attempt++) * (0.5 + Math.random() / 2);
-    const query = `resume=${encodeURIComponent(this.#token)}&received=${this.#received}`;
+    const query = `resume=${this.#token}&received=${this.#received}&code=${this.code}`;
     this.#timer = setTimeout(() => this.#connect(query), Math.min(left, backoff));
   }
 
