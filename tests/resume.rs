@@ -398,3 +398,25 @@ fn tokens_never_reach_the_logs() {
     let leaks: Vec<&String> = lines.iter().filter(|line| line.contains(&secret)).collect();
     assert!(leaks.is_empty(), "a token was logged: {leaks:#?}");
 }
+
+#[tokio::test]
+async fn a_rooms_rules_and_knockers_survive_its_servers_resume() {
+    let relay = relay().await;
+    let (mut server, server_hello) = greeted(&relay.url("/server?knock=1&locked=0")).await;
+    let (knocker, _) = greeted(&relay.url(&format!("/client/{}", server.id))).await;
+    server.recv().await;
+    let code = lose(server);
+
+    let url = relay.url(&format!("/server?resume={}", token(&server_hello)));
+    let (mut server, hello) = greeted(&url).await;
+    server.send_to("0", "ROOM", json!({"locked": true})).await;
+
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(server.id, code);
+    server
+        .expect_relay(
+            "ROOM",
+            json!({"locked": true, "knock": true, "waiting": [knocker.id]}),
+        )
+        .await;
+}

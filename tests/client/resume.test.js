@@ -201,7 +201,8 @@ describe('resume', () => {
     sockets.sockets[0].terminate();
     await reconnected;
     const resumedAt = new URL(sockets.sockets[1].url);
-    assert.deepEqual([...resumedAt.searchParams.keys()], ['resume', 'received']);
+    assert.deepEqual([...resumedAt.searchParams.keys()], ['resume', 'received', 'code']);
+    assert.equal(resumedAt.searchParams.get('code'), room.code, 'the code finds a cluster\'s room');
   });
 
   test('with --resume-window 0 a dropped socket just closes, as connection-lost', async (t) => {
