@@ -19,11 +19,14 @@ FROM docker.io/library/rust:1.95.0-slim-bookworm AS builder
 WORKDIR /src
 COPY . .
 # A fully static binary, so the final image needs no libc. There is no musl target here; glibc
-# linked statically is fine for this program because the relay resolves no host names (it binds
-# and accepts on literal socket addresses only), so glibc's NSS, which a static binary cannot
-# load, is never used. x86_64 only: Fly machines are amd64 (on an arm64 host add
-# `--platform linux/amd64`). `--target` must be explicit with +crt-static, or build scripts and
-# proc macros would be linked statically too and fail.
+# linked statically is fine for this program: the one host name it resolves, the cluster's Redis
+# (`--cluster-redis-url`), goes through glibc's `files` and `dns` lookups, which are part of libc
+# itself since glibc 2.34 (no NSS module to load) and read the /etc/hosts and /etc/resolv.conf that
+# Docker, podman and Fly.io give every container (checked in a chroot holding only the binary,
+# those two files and /dev/urandom: it reached Redis by a name a DNS server answered). x86_64
+# only: Fly machines are amd64 (on an arm64 host add `--platform linux/amd64`). `--target` must
+# be explicit with +crt-static, or build scripts and proc macros would be linked statically too
+# and fail. RUSTFLAGS replaces .cargo/config.toml's flags, so RELR is asked for again here.
 #
 # The cargo registry and target directory are BuildKit cache mounts, so rebuilds reuse downloaded
 # crates and compiled dependencies. (No separate dependency-only layer: the cache mounts already
@@ -31,7 +34,7 @@ COPY . .
 # demo files.) The binary is copied out of the cache mount, which is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    RUSTFLAGS="-C target-feature=+crt-static" \
+    RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
     cargo build --release --locked -p intercessor --target x86_64-unknown-linux-gnu \
     && cp target/x86_64-unknown-linux-gnu/release/intercessor /intercessor
 

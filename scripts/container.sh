@@ -62,7 +62,8 @@ command -v podman >/dev/null || fail "podman is not installed: apt-get install -
 
 say "static release binary ($TARGET)"
 # +crt-static needs an explicit --target, or build scripts and proc macros would be static too.
-RUSTFLAGS="-C target-feature=+crt-static" \
+# RUSTFLAGS replaces .cargo/config.toml's flags, so RELR is asked for again.
+RUSTFLAGS="-C target-feature=+crt-static -C link-arg=-Wl,-z,pack-relative-relocs" \
     cargo build --release --locked -p intercessor --target "$TARGET"
 ldd "$BINARY" 2>&1 | grep -Eq 'not a dynamic executable|statically linked' ||
     fail "$BINARY is dynamically linked; it would not start in a scratch image: $(ldd "$BINARY" 2>&1 | head -3)"
