@@ -27,8 +27,8 @@
 # Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
 # sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
 # Fan-out: one server peer sends a 512-byte message to each of $FANOUT_CLIENTS clients per round,
-# each round waiting for every delivery; a round over 50 ms counts as stalled. The relay's
-# per-server client limit is raised to the room's size for it.
+# each round waiting for every delivery; a round over $FANOUT_STALL_MS ms counts as stalled. The
+# relay's per-server client limit is raised to the room's size for it.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -63,6 +63,8 @@ SIZE=512
 WINDOW=1
 CONCURRENCY=50
 QUIET_PAIRS=50
+FANOUT_WARMUP=10
+FANOUT_STALL_MS=50
 
 for tool in taskset jq; do
     if ! command -v "$tool" >/dev/null; then
@@ -168,7 +170,8 @@ for run in $(seq "$RUNS"); do
     start_relay "fanout.$run" "${RELAY_FLAGS[@]}" --max-clients-per-server "$FANOUT_CLIENTS" \
         --max-connections $((FANOUT_CLIENTS + 100))
     generate fanout "$run" fanout --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-        --clients "$FANOUT_CLIENTS" --rounds "$FANOUT_ROUNDS" --concurrency $CONCURRENCY --size $SIZE
+        --clients "$FANOUT_CLIENTS" --rounds "$FANOUT_ROUNDS" --warmup-rounds $FANOUT_WARMUP \
+        --stall-threshold ${FANOUT_STALL_MS}ms --concurrency $CONCURRENCY --size $SIZE
     stop "$RELAY_PID" || true
 
     for pairs in "${IDLE_SIZES[@]}"; do
@@ -278,8 +281,9 @@ echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $SLICES slices pe
     "idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
-echo "fan-out: 1 server, $FANOUT_CLIENTS clients, $SIZE B payload, $FANOUT_ROUNDS rounds after 10" \
-    "warm-up, each round waiting for all deliveries, the server writing each frame on its own"
+echo "fan-out: 1 server, $FANOUT_CLIENTS clients, $SIZE B payload, $FANOUT_ROUNDS rounds after" \
+    "$FANOUT_WARMUP warm-up, each round waiting for all deliveries, the server writing each" \
+    "frame on its own"
 echo "target pinned to core 0, generator to core 1; medians (min–max) over runs, and over" \
     "pingpong slices: relay / echo ratios are taken within each slice pair, then the median"
 echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the" \
@@ -322,7 +326,7 @@ for q in p50 p99 max; do
     row "fan-out: round duration $q µs" "$(median fanout ".round_duration.${q}_us")" \
         "$(spread fanout ".round_duration.${q}_us")"
 done
-row "fan-out: stalled rounds (over 50 ms) of $FANOUT_ROUNDS" "$(median fanout .stalled_rounds)" \
+row "fan-out: stalled rounds (over $FANOUT_STALL_MS ms) of $FANOUT_ROUNDS" "$(median fanout .stalled_rounds)" \
     "$(spread fanout .stalled_rounds)"
 row "fan-out: slowest round µs" "$(median fanout .slowest_round.us)" "$(spread fanout .slowest_round.us)"
 row "fan-out: relay CPU-µs per delivery" "$(median fanout .cpu.us_per_delivery)" \
@@ -362,13 +366,13 @@ done
 echo
 echo "RTT p99, relay / echo, each slice pair in order: $P99_RATIOS"
 echo "closes the relay left unanswered (connect ws, all runs): $(unanswered connect)"
+if [[ $TLS == 1 ]]; then
+    echo "closes the relay left unanswered (connect wss, all runs): $(unanswered connect-wss)"
+fi
 echo "fan-out: TCP counters' growth over the measured rounds, machine-wide, median of runs" \
     "(null: not in this kernel): $(cat "$RESULTS"/fanout.*.json | jq -cs "$JQ_MEDIAN"'
         (.[0].tcp | keys_unsorted) as $names | [.[] | .tcp] as $all |
         reduce $names[] as $n ({}; .[$n] = ($all | map(.[$n]) | map(select(. != null)) | median))')"
-if [[ $TLS == 1 ]]; then
-    echo "closes the relay left unanswered (connect wss, all runs): $(unanswered connect-wss)"
-fi
 if [[ $FAILED == 1 ]]; then
     echo "RESULT: FAIL (a correctness check failed; see the output above)"
     exit 1
