@@ -6,15 +6,17 @@
 #   RUNS=3        runs of the whole set (medians are taken over them)
 #   SLICES=5      pingpong slices per run, relay and echo alternating
 #   DURATION=2s   measured interval of each pingpong slice (plus a 1 s warm-up)
-#   QUICK=1       a short version: 1 run, 1 slice of 3 s, 500 connect pairs, 1000 idle pairs
-#                 (the full set holds 4000 and then 9000 idle pairs)
+#   QUICK=1       a short version: 1 run, 1 slice of 3 s, 500 connect pairs, 1000 idle pairs,
+#                 fan-out to 200 clients for 50 rounds (the full set holds 4000 and then 9000
+#                 idle pairs)
+#   FANOUT_CLIENTS=1000 FANOUT_ROUNDS=200   the fan-out step's room size and measured rounds
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time; the idle one costs nothing. The step alternates the two in
 # slices (relay, echo, relay, echo...), so that the machine's noise, which comes and goes over
 # seconds, falls on both alike, and each relay/echo ratio is taken within one slice pair. Every
-# measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, idle over ws,
-# connect over wss, idle over wss.
+# measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, fan-out, idle
+# over ws, connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
 # per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
 # difference between the two set-up figures is what the relay spends on the TLS handshakes, two
@@ -24,6 +26,9 @@
 # and closes: the floor of accepting, upgrading and closing two sockets on the same stack.
 # Fairness: $QUIET_PAIRS quiet pairs (window 1) alone, then next to one flooder pair whose client
 # sends as fast as the relay takes it; the quiet pairs' RTT p99 should grow less than 5x.
+# Fan-out: one server peer sends a 512-byte message to each of $FANOUT_CLIENTS clients per round,
+# each round waiting for every delivery; a round over $FANOUT_STALL_MS ms counts as stalled. The
+# relay's per-server client limit is raised to the room's size for it.
 # Needs taskset (util-linux) and jq. Connects only to 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,12 +40,16 @@ if [[ $QUICK == 1 ]]; then
     DURATION=${DURATION:-3s}
     CONNECT_PAIRS=500
     IDLE_SIZES=(1000)
+    FANOUT_CLIENTS=${FANOUT_CLIENTS:-200}
+    FANOUT_ROUNDS=${FANOUT_ROUNDS:-50}
 else
     RUNS=${RUNS:-3}
     SLICES=${SLICES:-5}
     DURATION=${DURATION:-2s}
     CONNECT_PAIRS=2000
     IDLE_SIZES=(4000 9000)
+    FANOUT_CLIENTS=${FANOUT_CLIENTS:-1000}
+    FANOUT_ROUNDS=${FANOUT_ROUNDS:-200}
 fi
 if [[ ! $DURATION =~ ^[0-9]+s$ ]]; then
     echo "DURATION must be whole seconds, such as 2s (got $DURATION)" >&2
@@ -54,6 +63,8 @@ SIZE=512
 WINDOW=1
 CONCURRENCY=50
 QUIET_PAIRS=50
+FANOUT_WARMUP=10
+FANOUT_STALL_MS=50
 
 for tool in taskset jq; do
     if ! command -v "$tool" >/dev/null; then
@@ -154,6 +165,13 @@ for run in $(seq "$RUNS"); do
     generate fair-flood "$run" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $QUIET_PAIRS --size $SIZE --window 1 --duration "$FAIR_DURATION" --warmup $WARMUP \
         --target relay --flooders 1
+    stop "$RELAY_PID" || true
+
+    start_relay "fanout.$run" "${RELAY_FLAGS[@]}" --max-clients-per-server "$FANOUT_CLIENTS" \
+        --max-connections $((FANOUT_CLIENTS + 100))
+    generate fanout "$run" fanout --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
+        --clients "$FANOUT_CLIENTS" --rounds "$FANOUT_ROUNDS" --warmup-rounds $FANOUT_WARMUP \
+        --stall-threshold ${FANOUT_STALL_MS}ms --concurrency $CONCURRENCY --size $SIZE
     stop "$RELAY_PID" || true
 
     for pairs in "${IDLE_SIZES[@]}"; do
@@ -263,6 +281,9 @@ echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $SLICES slices pe
     "idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
 echo "fairness: $QUIET_PAIRS quiet pairs, window 1, alone and next to 1 flooder pair (target: p99" \
     "with / without within 5x)"
+echo "fan-out: 1 server, $FANOUT_CLIENTS clients, $SIZE B payload, $FANOUT_ROUNDS rounds after" \
+    "$FANOUT_WARMUP warm-up, each round waiting for all deliveries, the server writing each" \
+    "frame on its own"
 echo "target pinned to core 0, generator to core 1; medians (min–max) over runs, and over" \
     "pingpong slices: relay / echo ratios are taken within each slice pair, then the median"
 echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the" \
@@ -296,6 +317,20 @@ row "fairness: quiet RTT p50 µs, no / 1 flooder" \
     "$(median fair-quiet .rtt.p50_us) / $(median fair-flood .rtt.p50_us)" ""
 row "fairness: flooder msgs/s delivered" "$(median fair-flood .flooder_msgs_per_sec)" \
     "$(spread fair-flood .flooder_msgs_per_sec)"
+row "fan-out: deliveries/s" "$(median fanout .deliveries_per_s)" "$(spread fanout .deliveries_per_s)"
+for q in p50 p99 max; do
+    row "fan-out: delivery latency $q µs" "$(median fanout ".delivery_latency.${q}_us")" \
+        "$(spread fanout ".delivery_latency.${q}_us")"
+done
+for q in p50 p99 max; do
+    row "fan-out: round duration $q µs" "$(median fanout ".round_duration.${q}_us")" \
+        "$(spread fanout ".round_duration.${q}_us")"
+done
+row "fan-out: stalled rounds (over $FANOUT_STALL_MS ms) of $FANOUT_ROUNDS" "$(median fanout .stalled_rounds)" \
+    "$(spread fanout .stalled_rounds)"
+row "fan-out: slowest round µs" "$(median fanout .slowest_round.us)" "$(spread fanout .slowest_round.us)"
+row "fan-out: relay CPU-µs per delivery" "$(median fanout .cpu.us_per_delivery)" \
+    "$(spread fanout .cpu.us_per_delivery)"
 row "connect ws: pairs/s (set up + torn down)" "$(median connect .pairs_per_s)" "$(spread connect .pairs_per_s)"
 row "connect ws: set-up latency p50 µs" "$(median connect .setup_latency.p50_us)" \
     "$(spread connect .setup_latency.p50_us)"
@@ -334,6 +369,10 @@ echo "closes the relay left unanswered (connect ws, all runs): $(unanswered conn
 if [[ $TLS == 1 ]]; then
     echo "closes the relay left unanswered (connect wss, all runs): $(unanswered connect-wss)"
 fi
+echo "fan-out: TCP counters' growth over the measured rounds, machine-wide, median of runs" \
+    "(null: not in this kernel): $(cat "$RESULTS"/fanout.*.json | jq -cs "$JQ_MEDIAN"'
+        (.[0].tcp | keys_unsorted) as $names | [.[] | .tcp] as $all |
+        reduce $names[] as $n ({}; .[$n] = ($all | map(.[$n]) | map(select(. != null)) | median))')"
 if [[ $FAILED == 1 ]]; then
     echo "RESULT: FAIL (a correctness check failed; see the output above)"
     exit 1

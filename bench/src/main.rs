@@ -6,6 +6,7 @@
 
 mod commands;
 mod connect;
+mod fanout;
 mod idle;
 mod net;
 mod pingpong;
@@ -13,6 +14,7 @@ mod procfs;
 mod redis_info;
 mod report;
 mod route;
+mod tcpstats;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
@@ -157,6 +159,41 @@ enum Command {
         pid: Vec<u32>,
         #[command(flatten)]
         cluster: Cluster,
+    },
+    /// One server peer sends each of its N clients a message per round, round after round, each
+    /// round waiting for every delivery; reports delivery latency, round durations and stalls,
+    /// and checks every delivery arrives once, intact and in order
+    Fanout {
+        #[command(flatten)]
+        endpoint: Endpoint,
+        /// Clients in the server's room (the relay's --max-clients-per-server must allow them)
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Clients joining at once during set-up
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+        /// Measured rounds
+        #[arg(long, default_value_t = 200)]
+        rounds: usize,
+        /// Unmeasured rounds before them
+        #[arg(long, default_value_t = 10)]
+        warmup_rounds: usize,
+        /// Payload bytes per message
+        #[arg(long, default_value_t = 512)]
+        size: usize,
+        /// Longest a round may take; its missing deliveries fail the run
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        round_timeout: Duration,
+        /// How the server peer writes a round: each frame written and flushed on its own, or all
+        /// queued and flushed once
+        #[arg(long, value_enum, default_value_t = fanout::ServerWrites::Each)]
+        server_writes: fanout::ServerWrites,
+        /// A measured round longer than this counts as stalled
+        #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+        stall_threshold: Duration,
+        /// PID of the target process, to charge its CPU time to each delivery (repeatable: summed)
+        #[arg(long)]
+        pid: Vec<u32>,
     },
     /// Opens N idle pairs and reports the relay's resident memory per peer; checks none drop.
     ///
@@ -313,6 +350,33 @@ async fn run(command: Command) -> Result<Report> {
                 &cluster.describe(&endpoint.url),
                 &outcome,
             ))
+        }
+        Command::Fanout {
+            endpoint,
+            clients,
+            concurrency,
+            rounds,
+            warmup_rounds,
+            size,
+            round_timeout,
+            server_writes,
+            stall_threshold,
+            pid,
+        } => {
+            let route = Route::direct(&endpoint.url, endpoint.ca.as_deref())?;
+            let watched = watch(&pid)?;
+            let params = fanout::Params {
+                clients,
+                concurrency,
+                rounds,
+                warmup_rounds,
+                size,
+                round_timeout,
+                server_writes,
+                stall_threshold,
+            };
+            let outcome = fanout::measure(&params, &route.servers, watched.as_ref()).await?;
+            Ok(fanout::report(&params, &endpoint.url, &outcome))
         }
         Command::Idle {
             endpoint,

@@ -240,8 +240,7 @@ pub struct Pair {
 pub async fn open_pair(servers: &Dialer, clients: &Dialer) -> Result<Pair> {
     let mut server = servers.open("/server").await?;
     let code = read_hello(&mut server).await.context("server HELLO")?;
-    let mut client = clients.open(&format!("/client/{code}")).await?;
-    let client_id = read_hello(&mut client).await.context("client HELLO")?;
+    let (client, client_id) = join(clients, &code).await?;
     expect_relay_frame(&mut server, "PEER_JOINED", &client_id).await?;
     Ok(Pair {
         server,
@@ -249,4 +248,11 @@ pub async fn open_pair(servers: &Dialer, clients: &Dialer) -> Result<Pair> {
         code,
         client_id,
     })
+}
+
+/// Joins the room `code` as a client, through `clients`, and returns it past HELLO with its id.
+pub async fn join(clients: &Dialer, code: &str) -> Result<(Ws, String)> {
+    let mut client = clients.open(&format!("/client/{code}")).await?;
+    let client_id = read_hello(&mut client).await.context("client HELLO")?;
+    Ok((client, client_id))
 }

@@ -4,7 +4,7 @@
 use crate::net::{self, Ws};
 use crate::procfs::{GroupSpent, Watchers};
 use crate::redis_info::{Commands, Redis};
-use crate::report::{self, Problems, Report, latency_json, latency_text, round, thousands};
+use crate::report::{self, Problems, Report, clip, latency_json, latency_text, round, thousands};
 use crate::route::Route;
 use anyhow::{Context as _, Result, bail};
 use clap::ValueEnum;
@@ -749,14 +749,6 @@ async fn reflect(mut ws: Ws, client_id: String, deadline: Instant) -> Checks {
         checks.close_unanswered += 1;
     }
     checks
-}
-
-/// The start of a frame, for messages.
-fn clip(text: &str) -> String {
-    match text.char_indices().nth(120) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
-    }
 }
 
 /// The table and JSON for a run.

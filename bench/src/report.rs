@@ -118,6 +118,14 @@ pub fn latency_text(h: &Histogram<u64>) -> String {
     )
 }
 
+/// The start of a frame, for problem descriptions.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(120) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// A count with thousands separators, for tables.
 pub fn thousands(n: f64) -> String {
     let rounded = n.round() as i64;
