@@ -10,9 +10,11 @@
 #                 fan-out to 200 clients for 50 rounds (the full set holds 4000 and then 9000
 #                 idle pairs)
 #   FANOUT_CLIENTS=1000 FANOUT_ROUNDS=200   the fan-out step's room size and measured rounds
+#   MANY_PAIRS=1000   pairs of the second pingpong step, where per-pair costs show
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
-# one of them is driven at a time; the idle one costs nothing. The step alternates the two in
+# one of them is driven at a time; the idle one costs nothing. It runs at $PAIRS pairs and again at
+# $MANY_PAIRS, where what grows with the number of peers (tables, timers, cache misses) shows. The step alternates the two in
 # slices (relay, echo, relay, echo...), so that the machine's noise, which comes and goes over
 # seconds, falls on both alike, and each relay/echo ratio is taken within one slice pair. Every
 # measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, fan-out, idle
@@ -59,6 +61,7 @@ WARMUP=1s
 # The fairness step runs as long as one run's pingpong slices of one target together.
 FAIR_DURATION=$(( ${DURATION%s} * SLICES ))s
 PAIRS=100
+MANY_PAIRS=${MANY_PAIRS:-1000}
 SIZE=512
 WINDOW=1
 CONCURRENCY=50
@@ -146,6 +149,14 @@ for run in $(seq "$RUNS"); do
             --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
             --target echo
     done
+    for slice in $(seq "$SLICES"); do
+        generate pingpong-relay-many "$run.$slice" pingpong --url "ws://$RELAY_ADDR" \
+            --pid "$RELAY_PID" --pairs "$MANY_PAIRS" --size $SIZE --window $WINDOW \
+            --duration "$DURATION" --warmup $WARMUP --target relay
+        generate pingpong-echo-many "$run.$slice" pingpong --url "ws://$ECHO_ADDR" \
+            --pid "$ECHO_PID" --pairs "$MANY_PAIRS" --size $SIZE --window $WINDOW \
+            --duration "$DURATION" --warmup $WARMUP --target echo
+    done
     generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
     generate connect-echo "$run" connect --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
@@ -226,14 +237,15 @@ difference() {
         else (($a - $b) * 100 | round) / 100 end'
 }
 
-# The relay/echo ratios of a pingpong figure, one per slice pair (relay and echo measured back to
-# back), as "median<TAB>min–max<TAB>every ratio in order": the tail moves with the machine's noise,
-# so a ratio is taken within a slice pair and the median of those is the figure.
+# The relay/echo ratios of a pingpong figure in one step ("" or -many), one per slice pair (relay
+# and echo measured back to back), as "median<TAB>min–max<TAB>every ratio in order": the tail
+# moves with the machine's noise, so a ratio is taken within a slice pair and the median of those
+# is the figure.
 paired_ratio() {
-    local expr=$1 relay suffix
-    for relay in "$RESULTS"/pingpong-relay.*.json; do
-        suffix=${relay#"$RESULTS"/pingpong-relay.}
-        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-echo.$suffix" \
+    local step=$1 expr=$2 relay suffix
+    for relay in "$RESULTS/pingpong-relay$step".*.json; do
+        suffix=${relay#"$RESULTS/pingpong-relay$step."}
+        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-echo$step.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
              if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
     done | jq -rs "$JQ_MEDIAN"'map(select(. != null)) | map(. * 100 | round / 100) as $all |
@@ -261,9 +273,10 @@ ECHO_P50=$(median pingpong-echo .rtt.p50_us)
 QUIET_P99=$(median fair-quiet .rtt.p99_us)
 FLOODED_P99=$(median fair-flood .rtt.p99_us)
 FLOOD_RATIO=$(ratio "$FLOODED_P99" "$QUIET_P99")
-IFS=$'\t' read -r CPU_RATIO CPU_RATIO_SPREAD _ < <(paired_ratio .cpu.us_per_message)
-IFS=$'\t' read -r P50_RATIO P50_RATIO_SPREAD _ < <(paired_ratio .rtt.p50_us)
-IFS=$'\t' read -r P99_RATIO P99_RATIO_SPREAD P99_RATIOS < <(paired_ratio .rtt.p99_us)
+IFS=$'\t' read -r CPU_RATIO CPU_RATIO_SPREAD _ < <(paired_ratio "" .cpu.us_per_message)
+IFS=$'\t' read -r P50_RATIO P50_RATIO_SPREAD _ < <(paired_ratio "" .rtt.p50_us)
+IFS=$'\t' read -r P99_RATIO P99_RATIO_SPREAD P99_RATIOS < <(paired_ratio "" .rtt.p99_us)
+IFS=$'\t' read -r MANY_CPU_RATIO MANY_CPU_RATIO_SPREAD _ < <(paired_ratio -many .cpu.us_per_message)
 WS_SETUP=$(median connect .cpu.us_per_setup)
 FLOOR_SETUP=$(median connect-echo .cpu.us_per_setup)
 WS_TEARDOWN=$(median connect .cpu.us_per_teardown)
@@ -274,7 +287,7 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; e
 
 echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
-echo "pingpong: $PAIRS pairs, $SIZE B payload, window $WINDOW, $SLICES slices per run of" \
+echo "pingpong: $PAIRS pairs and then $MANY_PAIRS, $SIZE B payload, window $WINDOW, $SLICES slices per run of" \
     "$DURATION after $WARMUP warm-up, relay and echo alternating;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
     "$CONCURRENCY at a time, after a warm-up round of the same;" \
@@ -297,6 +310,11 @@ row "relay: CPU-µs per relayed message" "$RELAY_CPU" "$(spread pingpong-relay .
 row "echo: CPU-µs per echo" "$ECHO_CPU" "$(spread pingpong-echo .cpu.us_per_message)"
 row "CPU per message, relay / echo" "$CPU_RATIO" \
     "$CPU_RATIO_SPREAD; ratio of medians $(ratio "$RELAY_CPU" "$ECHO_CPU")"
+row "relay at $MANY_PAIRS pairs: CPU-µs per relayed message" "$(median pingpong-relay-many .cpu.us_per_message)" \
+    "$(spread pingpong-relay-many .cpu.us_per_message)"
+row "echo at $MANY_PAIRS pairs: CPU-µs per echo" "$(median pingpong-echo-many .cpu.us_per_message)" \
+    "$(spread pingpong-echo-many .cpu.us_per_message)"
+row "CPU per message at $MANY_PAIRS pairs, relay / echo" "$MANY_CPU_RATIO" "$MANY_CPU_RATIO_SPREAD"
 row "relay: RTT p50 µs" "$RELAY_P50" "$(spread pingpong-relay .rtt.p50_us)"
 row "echo: RTT p50 µs" "$ECHO_P50" "$(spread pingpong-echo .rtt.p50_us)"
 row "relay: RTT p99 µs" "$RELAY_P99" "$(spread pingpong-relay .rtt.p99_us)"
