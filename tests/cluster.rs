@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{self, connect, eventually, expect_refused, register};
+use common::cluster::{self, eventually, expect_refused, register};
 use common::fly_proxy::FlyProxy;
 use common::redis::{RedisServer, free_port};
 use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command};
@@ -114,7 +114,7 @@ async fn a_killed_owners_codes_die_within_its_lease() {
 
     // Until the lease lapses the replay to `a` fails and comes back (1013); then 4404.
     let code = eventually(PATIENCE, || async {
-        let error = connect(&url).await.recv().await;
+        let error = TestPeer::unread(&url).await.recv().await;
         match error["message"]["code"].as_str() {
             Some("UNKNOWN_SERVER") => Some(4404),
             Some("SERVER_UNAVAILABLE") => None,
@@ -201,7 +201,7 @@ async fn after_redis_restarts_empty_the_owner_claims_its_live_codes_again() {
 
     let url = proxy.url(&format!("/client/{}", server.id));
     let client = eventually(PATIENCE, || async {
-        let first = connect(&url).await.recv().await;
+        let first = TestPeer::unread(&url).await.recv().await;
         let hello = first["type"] == "HELLO";
         hello.then(|| first["message"]["id"].as_str().map(str::to_owned))?
     })
@@ -306,7 +306,7 @@ async fn a_server_resuming_on_the_wrong_instance_is_replayed_to_its_room_with_it
     let a = instance(&redis.url(), "a", &resuming);
     let b = instance(&redis.url(), "b", &resuming);
     let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "a").await;
-    let mut server = connect(&proxy.url("/server")).await;
+    let mut server = TestPeer::unread(&proxy.url("/server")).await;
     let hello = server.recv().await;
     let code = hello["message"]["id"].as_str().expect("a code").to_owned();
     let token = hello["message"]["resumeToken"]
@@ -316,7 +316,8 @@ async fn a_server_resuming_on_the_wrong_instance_is_replayed_to_its_room_with_it
     drop(server);
 
     proxy.route_to("b");
-    let mut resumed = connect(&proxy.url(&format!("/server?resume={token}&code={code}"))).await;
+    let mut resumed =
+        TestPeer::unread(&proxy.url(&format!("/server?resume={token}&code={code}"))).await;
     let hello = resumed.recv().await;
 
     assert_eq!(proxy.replays(), 1);

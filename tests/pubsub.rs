@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::cluster::{self, connect, eventually, expect_refused};
+use common::cluster::{self, eventually, expect_refused};
 use common::redis::RedisServer;
 use common::{PATIENCE, RelayProcess, TestPeer, exchange};
 use serde_json::json;
@@ -125,7 +125,7 @@ async fn a_stalled_redis_closes_forwarded_sessions_with_try_again_while_local_ro
     assert_eq!(error["retryAfterMs"], 1000, "{error}");
     let url = format!("{}/client/{}", b.url, server.id);
     let rejoined = eventually(PATIENCE, || async {
-        let first = connect(&url).await.recv().await;
+        let first = TestPeer::unread(&url).await.recv().await;
         (first["type"] == "HELLO").then_some(first)
     })
     .await;
@@ -158,7 +158,7 @@ async fn a_restarted_redis_ends_forwarded_sessions_and_the_room_can_be_joined_ag
         .await;
     let url = format!("{}/client/{}", b.url, server.id);
     let mut client = eventually(PATIENCE, || async {
-        let mut peer = connect(&url).await;
+        let mut peer = TestPeer::unread(&url).await;
         let first = peer.recv().await;
         peer.id = first["message"]["id"].as_str()?.to_owned();
         (first["type"] == "HELLO").then_some(peer)
@@ -201,7 +201,7 @@ async fn a_client_of_another_instance_knocks_waits_and_is_admitted_like_a_local_
     let redis = RedisServer::start();
     let (a, b) = (instance(&redis, "a", &[]), instance(&redis, "b", &[]));
     let mut server = TestPeer::join(&format!("{}/server?knock=1", a.url)).await;
-    let mut guest = connect(&format!("{}/client/{}?name=Ada", b.url, server.id)).await;
+    let mut guest = TestPeer::unread(&format!("{}/client/{}?name=Ada", b.url, server.id)).await;
     let hello = guest.recv().await;
     guest.id = hello["message"]["id"].as_str().expect("an id").to_owned();
 

@@ -28,18 +28,6 @@ async fn relay() -> TestRelay {
     relay_with(Duration::from_secs(30), 256 * 1024, 16).await
 }
 
-/// A peer and the HELLO it was greeted with.
-async fn greeted(url: &str) -> (TestPeer, Value) {
-    let mut peer = TestPeer {
-        ws: TestPeer::connect_raw(url).await,
-        id: String::new(),
-    };
-    let hello = peer.recv().await;
-    assert_eq!(hello["type"], "HELLO", "{hello}");
-    peer.id = hello["message"]["id"].as_str().expect("an id").to_owned();
-    (peer, hello["message"].clone())
-}
-
 fn token(hello: &Value) -> String {
     hello["resumeToken"]
         .as_str()
@@ -49,8 +37,9 @@ fn token(hello: &Value) -> String {
 
 /// A server and one client, with each one's HELLO.
 async fn room(relay: &TestRelay) -> ((TestPeer, Value), (TestPeer, Value)) {
-    let (mut server, server_hello) = greeted(&relay.url("/server")).await;
-    let (client, client_hello) = greeted(&relay.url(&format!("/client/{}", server.id))).await;
+    let (mut server, server_hello) = TestPeer::hello(&relay.url("/server")).await;
+    let (client, client_hello) =
+        TestPeer::hello(&relay.url(&format!("/client/{}", server.id))).await;
     server
         .expect_relay("PEER_JOINED", json!({"id": client.id}))
         .await;
@@ -87,7 +76,7 @@ async fn a_lost_client_is_away_and_resumes_with_what_its_server_sent_meanwhile()
     server.send_to(&id, "OFFER", json!(1)).await;
     server.send_to(&id, "OFFER", json!(2)).await;
     let url = relay.url(&format!("/client/{code}?resume={}", token(&client_hello)));
-    let (mut client, hello) = greeted(&url).await;
+    let (mut client, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(client.id, id);
     assert_eq!(hello["resumed"], true, "{hello}");
@@ -114,14 +103,14 @@ async fn a_lost_server_keeps_its_code_and_clients_and_resumes_without_the_passph
         ..config()
     })
     .await;
-    let (server, server_hello) = greeted(&relay.url("/server?passphrase=sesame")).await;
+    let (server, server_hello) = TestPeer::hello(&relay.url("/server?passphrase=sesame")).await;
     let mut client = TestPeer::join(&relay.url(&format!("/client/{}", server.id))).await;
     let code = lose(server);
     client.expect_relay("PEER_AWAY", json!({"id": code})).await;
 
     client.send_to(&code, "ANSWER", json!("while away")).await;
     let url = relay.url(&format!("/server?resume={}", token(&server_hello)));
-    let (mut server, hello) = greeted(&url).await;
+    let (mut server, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(server.id, code);
     assert_eq!(hello["resumed"], true, "{hello}");
@@ -150,7 +139,7 @@ async fn frames_written_just_before_the_loss_are_replayed_after_those_the_peer_c
         server.id,
         token(&client_hello)
     ));
-    let (mut client, hello) = greeted(&url).await;
+    let (mut client, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(hello["replayed"], 2, "{hello}");
     assert_eq!(hello.get("gap"), None, "{hello}");
@@ -180,7 +169,7 @@ async fn frames_older_than_the_replay_window_are_reported_as_a_gap() {
         server.id,
         token(&client_hello)
     ));
-    let (_client, hello) = greeted(&url).await;
+    let (_client, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(hello["gap"], true, "{hello}");
     assert_eq!(hello["replayed"], 2, "{hello}");
@@ -307,7 +296,7 @@ async fn resuming_while_the_old_connection_is_still_open_supersedes_it() {
         server.id,
         token(&client_hello)
     ));
-    let (mut new, hello) = greeted(&url).await;
+    let (mut new, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(new.id, old.id);
     assert_eq!(hello["resumed"], true);
@@ -377,11 +366,11 @@ fn tokens_never_reach_the_logs() {
     let relay = RelayProcess::start(&[], &[("RUST_LOG", "trace")]);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let secret = runtime.block_on(async {
-        let (server, hello) = greeted(&format!("{}/server", relay.url)).await;
+        let (server, hello) = TestPeer::hello(&format!("{}/server", relay.url)).await;
         let secret = token(&hello);
         lose(server);
         let url = format!("{}/server?resume={secret}", relay.url);
-        let (resumed, hello) = greeted(&url).await;
+        let (resumed, hello) = TestPeer::hello(&url).await;
         assert_eq!(hello["resumed"], true);
         drop(resumed);
         secret
@@ -402,13 +391,13 @@ fn tokens_never_reach_the_logs() {
 #[tokio::test]
 async fn a_rooms_rules_and_knockers_survive_its_servers_resume() {
     let relay = relay().await;
-    let (mut server, server_hello) = greeted(&relay.url("/server?knock=1&locked=0")).await;
-    let (knocker, _) = greeted(&relay.url(&format!("/client/{}", server.id))).await;
+    let (mut server, server_hello) = TestPeer::hello(&relay.url("/server?knock=1&locked=0")).await;
+    let (knocker, _) = TestPeer::hello(&relay.url(&format!("/client/{}", server.id))).await;
     server.recv().await;
     let code = lose(server);
 
     let url = relay.url(&format!("/server?resume={}", token(&server_hello)));
-    let (mut server, hello) = greeted(&url).await;
+    let (mut server, hello) = TestPeer::hello(&url).await;
     server.send_to("0", "ROOM", json!({"locked": true})).await;
 
     assert_eq!(hello["resumed"], true, "{hello}");

@@ -10,23 +10,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// A connection to `url` that has not read its first frame.
-async fn connect(url: &str) -> TestPeer {
-    TestPeer {
-        ws: TestPeer::connect_raw(url).await,
-        id: String::new(),
-    }
-}
-
-/// A peer greeted at `url`, with its HELLO's message.
-async fn greeted(url: &str) -> (TestPeer, Value) {
-    let mut peer = connect(url).await;
-    let hello = peer.recv().await;
-    assert_eq!(hello["type"], "HELLO", "{hello}");
-    peer.id = hello["message"]["id"].as_str().expect("an id").to_owned();
-    (peer, hello["message"].clone())
-}
-
 /// Sends a command to the relay.
 async fn command(peer: &mut TestPeer, kind: &str, message: Value) {
     peer.send_to("0", kind, message).await;
@@ -35,7 +18,8 @@ async fn command(peer: &mut TestPeer, kind: &str, message: Value) {
 /// A knocking room: its server, and a knocker it heard knock.
 async fn knocked(relay: &TestRelay, name: &str) -> (TestPeer, TestPeer) {
     let mut server = TestPeer::join(&relay.url("/server?knock=1")).await;
-    let (knocker, hello) = greeted(&relay.url(&format!("/client/{}?name={name}", server.id))).await;
+    let (knocker, hello) =
+        TestPeer::hello(&relay.url(&format!("/client/{}?name={name}", server.id))).await;
     assert_eq!(hello["waiting"], true, "{hello}");
     server
         .expect_relay("KNOCK", json!({"id": knocker.id, "info": name}))
@@ -83,7 +67,7 @@ async fn a_locked_room_refuses_newcomers_and_keeps_its_members() {
         )
         .await;
 
-    let mut late = connect(&relay.url(&format!("/client/{}", server.id))).await;
+    let mut late = TestPeer::unread(&relay.url(&format!("/client/{}", server.id))).await;
     late.expect_error("ROOM_LOCKED").await;
     assert_eq!(late.expect_close(4423).await, "room locked");
     common::exchange(&mut server, &mut member, 0).await;
@@ -131,7 +115,7 @@ async fn a_denied_knocker_is_told_and_closed_and_one_that_leaves_is_gone() {
     server
         .expect_relay("KNOCK_GONE", json!({"id": denied.id, "reason": "denied"}))
         .await;
-    let (leaver, _) = greeted(&relay.url(&format!("/client/{}", server.id))).await;
+    let (leaver, _) = TestPeer::hello(&relay.url(&format!("/client/{}", server.id))).await;
     server.recv().await;
     let id = leaver.id.clone();
     drop(leaver);
@@ -165,13 +149,13 @@ async fn knockers_and_admissions_respect_the_limits() {
     })
     .await;
     let (mut server, first) = knocked(&relay, "first").await;
-    let mut second = connect(&relay.url(&format!("/client/{}", server.id))).await;
+    let mut second = TestPeer::unread(&relay.url(&format!("/client/{}", server.id))).await;
     second.expect_error("SERVER_FULL").await;
     second.expect_close(4409).await;
 
     command(&mut server, "ADMIT", json!({"id": first.id})).await;
     server.recv().await;
-    let (third, _) = greeted(&relay.url(&format!("/client/{}", server.id))).await;
+    let (third, _) = TestPeer::hello(&relay.url(&format!("/client/{}", server.id))).await;
     server.recv().await;
     command(&mut server, "ADMIT", json!({"id": third.id})).await;
 
@@ -236,7 +220,7 @@ async fn under_churn_a_knocking_server_hears_one_knock_and_one_knock_gone_per_cl
 
     let mut ids = Vec::new();
     for _ in 0..6 {
-        let batch = join_all((0..50).map(|_| greeted(&url))).await;
+        let batch = join_all((0..50).map(|_| TestPeer::hello(&url))).await;
         ids.extend(batch.iter().map(|(peer, _)| peer.id.clone()));
         drop(batch);
     }

@@ -26,17 +26,9 @@ pub fn instance(redis: &str, id: &str, routing: &str, extra: &[&str]) -> RelayPr
     RelayProcess::start(&args, &[])
 }
 
-/// A connection to `url` that has not read HELLO.
-pub async fn connect(url: &str) -> TestPeer {
-    TestPeer {
-        ws: TestPeer::connect_raw(url).await,
-        id: String::new(),
-    }
-}
-
 /// Expects the relay to refuse with `code` and close with `close`.
 pub async fn expect_refused(url: &str, code: &str, close: u16) -> serde_json::Value {
-    let mut peer = connect(url).await;
+    let mut peer = TestPeer::unread(url).await;
     let error = peer.expect_error(code).await;
     peer.expect_close(close).await;
     error
@@ -62,7 +54,7 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(
 
 /// What a fresh registration at `url` gets: its code, or the ERROR code it was refused with.
 pub async fn register(url: &str) -> Result<TestPeer, String> {
-    let mut peer = connect(url).await;
+    let mut peer = TestPeer::unread(url).await;
     let first = peer.recv().await;
     match first["type"].as_str() {
         Some("HELLO") => {

@@ -83,20 +83,41 @@ impl TestPeer {
         TestPeer::greeted(TestPeer::connect_raw(url).await).await
     }
 
+    /// Connects and reads HELLO; returns the peer and HELLO's message (token, window, rules...).
+    pub async fn hello(url: &str) -> (TestPeer, Value) {
+        let mut peer = TestPeer::unread(url).await;
+        let hello = peer.read_hello().await;
+        (peer, hello)
+    }
+
+    /// Connects without reading anything: the test looks at the first frame itself.
+    pub async fn unread(url: &str) -> TestPeer {
+        TestPeer {
+            ws: TestPeer::connect_raw(url).await,
+            id: String::new(),
+        }
+    }
+
     /// Reads HELLO on an open socket, keeping the id it carries.
     pub async fn greeted(ws: Socket) -> TestPeer {
         let mut peer = TestPeer {
             ws,
             id: String::new(),
         };
-        let hello = peer.recv().await;
+        peer.read_hello().await;
+        peer
+    }
+
+    /// Reads HELLO, keeps the id it carries, and returns its message.
+    async fn read_hello(&mut self) -> Value {
+        let hello = self.recv().await;
         assert_eq!(hello["from"], "0", "{hello}");
         assert_eq!(hello["type"], "HELLO", "{hello}");
-        peer.id = hello["message"]["id"]
+        self.id = hello["message"]["id"]
             .as_str()
             .expect("HELLO carries an id")
             .to_owned();
-        peer
+        hello["message"].clone()
     }
 
     /// Registers a server on `relay`.
