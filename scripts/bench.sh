@@ -14,9 +14,10 @@
 #
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time; the idle one costs nothing. It runs at $PAIRS pairs and again at
-# $MANY_PAIRS, where what grows with the number of peers (tables, timers, cache misses) shows. The step alternates the two in
-# slices (relay, echo, relay, echo...), so that the machine's noise, which comes and goes over
-# seconds, falls on both alike, and each relay/echo ratio is taken within one slice pair. Every
+# $MANY_PAIRS, where what grows with the number of peers (tables, timers, cache misses) shows.
+# The step alternates the two in slices (relay, echo, relay, echo...), so that the machine's
+# noise, which comes and goes over seconds, falls on both alike, and each relay/echo ratio is
+# taken within one slice pair. Every
 # measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, fan-out, idle
 # over ws, connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
@@ -137,26 +138,25 @@ fi
 # Anything else running skews both CPU figures and latencies: say so next to the results.
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# One run's pingpong slices of one step ("" or -many) at PAIRS pairs: relay, echo, relay, echo...
+pingpong_slices() {
+    local step=$1 pairs=$2 run=$3 slice
+    for slice in $(seq "$SLICES"); do
+        generate "pingpong-relay$step" "$run.$slice" pingpong --url "ws://$RELAY_ADDR" \
+            --pid "$RELAY_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
+            --duration "$DURATION" --warmup $WARMUP --target relay
+        generate "pingpong-echo$step" "$run.$slice" pingpong --url "ws://$ECHO_ADDR" \
+            --pid "$ECHO_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
+            --duration "$DURATION" --warmup $WARMUP --target echo
+    done
+}
+
 for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS" >&2
     start_relay "main.$run" "${RELAY_FLAGS[@]}"
     start_echo "$run"
-    for slice in $(seq "$SLICES"); do
-        generate pingpong-relay "$run.$slice" pingpong --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
-            --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
-            --target relay
-        generate pingpong-echo "$run.$slice" pingpong --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
-            --pairs $PAIRS --size $SIZE --window $WINDOW --duration "$DURATION" --warmup $WARMUP \
-            --target echo
-    done
-    for slice in $(seq "$SLICES"); do
-        generate pingpong-relay-many "$run.$slice" pingpong --url "ws://$RELAY_ADDR" \
-            --pid "$RELAY_PID" --pairs "$MANY_PAIRS" --size $SIZE --window $WINDOW \
-            --duration "$DURATION" --warmup $WARMUP --target relay
-        generate pingpong-echo-many "$run.$slice" pingpong --url "ws://$ECHO_ADDR" \
-            --pid "$ECHO_PID" --pairs "$MANY_PAIRS" --size $SIZE --window $WINDOW \
-            --duration "$DURATION" --warmup $WARMUP --target echo
-    done
+    pingpong_slices "" $PAIRS "$run"
+    pingpong_slices -many "$MANY_PAIRS" "$run"
     generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
     generate connect-echo "$run" connect --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
@@ -287,8 +287,8 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; e
 
 echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
-echo "pingpong: $PAIRS pairs and then $MANY_PAIRS, $SIZE B payload, window $WINDOW, $SLICES slices per run of" \
-    "$DURATION after $WARMUP warm-up, relay and echo alternating;" \
+echo "pingpong: $PAIRS pairs and then $MANY_PAIRS, $SIZE B payload, window $WINDOW, $SLICES" \
+    "slices per run of $DURATION after $WARMUP warm-up, relay and echo alternating;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
     "$CONCURRENCY at a time, after a warm-up round of the same;" \
     "idle: ${IDLE_SIZES[*]} pairs (base RSS after a warm-up batch)"
@@ -310,8 +310,8 @@ row "relay: CPU-µs per relayed message" "$RELAY_CPU" "$(spread pingpong-relay .
 row "echo: CPU-µs per echo" "$ECHO_CPU" "$(spread pingpong-echo .cpu.us_per_message)"
 row "CPU per message, relay / echo" "$CPU_RATIO" \
     "$CPU_RATIO_SPREAD; ratio of medians $(ratio "$RELAY_CPU" "$ECHO_CPU")"
-row "relay at $MANY_PAIRS pairs: CPU-µs per relayed message" "$(median pingpong-relay-many .cpu.us_per_message)" \
-    "$(spread pingpong-relay-many .cpu.us_per_message)"
+row "relay at $MANY_PAIRS pairs: CPU-µs per relayed message" \
+    "$(median pingpong-relay-many .cpu.us_per_message)" "$(spread pingpong-relay-many .cpu.us_per_message)"
 row "echo at $MANY_PAIRS pairs: CPU-µs per echo" "$(median pingpong-echo-many .cpu.us_per_message)" \
     "$(spread pingpong-echo-many .cpu.us_per_message)"
 row "CPU per message at $MANY_PAIRS pairs, relay / echo" "$MANY_CPU_RATIO" "$MANY_CPU_RATIO_SPREAD"

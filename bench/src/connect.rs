@@ -458,15 +458,8 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
     match &outcome.cpu {
         Some(cpu) => {
             let all = cpu.total();
-            let total = all.total;
-            report.row(
-                format!("CPU of {} ({})", all.label(), total.source),
-                format!(
-                    "{:.1} ms ({:.0}% of a core)",
-                    total.ns as f64 / 1e6,
-                    total.ns as f64 / 1e9 / seconds * 100.0
-                ),
-            );
+            let (label, value) = all.row(seconds);
+            report.row(label, value);
             report.row(
                 "CPU-µs per pair set-up",
                 format!("{:.1}", us_per_pair(cpu.setup.total.ns, outcome.set_up)),
@@ -485,7 +478,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
             );
             report.row(
                 "CPU-µs per pair (set-up + tear-down)",
-                format!("{:.1}", us_per_pair(total.ns, outcome.set_up)),
+                format!("{:.1}", us_per_pair(all.total.ns, outcome.set_up)),
             );
         }
         None => report.row("CPU per pair", "not measured (give --pid)"),

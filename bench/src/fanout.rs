@@ -826,18 +826,11 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
     }
     match &outcome.cpu {
         Some(group) => {
-            let cpu = group.total;
-            report.row(
-                format!("CPU of {} ({})", group.label(), cpu.source),
-                format!(
-                    "{:.1} ms ({:.0}% of a core)",
-                    cpu.ns as f64 / 1e6,
-                    cpu.ns as f64 / 1e9 / seconds * 100.0
-                ),
-            );
+            let (label, value) = group.row(seconds);
+            report.row(label, value);
             report.row(
                 "CPU-µs per delivery",
-                format!("{:.2}", cpu.ns as f64 / 1000.0 / deliveries),
+                format!("{:.2}", group.total.ns as f64 / 1000.0 / deliveries),
             );
         }
         None => report.row("CPU per delivery", "not measured (give --pid)"),

@@ -255,6 +255,19 @@ impl GroupSpent {
         }
     }
 
+    /// A table row for the total over `seconds`: whose CPU, and how much of a core it took.
+    pub fn row(&self, seconds: f64) -> (String, String) {
+        let total = self.total;
+        (
+            format!("CPU of {} ({})", self.label(), total.source),
+            format!(
+                "{:.1} ms ({:.0}% of a core)",
+                total.ns as f64 / 1e6,
+                total.ns as f64 / 1e9 / seconds * 100.0
+            ),
+        )
+    }
+
     /// The single PID when there is one (the JSON `pid` field keeps its old meaning), else null.
     pub fn single_pid(&self) -> Option<u32> {
         match self.each.as_slice() {
