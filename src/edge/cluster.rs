@@ -12,10 +12,12 @@ use crate::edge::pubsub::{Parts, PubSub};
 use crate::edge::redis::{REDIS_TIMEOUT, Unavailable, bounded};
 use crate::options::ClusterRouting;
 use crate::relay::directory::{
-    Keys, Lease, Owner, Placement, Routing, instance_id_problem, renewal_interval,
+    Keys, Lease, Owner, Placement, RULES_FIELD, Routing, SERVER_FIELD, instance_id_problem,
+    read_record, renewal_interval, rules_value,
 };
-use crate::relay::hub::Hub;
-use crate::relay::ids::JoinCode;
+use crate::relay::hub::{Hub, PeerId, RecordChange, Recorder, RoomRules};
+use crate::relay::ids::{ClientId, JoinCode};
+use crate::relay::resume::TokenHash;
 use anyhow::{Context as _, bail};
 use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -31,6 +33,13 @@ use tracing::{debug, error, info, warn};
 /// Codes whose release waits for the maintenance task; beyond it a release is dropped and the
 /// code stays pointing here until this instance drains (joins to it get `UNKNOWN_SERVER` here).
 const RELEASE_QUEUE: usize = 16 * 1024;
+
+/// Changes to rooms' records waiting for the maintenance task; beyond it a change is dropped
+/// (counted as `record_dropped`), and that peer may fail to resume on another instance.
+const RECORD_QUEUE: usize = 16 * 1024;
+
+/// Record changes written per script call.
+const RECORD_BATCH: usize = 512;
 
 /// Codes re-claimed per script call after the lease was taken afresh.
 const REASSERT_BATCH: usize = 512;
@@ -50,9 +59,11 @@ if held then return 1 end
 return 2
 ";
 
-/// Claims a code unless a live owner holds it. KEYS: the code key, this run's rooms set, this
-/// instance's key. ARGV: owner value, boot id, prefix, code. Replies 1 claimed, 0 taken, -1 when
-/// this process does not hold its lease (it must not hand out codes the cluster thinks dead).
+/// Claims a code unless a live owner holds it, and starts its room's record when sessions
+/// resume. KEYS: the code key, this run's rooms set, this instance's key, the room's record.
+/// ARGV: owner value, boot id, prefix, code, the server's token hash (empty: no record), the
+/// rules. Replies 1 claimed, 0 taken, -1 when this process does not hold its lease (it must not
+/// hand out codes the cluster thinks dead).
 const CLAIM: &str = r"
 if redis.call('GET', KEYS[3]) ~= ARGV[2] then return -1 end
 local held = redis.call('GET', KEYS[1])
@@ -62,24 +73,72 @@ if held then
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('DEL', KEYS[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[4], 'server', ARGV[5], 'rules', ARGV[6]) end
 return 1
 ";
 
 /// The owner (`instance boot`) of a code, if its lease is live; a dead owner's entry is removed.
-/// KEYS: the code key. ARGV: prefix.
+/// Without a live owner, the server's token hash in a record that outlives it, as a one-element
+/// array. KEYS: the code key, the room's record. ARGV: prefix.
 const LOOKUP: &str = r"
 local held = redis.call('GET', KEYS[1])
-if not held then return false end
-local instance, boot = string.match(held, '^(%S+) (%S+)$')
-if instance and redis.call('GET', ARGV[1] .. ':instance:' .. instance) == boot then return held end
-redis.call('DEL', KEYS[1])
+if held then
+  local instance, boot = string.match(held, '^(%S+) (%S+)$')
+  if instance and redis.call('GET', ARGV[1] .. ':instance:' .. instance) == boot then return held end
+  redis.call('DEL', KEYS[1])
+end
+local server = redis.call('HGET', KEYS[2], 'server')
+if server then return {server} end
 return false
 ";
 
-/// Gives a code up if this run still owns it. KEYS: the code key, this run's rooms set.
-/// ARGV: owner value, code.
+/// Takes over the room of a dead or drained owner for its server, whose token's hash the
+/// caller has checked against the record. KEYS: the code key, the room's record, this run's
+/// rooms set, this instance's key. ARGV: owner value, boot id, prefix, code, the record's server
+/// hash as checked, the server's fresh token hash. Replies `taken` and the whole record (field,
+/// value…); `live` when a live owner holds the code, `gone` when the record changed or lapsed,
+/// `nolease` when this process does not hold its lease.
+const TAKE: &str = r"
+if redis.call('GET', KEYS[4]) ~= ARGV[2] then return {'nolease'} end
+local held = redis.call('GET', KEYS[1])
+if held then
+  local instance, boot = string.match(held, '^(%S+) (%S+)$')
+  if instance and redis.call('GET', ARGV[3] .. ':instance:' .. instance) == boot then return {'live'} end
+end
+if redis.call('HGET', KEYS[2], 'server') ~= ARGV[5] then return {'gone'} end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[4])
+redis.call('HSET', KEYS[2], 'server', ARGV[6])
+redis.call('PERSIST', KEYS[2])
+local record = redis.call('HGETALL', KEYS[2])
+table.insert(record, 1, 'taken')
+return record
+";
+
+/// Writes changes to the records of rooms this run still owns. ARGV: owner value, prefix, then
+/// per change its code, field and value (empty: the field is removed).
+const RECORD: &str = r"
+for i = 3, #ARGV - 2, 3 do
+  if redis.call('GET', ARGV[2] .. ':code:' .. ARGV[i]) == ARGV[1] then
+    local record = ARGV[2] .. ':resume:' .. ARGV[i]
+    if ARGV[i + 2] == '' then
+      redis.call('HDEL', record, ARGV[i + 1])
+    else
+      redis.call('HSET', record, ARGV[i + 1], ARGV[i + 2])
+    end
+  end
+end
+return 1
+";
+
+/// Gives a code and its room's record up if this run still owns it. KEYS: the code key, this
+/// run's rooms set, the room's record. ARGV: owner value, code.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('DEL', KEYS[3])
+end
 redis.call('SREM', KEYS[2], ARGV[2])
 return 1
 ";
@@ -107,12 +166,17 @@ end
 return lost
 ";
 
-/// Removes every code and the lease of this run, for a drain. KEYS: this run's rooms set, the
-/// instance key, the lease index. ARGV: owner value, boot id, prefix.
+/// Removes every code and the lease of this run, for a drain; each room's record is kept for
+/// the resume window. KEYS: this run's rooms set, the instance key, the lease index. ARGV: owner
+/// value, boot id, prefix, the resume window in ms (0: records go too).
 const DRAIN: &str = r"
 for _, code in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[3] .. ':code:' .. code
-  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+  if redis.call('GET', key) == ARGV[1] then
+    redis.call('DEL', key)
+    local record = ARGV[3] .. ':resume:' .. code
+    if tonumber(ARGV[4]) > 0 then redis.call('PEXPIRE', record, ARGV[4]) else redis.call('DEL', record) end
+  end
 end
 redis.call('DEL', KEYS[1])
 if redis.call('GET', KEYS[2]) == ARGV[2] then redis.call('DEL', KEYS[2]) end
@@ -121,7 +185,9 @@ return 1
 ";
 
 /// Removes the codes of instances whose lease lapsed (killed, or cut off from Redis), a few
-/// instances per call. KEYS: the lease index. ARGV: prefix, limit. Replies with how many.
+/// instances per call; each room's record no one took over is kept for the resume window.
+/// KEYS: the lease index. ARGV: prefix, limit, the resume window in ms (0: records go too).
+/// Replies with how many.
 const SWEEP: &str = r"
 local now = redis.call('TIME')
 local ms = now[1] * 1000 + math.floor(now[2] / 1000)
@@ -132,7 +198,12 @@ for _, owner in ipairs(lapsed) do
     local rooms = ARGV[1] .. ':rooms:' .. instance .. ':' .. boot
     for _, code in ipairs(redis.call('SMEMBERS', rooms)) do
       local key = ARGV[1] .. ':code:' .. code
-      if redis.call('GET', key) == owner then redis.call('DEL', key) end
+      local held = redis.call('GET', key)
+      if held == owner then redis.call('DEL', key) end
+      if not held or held == owner then
+        local record = ARGV[1] .. ':resume:' .. code
+        if tonumber(ARGV[3]) > 0 then redis.call('PEXPIRE', record, ARGV[3]) else redis.call('DEL', record) end
+      end
     end
     redis.call('DEL', rooms)
   end
@@ -190,9 +261,13 @@ pub struct Cluster {
     /// checks the lease in Redis itself.
     up: AtomicBool,
     releases: mpsc::Sender<JoinCode>,
+    /// `--resume-window`: how long a dead or drained owner's records are kept (zero: not kept,
+    /// and none are written).
+    resume_window: Duration,
     /// The links with other instances, in pubsub routing.
     pubsub: Option<Arc<PubSub>>,
     pending_releases: tokio::sync::Mutex<mpsc::Receiver<JoinCode>>,
+    pending_records: tokio::sync::Mutex<mpsc::Receiver<RecordChange>>,
     scripts: Scripts,
 }
 
@@ -200,6 +275,8 @@ struct Scripts {
     lease: Script,
     claim: Script,
     lookup: Script,
+    take: Script,
+    record: Script,
     release: Script,
     reassert: Script,
     drain: Script,
@@ -220,6 +297,32 @@ pub struct Attachments {
     pub queue_bytes: usize,
     /// `--max-connections`, the most remote members held.
     pub max_members: usize,
+    /// `--resume-window`, for how long rooms' records outlive their owner.
+    pub resume_window: Duration,
+}
+
+/// How a server fared taking over its room from a dead or drained owner.
+pub enum Takeover {
+    /// The room is this instance's now, with the rules and members its record held.
+    Taken(RoomRules, Vec<(ClientId, TokenHash)>),
+    /// A live owner holds the code.
+    Live,
+    /// The record changed or lapsed since it was read.
+    Gone,
+}
+
+/// Hands the hub's record changes to the maintenance task without waiting.
+struct RecordQueue {
+    changes: mpsc::Sender<RecordChange>,
+    metrics: Arc<Metrics>,
+}
+
+impl Recorder for RecordQueue {
+    fn record(&self, change: RecordChange) {
+        if self.changes.try_send(change).is_err() {
+            self.metrics.directory("record_dropped");
+        }
+    }
 }
 
 impl Cluster {
@@ -248,6 +351,14 @@ impl Cluster {
         let redis = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
             .context("--cluster-redis-url")?;
         let (releases, pending) = mpsc::channel(RELEASE_QUEUE);
+        let (records, pending_records) = mpsc::channel(RECORD_QUEUE);
+        if !attachments.resume_window.is_zero() {
+            let queue = RecordQueue {
+                changes: records,
+                metrics: attachments.metrics.clone(),
+            };
+            attachments.hub.clone().recorded_by(Arc::new(queue));
+        }
         let keys = Keys::new(&config.prefix);
         let owner = Owner {
             instance,
@@ -276,11 +387,15 @@ impl Cluster {
             lease_ttl: config.lease_ttl,
             up: AtomicBool::new(false),
             releases,
+            resume_window: attachments.resume_window,
             pending_releases: tokio::sync::Mutex::new(pending),
+            pending_records: tokio::sync::Mutex::new(pending_records),
             scripts: Scripts {
                 lease: Script::new(LEASE),
                 claim: Script::new(CLAIM),
                 lookup: Script::new(LOOKUP),
+                take: Script::new(TAKE),
+                record: Script::new(RECORD),
                 release: Script::new(RELEASE),
                 reassert: Script::new(REASSERT),
                 drain: Script::new(DRAIN),
@@ -367,12 +482,16 @@ impl Cluster {
     }
 
     /// Claims a fresh code for a server registering here: drawn locally (free in `hub`), then
-    /// claimed in Redis, drawing again on a clash with another instance's code.
+    /// claimed in Redis, drawing again on a clash with another instance's code. With `token`
+    /// (sessions resume), the room's record starts with it and `rules`.
     pub async fn claim_code(
         &self,
         hub: &Hub,
         metrics: &Metrics,
+        token: Option<TokenHash>,
+        rules: RoomRules,
     ) -> Result<Option<JoinCode>, Unavailable> {
+        let token = token.map_or_else(String::new, |token| token.to_hex());
         for _ in 0..crate::relay::hub::MAX_DRAWS {
             let Ok(code) = hub.fresh_code() else {
                 return Ok(None);
@@ -382,10 +501,13 @@ impl Cluster {
                 .key(self.keys.code(&code))
                 .key(self.keys.rooms(&self.owner))
                 .key(self.keys.instance(&self.owner.instance))
+                .key(self.keys.record(&code))
                 .arg(self.owner.value())
                 .arg(&self.owner.boot)
                 .arg(self.keys.prefix())
-                .arg(code.as_str());
+                .arg(code.as_str())
+                .arg(&token)
+                .arg(rules_value(rules));
             let call = self.invoke::<i64>(&invocation);
             match call.await {
                 Ok(1) => {
@@ -413,16 +535,72 @@ impl Cluster {
         metrics: &Metrics,
     ) -> Result<Placement, Unavailable> {
         let mut invocation = self.scripts.lookup.prepare_invoke();
-        invocation.key(self.keys.code(code)).arg(self.keys.prefix());
-        let call = self.invoke::<Option<String>>(&invocation);
-        let placement = call.await.inspect_err(|_| metrics.directory("error"))?;
-        let placement = Placement::of(placement.as_deref(), &self.owner.instance);
+        invocation
+            .key(self.keys.code(code))
+            .key(self.keys.record(code))
+            .arg(self.keys.prefix());
+        let call = self.invoke::<redis::Value>(&invocation);
+        let placement = match call.await.inspect_err(|_| metrics.directory("error"))? {
+            redis::Value::Array(server) => match server.as_slice() {
+                [redis::Value::BulkString(hash)] => std::str::from_utf8(hash)
+                    .ok()
+                    .and_then(TokenHash::from_hex)
+                    .map_or(Placement::Nowhere, Placement::Orphaned),
+                _ => Placement::Nowhere,
+            },
+            redis::Value::BulkString(owner) => {
+                let owner = std::str::from_utf8(&owner).ok();
+                Placement::of(owner, &self.owner.instance)
+            }
+            _ => Placement::Nowhere,
+        };
         metrics.directory(match placement {
             Placement::Here => "lookup_here",
             Placement::Elsewhere(_) => "lookup_elsewhere",
+            Placement::Orphaned(_) => "lookup_orphaned",
             Placement::Nowhere => "lookup_nowhere",
         });
         Ok(placement)
+    }
+
+    /// Takes over the orphaned room with `code` for its server: `checked` is the server's token
+    /// hash as the record held it (the caller compared it with the token presented), `fresh`
+    /// the hash of the token its HELLO will carry.
+    pub async fn take_over(
+        &self,
+        code: &JoinCode,
+        checked: TokenHash,
+        fresh: TokenHash,
+        max_members: usize,
+        metrics: &Metrics,
+    ) -> Result<Takeover, Unavailable> {
+        let mut invocation = self.scripts.take.prepare_invoke();
+        invocation
+            .key(self.keys.code(code))
+            .key(self.keys.record(code))
+            .key(self.keys.rooms(&self.owner))
+            .key(self.keys.instance(&self.owner.instance))
+            .arg(self.owner.value())
+            .arg(&self.owner.boot)
+            .arg(self.keys.prefix())
+            .arg(code.as_str())
+            .arg(checked.to_hex())
+            .arg(fresh.to_hex());
+        let call = self.invoke::<Vec<String>>(&invocation);
+        let reply = call.await.inspect_err(|_| metrics.directory("error"))?;
+        match reply.split_first() {
+            Some((status, record)) if status == "taken" => {
+                metrics.directory("reclaimed");
+                let (rules, members) = read_record(record, max_members);
+                Ok(Takeover::Taken(rules, members))
+            }
+            Some((status, _)) if status == "live" => Ok(Takeover::Live),
+            Some((status, _)) if status == "nolease" => {
+                metrics.directory("error");
+                Err(Unavailable::NoLease)
+            }
+            _ => Ok(Takeover::Gone),
+        }
     }
 
     /// Gives `code` up once its server has left, in the background; never waits.
@@ -445,7 +623,8 @@ impl Cluster {
             .key(self.keys.instances())
             .arg(self.owner.value())
             .arg(&self.owner.boot)
-            .arg(self.keys.prefix());
+            .arg(self.keys.prefix())
+            .arg(self.resume_window.as_millis() as u64);
         let call = self.invoke::<i64>(&invocation);
         match call.await {
             Ok(_) => info!("cluster directory: codes and lease released"),
@@ -465,9 +644,11 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         let mut releases = self.pending_releases.lock().await;
+        let mut records = self.pending_records.lock().await;
         let mut tick = tokio::time::interval(renewal_interval(self.lease_ttl));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
+        let mut changes = Vec::new();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -480,7 +661,44 @@ impl Cluster {
                         self.release_now(&code).await;
                     }
                 }
+                count = records.recv_many(&mut changes, RECORD_BATCH), if !records.is_closed() => {
+                    if count > 0 {
+                        self.write_records(&changes, &metrics).await;
+                    }
+                    changes.clear();
+                }
             }
+        }
+    }
+
+    /// Writes what changed in rooms' records, in one script call. A change that fails is
+    /// dropped (counted as `record_dropped`): its peer may then fail to resume on another
+    /// instance, never on this one.
+    async fn write_records(&self, changes: &[RecordChange], metrics: &Metrics) {
+        let mut invocation = self.scripts.record.prepare_invoke();
+        invocation.arg(self.owner.value()).arg(self.keys.prefix());
+        for change in changes {
+            let (code, field, value) = match *change {
+                RecordChange::Token { code, peer, token } => {
+                    let field = match peer {
+                        PeerId::Server(_) => SERVER_FIELD,
+                        PeerId::Client(ref id) => id.as_str(),
+                    };
+                    let value = token.map_or_else(String::new, |token| token.to_hex());
+                    (code, field.to_owned(), value)
+                }
+                RecordChange::Rules { code, rules } => {
+                    (code, RULES_FIELD.to_owned(), rules_value(rules).to_owned())
+                }
+            };
+            invocation.arg(code.as_str()).arg(field).arg(value);
+        }
+        let call = self.invoke::<i64>(&invocation);
+        if let Err(error) = call.await {
+            for _ in changes {
+                metrics.directory("record_dropped");
+            }
+            debug!(%error, "cluster directory: writing rooms' records failed");
         }
     }
 
@@ -521,7 +739,8 @@ impl Cluster {
             invocation
                 .key(self.keys.instances())
                 .arg(self.keys.prefix())
-                .arg(SWEEP_LIMIT);
+                .arg(SWEEP_LIMIT)
+                .arg(self.resume_window.as_millis() as u64);
             let call = self.invoke::<i64>(&invocation);
             if let Ok(swept @ 1..) = call.await {
                 info!(
@@ -598,6 +817,7 @@ impl Cluster {
         invocation
             .key(self.keys.code(code))
             .key(self.keys.rooms(&self.owner))
+            .key(self.keys.record(code))
             .arg(self.owner.value())
             .arg(code.as_str());
         let call = self.invoke::<i64>(&invocation);

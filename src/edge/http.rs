@@ -2,22 +2,23 @@
 //! decides, applies the connection bounds, and hands upgraded connections to [`session::run`].
 
 use crate::edge::assets;
-use crate::edge::cluster::Cluster;
+use crate::edge::cluster::{Cluster, Takeover};
 use crate::edge::response::{self, Body};
 use crate::edge::session::{self, Arrival};
 use crate::edge::state::Shared;
 use crate::relay::admission::{Admission, Route, Upgrade};
 use crate::relay::directory::{self, Detour, Owner, Placement, Routing};
-use crate::relay::hub::Resuming;
+use crate::relay::hub::{Reclaim, Resuming};
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::IpVerdict;
 use crate::relay::link::Greet;
 use crate::relay::outbox;
 use crate::relay::outcome::{
-    DIRECTORY_DOWN, NO_FREE_ID, RESUME_FAILED, ROOM_UNREACHABLE, Refusal, TOO_MANY_CONNECTIONS,
-    TOO_MANY_FAILURES,
+    DIRECTORY_DOWN, NO_FREE_ID, RESUME_FAILED, ROOM_ORPHANED, ROOM_UNREACHABLE, Refusal,
+    TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
 };
 use crate::relay::protocol::Greeting;
+use crate::relay::resume::{Token, TokenHash};
 use crate::relay::upgrade::Rejection;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
@@ -93,6 +94,7 @@ async fn start_session(
     };
     let info = upgrade.info;
     let mut elsewhere = None;
+    let mut takeover = None;
     if let (Some(cluster), Some(code)) = (&shared.cluster, room_of(admission)) {
         match place(cluster, &shared, headers, code).await {
             Placed::Here => {}
@@ -103,6 +105,18 @@ async fn start_session(
                 admission = Admission::Refused(RESUME_FAILED);
             }
             Placed::Forward(owner) => elsewhere = Some((code, owner)),
+            Placed::Orphaned(checked) => match admission {
+                Admission::Resume {
+                    resuming: Resuming::Server(_),
+                    token,
+                    ..
+                } if token.hash().matches(&checked) => takeover = Some((code, checked)),
+                Admission::Resume {
+                    resuming: Resuming::Server(_),
+                    ..
+                } => admission = Admission::Refused(RESUME_FAILED),
+                _ => admission = Admission::Refused(ROOM_ORPHANED),
+            },
         }
     }
     shared.metrics.upgrade("accepted");
@@ -119,9 +133,10 @@ async fn start_session(
             }
         };
         // Boxed: each lasts a Redis round trip or two, and inline they would grow the first stage.
-        let arrival = match elsewhere {
-            Some((code, owner)) => Box::pin(join_elsewhere(&shared, code, owner, info)).await,
-            None => Arrival::Here {
+        let arrival = match (elsewhere, takeover) {
+            (Some((code, owner)), _) => Box::pin(join_elsewhere(&shared, code, owner, info)).await,
+            (None, Some((code, checked))) => Box::pin(take_over(&shared, code, checked)).await,
+            (None, None) => Arrival::Here {
                 admission: Box::pin(claim(&shared, admission)).await,
                 info,
             },
@@ -163,6 +178,8 @@ enum Placed {
     Replay(String),
     /// On another instance: accept the client here and forward its frames to this owner.
     Forward(Owner),
+    /// Its instance died or drained; its server, whose token has this hash, may take it over.
+    Orphaned(TokenHash),
 }
 
 /// Finds the room with `code`: a room here needs no round trip; for any other the directory
@@ -185,6 +202,7 @@ async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: Jo
                 Placed::Refused(ROOM_UNREACHABLE)
             }
         },
+        Ok(Placement::Orphaned(server)) => Placed::Orphaned(server),
         Ok(Placement::Here | Placement::Nowhere) => Placed::Here,
         Err(error) => {
             debug!(%error, "join refused: the cluster directory is unreachable");
@@ -227,13 +245,48 @@ async fn join_elsewhere(
     }
 }
 
-/// In a cluster, a registering server's code is claimed in the directory first.
+/// Takes over, for its server, a room whose instance died or drained: its code becomes this
+/// instance's, and its members are away here until they resume.
+async fn take_over(shared: &Shared, code: JoinCode, checked: TokenHash) -> Arrival {
+    let refused = |refusal| Arrival::Here {
+        admission: Admission::Refused(refusal),
+        info: None,
+    };
+    let Some(cluster) = &shared.cluster else {
+        return refused(RESUME_FAILED);
+    };
+    let token = Token::generate();
+    let max_members = shared.config.max_clients_per_server;
+    let taken = cluster.take_over(&code, checked, token.hash(), max_members, &shared.metrics);
+    match taken.await {
+        Ok(Takeover::Taken(rules, members)) => Arrival::Reclaimed(Box::new(Reclaim {
+            code,
+            token,
+            rules,
+            members,
+        })),
+        Ok(Takeover::Live) => refused(ROOM_UNREACHABLE),
+        Ok(Takeover::Gone) => refused(RESUME_FAILED),
+        Err(error) => {
+            debug!(%error, "takeover refused: the cluster directory is unreachable");
+            refused(DIRECTORY_DOWN)
+        }
+    }
+}
+
+/// In a cluster, a registering server's code is claimed in the directory first, with its
+/// room's record when sessions resume.
 async fn claim(shared: &Shared, admission: Admission) -> Admission {
     let (Some(cluster), Admission::Server(rules)) = (&shared.cluster, admission) else {
         return admission;
     };
-    match cluster.claim_code(&shared.hub, &shared.metrics).await {
-        Ok(Some(code)) => Admission::ClaimedServer(code, rules),
+    let token = Token::generate();
+    let record = (!shared.config.resume.window.is_zero()).then(|| token.hash());
+    match cluster
+        .claim_code(&shared.hub, &shared.metrics, record, rules)
+        .await
+    {
+        Ok(Some(code)) => Admission::ClaimedServer(code, rules, token),
         Ok(None) => Admission::Refused(NO_FREE_ID),
         Err(error) => {
             debug!(%error, "registration refused: the cluster directory is unreachable");

@@ -132,7 +132,8 @@ impl Metrics {
         registry.register(
             "directory_operations",
             "Cluster directory steps by outcome: claimed, clash, lookup_here, lookup_elsewhere, \
-             lookup_nowhere, replayed, gave_up, lost, error",
+             lookup_orphaned, lookup_nowhere, replayed, gave_up, reclaimed, lost, record_dropped, \
+             error",
             metrics.directory.clone(),
         );
         registry.register(

@@ -77,6 +77,7 @@ impl Relay {
                 shutdown: shared.shutdown.clone(),
                 queue_bytes: shared.config.send_queue_bytes,
                 max_members: shared.config.max_connections,
+                resume_window: shared.config.resume.window,
             };
             let fly_machine_id = std::env::var("FLY_MACHINE_ID").ok();
             shared.cluster = Some(Cluster::start(cluster, fly_machine_id, attachments).await?);

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
 use crate::relay::command::{self, Command};
-use crate::relay::hub::{CommandError, JoinError, NoFreeId, PeerId, RouteError, Seated};
+use crate::relay::hub::{CommandError, JoinError, NoFreeId, PeerId, Reclaim, RouteError, Seated};
 use crate::relay::ids::ClientId;
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
 use crate::relay::link::{Guest, Seat};
@@ -78,6 +78,8 @@ pub enum Arrival {
         outbox: Outbox,
         inbox: Inbox,
     },
+    /// A server taking over its room from an instance that died or drained.
+    Reclaimed(Box<Reclaim>),
 }
 
 /// The HELLO a relay running `config` greets a peer with, as the hub describes it.
@@ -114,6 +116,8 @@ where
             inbox,
         } => Ok((Seat::Guest(guest), outbox, inbox)),
         Arrival::Here { admission, info } => register(&shared, admission, info.as_deref())
+            .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
+        Arrival::Reclaimed(reclaim) => reclaim_room(&shared, *reclaim)
             .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
     };
     match registered {
@@ -173,9 +177,9 @@ fn register(
             .hub
             .register_server(outbox.clone(), rules, hello)
             .map_err(|NoFreeId| NO_FREE_ID),
-        Admission::ClaimedServer(code, rules) => shared
+        Admission::ClaimedServer(code, rules, token) => shared
             .hub
-            .register_server_as(code, outbox.clone(), rules, hello)
+            .register_server_as(code, token, outbox.clone(), rules, hello)
             .map_err(|NoFreeId| NO_FREE_ID),
         Admission::Client(code) => {
             let (membership, waiting) = shared
@@ -195,6 +199,20 @@ fn register(
         Admission::Refused(refusal) => Err(refusal),
         Admission::Resume { .. } => Err(RESUME_FAILED),
     }?;
+    Ok((membership, outbox, inbox))
+}
+
+/// Seats a server in the room it took over, and times the window of each member away in it.
+fn reclaim_room(shared: &Arc<Shared>, reclaim: Reclaim) -> Result<Seated, Refusal> {
+    let hello = |greeting: &Greeting<'_>| hello(&shared.config, greeting);
+    let (outbox, inbox) = shared.hub.queue(shared.config.send_queue_bytes);
+    let (membership, away) = shared
+        .hub
+        .reclaim_server(reclaim, outbox.clone(), hello)
+        .map_err(|NoFreeId| NO_FREE_ID)?;
+    for id in away {
+        expire_later(shared, PeerId::Client(id), 0);
+    }
     Ok((membership, outbox, inbox))
 }
 

@@ -7,8 +7,15 @@
 //! id of the process holding it: a code is live only while its owner's lease carries the same
 //! boot id, so a restarted process never revives its predecessor's codes, and no key is renewed
 //! per code.
+//!
+//! With resumable sessions each room also has a *record*: the hashes of its server's and
+//! members' resume tokens, and its rules. When its owner dies or drains, the record outlives the
+//! code for the resume window, so the server can take the room over on another instance, and
+//! its members resume there.
 
-use crate::relay::ids::JoinCode;
+use crate::relay::hub::RoomRules;
+use crate::relay::ids::{ClientId, JoinCode};
+use crate::relay::resume::TokenHash;
 use http::HeaderMap;
 use std::fmt;
 use std::time::Duration;
@@ -100,6 +107,12 @@ impl Keys {
         format!("{}:code:{}", self.prefix, code.as_str())
     }
 
+    /// `PREFIX:resume:CODE` → the room's record: field [`SERVER_FIELD`] the server's token hash,
+    /// [`RULES_FIELD`] its rules, and one field per member, its id → its token hash.
+    pub fn record(&self, code: &JoinCode) -> String {
+        format!("{}:resume:{}", self.prefix, code.as_str())
+    }
+
     /// `PREFIX:instance:ID` → the boot id holding the instance's lease, expiring with it.
     pub fn instance(&self, instance: &str) -> String {
         format!("{}:instance:{instance}", self.prefix)
@@ -128,6 +141,49 @@ impl Keys {
     }
 }
 
+/// The record's field holding the server's token hash; client ids are longer, so no member's
+/// field can be it.
+pub const SERVER_FIELD: &str = "server";
+/// The record's field holding the room's rules, as [`rules_value`] writes them.
+pub const RULES_FIELD: &str = "rules";
+
+/// A room's rules as its record holds them: `1` locked, `2` knocking, summed.
+pub fn rules_value(rules: RoomRules) -> &'static str {
+    match (rules.locked, rules.knock) {
+        (false, false) => "0",
+        (true, false) => "1",
+        (false, true) => "2",
+        (true, true) => "3",
+    }
+}
+
+/// What a room's record, read back whole (`HGETALL`, as field, value, field, value…), says of
+/// its rules and of at most `max_members` members; unreadable fields are skipped.
+pub fn read_record(
+    fields: &[String],
+    max_members: usize,
+) -> (RoomRules, Vec<(ClientId, TokenHash)>) {
+    let mut rules = RoomRules::default();
+    let mut members = Vec::new();
+    for pair in fields.chunks_exact(2) {
+        let (field, value) = (pair[0].as_str(), pair[1].as_str());
+        if field == RULES_FIELD {
+            let bits = value.parse::<u8>().unwrap_or(0);
+            rules = RoomRules {
+                locked: bits & 1 != 0,
+                knock: bits & 2 != 0,
+            };
+        } else if let (Some(id), Some(hash), true) = (
+            ClientId::parse(field),
+            TokenHash::from_hex(value),
+            members.len() < max_members,
+        ) {
+            members.push((id, hash));
+        }
+    }
+    (rules, members)
+}
+
 /// Where the directory says a room lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Placement {
@@ -135,6 +191,10 @@ pub enum Placement {
     Here,
     /// On this other live process.
     Elsewhere(Owner),
+    /// No live instance owns the code, but its room's record outlives its dead or drained
+    /// owner: its server, whose token has this hash, may take it over, and its members then
+    /// resume.
+    Orphaned(TokenHash),
     /// Nowhere: no live instance owns the code.
     Nowhere,
 }
@@ -255,6 +315,7 @@ mod tests {
             "app:rooms:e2865013c10089:V1StGXR8_Z5jdHi6B-myT"
         );
         assert_eq!(keys.instances(), "app:instances");
+        assert_eq!(keys.record(&code), "app:resume:7KQ2MX");
         assert_eq!(
             keys.link(&owner()),
             "app:link:e2865013c10089:V1StGXR8_Z5jdHi6B-myT"
@@ -287,6 +348,54 @@ mod tests {
             );
         }
         assert_eq!(detour(&map, "b1"), expected);
+    }
+
+    #[test]
+    fn a_record_gives_back_its_rules_and_members_and_skips_what_it_cannot_read() {
+        let (ada, bob) = (ClientId::generate(), ClientId::generate());
+        let hash = crate::relay::resume::Token::generate().hash();
+        let record: Vec<String> = [
+            (SERVER_FIELD, hash.to_hex()),
+            (
+                RULES_FIELD,
+                rules_value(RoomRules {
+                    locked: true,
+                    knock: false,
+                })
+                .into(),
+            ),
+            (ada.as_str(), hash.to_hex()),
+            ("not-a-client-id", hash.to_hex()),
+            (bob.as_str(), "not hex".into()),
+        ]
+        .into_iter()
+        .flat_map(|(field, value)| [field.to_owned(), value])
+        .collect();
+
+        let (rules, members) = read_record(&record, 8);
+
+        assert_eq!(
+            rules,
+            RoomRules {
+                locked: true,
+                knock: false
+            }
+        );
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].0, ada);
+        assert!(members[0].1.matches(&hash));
+        assert!(read_record(&record, 0).1.is_empty(), "bounded");
+    }
+
+    #[rstest]
+    #[case(false, false)]
+    #[case(true, false)]
+    #[case(false, true)]
+    #[case(true, true)]
+    fn rules_survive_their_round_trip_through_a_record(#[case] locked: bool, #[case] knock: bool) {
+        let rules = RoomRules { locked, knock };
+        let record = [RULES_FIELD.to_owned(), rules_value(rules).to_owned()];
+        assert_eq!(read_record(&record, 0).0, rules);
     }
 
     #[test]

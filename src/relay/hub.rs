@@ -42,6 +42,8 @@ struct State {
     away: usize,
     /// Set by [`Hub::shut_down`]: peers that register later are closed at once.
     shutting_down: bool,
+    /// Where changes to rooms' resume records go, in a cluster.
+    recorder: Option<Arc<dyn Recorder>>,
 }
 
 impl State {
@@ -54,6 +56,24 @@ impl State {
         }
         if self.shutting_down {
             outbox.close(SHUTTING_DOWN);
+        }
+    }
+
+    fn record(&self, change: RecordChange) {
+        if let Some(recorder) = &self.recorder {
+            recorder.record(change);
+        }
+    }
+
+    /// Records a member's token in its room's record; knockers and forwarded members have none
+    /// there (a knocker that drops is gone, and a forwarded member cannot resume).
+    fn record_member(&self, code: JoinCode, id: ClientId, entry: &ClientEntry) {
+        if let (Some(token), false) = (entry.seat.token, entry.waiting) {
+            self.record(RecordChange::Token {
+                code,
+                peer: PeerId::Client(id),
+                token: Some(token),
+            });
         }
     }
 
@@ -135,6 +155,38 @@ struct ClientEntry {
     server: JoinCode,
     /// Knocked and not let in yet: its frames go nowhere.
     waiting: bool,
+}
+
+/// Where a cluster keeps each room's resume record (its server's and members' token hashes, and
+/// its rules), so that the server can take the room over on another instance when this one dies
+/// or drains. Called with the hub's lock held: it must neither block nor call back into the hub.
+pub trait Recorder: Send + Sync {
+    /// Queues `change` for the directory; may drop it when it cannot keep up.
+    fn record(&self, change: RecordChange);
+}
+
+/// A change to a room's resume record.
+#[derive(Clone, Copy)]
+pub enum RecordChange {
+    /// The token of the room's server or of a member is now `token`; `None` once a member is gone.
+    Token {
+        code: JoinCode,
+        peer: PeerId,
+        token: Option<TokenHash>,
+    },
+    /// The room's rules changed.
+    Rules { code: JoinCode, rules: RoomRules },
+}
+
+/// A room taken over from an instance that died or drained, as its record in the directory held
+/// it.
+pub struct Reclaim {
+    pub code: JoinCode,
+    /// The server's fresh token, whose hash the record now holds.
+    pub token: Token,
+    pub rules: RoomRules,
+    /// The room's members and their tokens' hashes: each is away until it resumes here.
+    pub members: Vec<(ClientId, TokenHash)>,
 }
 
 /// Who may join a room, as its server set it.
@@ -337,6 +389,12 @@ impl Hub {
         }
     }
 
+    /// The same registry, telling `recorder` what each room's resume record must hold.
+    pub fn recorded_by(self, recorder: Arc<dyn Recorder>) -> Hub {
+        self.lock().recorder = Some(recorder);
+        self
+    }
+
     /// The same registry, resuming sessions as `policy` says (none with a zero window).
     pub fn resumable(self, policy: ResumePolicy) -> Hub {
         Hub {
@@ -358,20 +416,29 @@ impl Hub {
         outbox::replayable(send_queue_bytes, replay)
     }
 
-    /// A token for a new peer, if sessions resume, and what its HELLO says of it.
-    fn new_seat(&self, state: &mut State, id: PeerId, outbox: Outbox) -> (Seat, Option<Token>) {
-        let token = self.resume.map(|_| Token::generate());
+    /// A fresh token for a new peer, if sessions resume.
+    fn fresh_token(&self) -> Option<Token> {
+        self.resume.map(|_| Token::generate())
+    }
+
+    /// A new peer's seat, resumable with `token` if it has one.
+    fn new_seat(
+        &self,
+        state: &mut State,
+        id: PeerId,
+        outbox: Outbox,
+        token: Option<Token>,
+    ) -> Seat {
         let hash = token.map(|token| token.hash());
         if let Some(hash) = hash {
             state.tokens.insert(hash, id);
         }
-        let seat = Seat {
+        Seat {
             outbox,
             generation: 0,
             token: hash,
             away: None,
-        };
-        (seat, token)
+        }
     }
 
     /// The resume part of a HELLO carrying `token`.
@@ -399,7 +466,8 @@ impl Hub {
     ) -> Result<Membership, NoFreeId> {
         let mut state = self.lock();
         let code = self.free_code(&state)?;
-        Ok(self.insert_server(&mut state, code, outbox, rules, hello))
+        let token = self.fresh_token();
+        Ok(self.insert_server(&mut state, code, outbox, rules, token, hello))
     }
 
     /// A code no live server here holds, for a claim in the cluster directory before
@@ -408,11 +476,13 @@ impl Hub {
         self.free_code(&self.lock())
     }
 
-    /// Registers a server under `code`, claimed in the cluster directory beforehand; fails if a
-    /// server here holds it already.
+    /// Registers a server under `code`, claimed in the cluster directory beforehand with the
+    /// hash of `token` (its resume token, when sessions resume); fails if a server here holds
+    /// the code already.
     pub fn register_server_as(
         &self,
         code: JoinCode,
+        token: Token,
         outbox: Outbox,
         rules: RoomRules,
         hello: impl FnOnce(&Greeting<'_>) -> String,
@@ -421,7 +491,85 @@ impl Hub {
         if state.servers.contains_key(&code) {
             return Err(NoFreeId);
         }
-        Ok(self.insert_server(&mut state, code, outbox, rules, hello))
+        let token = self.resume.map(|_| token);
+        Ok(self.insert_server(&mut state, code, outbox, rules, token, hello))
+    }
+
+    /// Takes over a room whose instance died or drained, its code claimed here in the directory
+    /// beforehand. The server's HELLO says `resumed` and `gap` (what was queued there is lost),
+    /// then PEER_AWAY for each member, which stays away here until it resumes or its window
+    /// ends. Members beyond this relay's bounds get PEER_GONE instead. Returns the away members,
+    /// whose windows the caller times ([`Hub::expire`], generation 0).
+    pub fn reclaim_server(
+        &self,
+        reclaim: Reclaim,
+        outbox: Outbox,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
+    ) -> Result<(Membership, Vec<ClientId>), NoFreeId> {
+        let policy = self.resume.ok_or(NoFreeId)?;
+        let mut state = self.lock();
+        let code = reclaim.code;
+        if state.servers.contains_key(&code) {
+            return Err(NoFreeId);
+        }
+        let id = PeerId::Server(code);
+        let seat = self.new_seat(&mut state, id, outbox, Some(reclaim.token));
+        let encoded = reclaim.token.encode();
+        let greeting = Greeting {
+            id: code.as_str(),
+            resume: self.resumption(Some(&encoded), Some((0, true))),
+            waiting: false,
+        };
+        state.greet(&seat.outbox, hello(&greeting));
+        let mut clients = Vec::new();
+        let mut told = true;
+        for (client, hash) in reclaim.members {
+            let fits = clients.len() < self.max_clients_per_server
+                && state.away < policy.max_away
+                && !state.clients.contains_key(&client)
+                && !state.tokens.contains_key(&hash);
+            let notice = if fits {
+                state.tokens.insert(hash, PeerId::Client(client));
+                let (queue, _) = outbox::bounded(policy.queue_bytes);
+                let away = Away {
+                    replay: Replay::new(0),
+                    lost: true,
+                };
+                let entry = ClientEntry {
+                    seat: Seat {
+                        outbox: queue,
+                        generation: 0,
+                        token: Some(hash),
+                        away: Some(Box::new(away)),
+                    },
+                    server: code,
+                    waiting: false,
+                };
+                state.clients.insert(client, entry);
+                state.away += 1;
+                clients.push(client);
+                protocol::peer_away(client.as_str())
+            } else {
+                state.record(RecordChange::Token {
+                    code,
+                    peer: PeerId::Client(client),
+                    token: None,
+                });
+                protocol::peer_gone(client.as_str())
+            };
+            told = told && seat.outbox.push(notice).is_ok();
+        }
+        let entry = ServerEntry {
+            seat,
+            clients: clients.clone(),
+            waiting: Vec::new(),
+            rules: reclaim.rules,
+        };
+        state.servers.insert(code, entry);
+        if !told {
+            Self::evict_locked(&mut state, id, Some(TOO_SLOW));
+        }
+        Ok((self.membership(id, 0), clients))
     }
 
     fn free_code(&self, state: &State) -> Result<JoinCode, NoFreeId> {
@@ -438,10 +586,11 @@ impl Hub {
         code: JoinCode,
         outbox: Outbox,
         rules: RoomRules,
+        token: Option<Token>,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Membership {
         let id = PeerId::Server(code);
-        let (seat, token) = self.new_seat(state, id, outbox);
+        let seat = self.new_seat(state, id, outbox, token);
         let token = token.map(|token| token.encode());
         let greeting = Greeting {
             id: code.as_str(),
@@ -500,6 +649,29 @@ impl Hub {
         info: Option<&str>,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<(Membership, bool), JoinError> {
+        self.join_with(code, outbox, info, self.resume.is_some(), hello)
+    }
+
+    /// As [`Hub::join`], for a member whose socket is on another instance: it cannot resume, so
+    /// it gets no token.
+    pub fn join_forwarded(
+        &self,
+        code: JoinCode,
+        outbox: Outbox,
+        info: Option<&str>,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
+    ) -> Result<(Membership, bool), JoinError> {
+        self.join_with(code, outbox, info, false, hello)
+    }
+
+    fn join_with(
+        &self,
+        code: JoinCode,
+        outbox: Outbox,
+        info: Option<&str>,
+        resumable: bool,
+        hello: impl FnOnce(&Greeting<'_>) -> String,
+    ) -> Result<(Membership, bool), JoinError> {
         let mut state = self.lock();
         let id = free_id(ClientId::generate, |id| state.clients.contains_key(id))
             .ok_or(JoinError::NoFreeId)?;
@@ -526,7 +698,8 @@ impl Hub {
             Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
             return Err(JoinError::UnknownServer);
         }
-        let (seat, token) = self.new_seat(&mut state, PeerId::Client(id), outbox);
+        let token = self.fresh_token().filter(|_| resumable);
+        let seat = self.new_seat(&mut state, PeerId::Client(id), outbox, token);
         let token = token.map(|token| token.encode());
         let greeting = Greeting {
             id: id.as_str(),
@@ -539,6 +712,7 @@ impl Hub {
             server: code,
             waiting,
         };
+        state.record_member(code, id, &entry);
         state.clients.insert(id, entry);
         Ok((self.membership(PeerId::Client(id), 0), waiting))
     }
@@ -560,7 +734,12 @@ impl Hub {
         let joined = server.seat.outbox.push(protocol::peer_joined(id.as_str()));
         if let Some(client) = state.clients.get_mut(&id) {
             client.waiting = false;
-            if client.seat.outbox.push(protocol::admitted()).is_err() {
+            let admitted = client.seat.outbox.push(protocol::admitted());
+            if let Some(token) = client.seat.token {
+                let (peer, token) = (PeerId::Client(id), Some(token));
+                state.record(RecordChange::Token { code, peer, token });
+            }
+            if admitted.is_err() {
                 Self::evict_locked(&mut state, PeerId::Client(id), Some(TOO_SLOW));
             }
         }
@@ -634,7 +813,7 @@ impl Hub {
         let Some(client) = state.clients.remove(&id) else {
             return;
         };
-        Self::vacate(state, &client.seat);
+        Self::forget_client(state, id, &client);
         let _ = client
             .seat
             .outbox
@@ -670,7 +849,10 @@ impl Hub {
         server.rules.knock = knock.unwrap_or(server.rules.knock);
         let waiting: Vec<&str> = server.waiting.iter().map(ClientId::as_str).collect();
         let room = protocol::room(server.rules.locked, server.rules.knock, &waiting);
-        if server.seat.outbox.push(room).is_err() {
+        let told = server.seat.outbox.push(room);
+        let rules = server.rules;
+        state.record(RecordChange::Rules { code, rules });
+        if told.is_err() {
             Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
         }
     }
@@ -739,6 +921,22 @@ impl Hub {
         let generation = seat.generation;
         state.tokens.remove(&hash);
         state.tokens.insert(fresh_hash, id);
+        let room = match id {
+            PeerId::Server(code) => Some(code),
+            PeerId::Client(client) => state
+                .clients
+                .get(&client)
+                .filter(|c| !c.waiting)
+                .map(|c| c.server),
+        };
+        if let Some(code) = room {
+            let token = Some(fresh_hash);
+            state.record(RecordChange::Token {
+                code,
+                peer: id,
+                token,
+            });
+        }
         if was_away {
             state.away -= 1;
             state.tell_counterparts(id, &protocol::peer_back(id.as_str()));
@@ -835,6 +1033,19 @@ impl Hub {
         }
     }
 
+    /// Removes a client's seat bookkeeping, and its token from its room's record.
+    fn forget_client(state: &mut State, id: ClientId, client: &ClientEntry) {
+        Self::vacate(state, &client.seat);
+        if client.seat.token.is_some() && !client.waiting {
+            let (code, peer) = (client.server, PeerId::Client(id));
+            state.record(RecordChange::Token {
+                code,
+                peer,
+                token: None,
+            });
+        }
+    }
+
     /// Removes a peer and tells its counterparts; with `closing`, also asks the peer to close.
     ///
     /// A counterpart whose queue cannot take PEER_GONE is too slow. A server is evicted in turn,
@@ -868,7 +1079,7 @@ impl Hub {
                     let Some(client) = state.clients.remove(&client_id) else {
                         continue;
                     };
-                    Self::vacate(state, &client.seat);
+                    Self::forget_client(state, client_id, &client);
                     if let Some(closing) = closing {
                         client.seat.outbox.close(closing);
                     }
@@ -1451,5 +1662,149 @@ mod tests {
         );
         let refused = hub.join(code, outbox::bounded(ROOMY).0, None, hello);
         assert_eq!(refused.err(), Some(JoinError::Locked));
+    }
+
+    /// Keeps every record change the hub makes, as (code, field, value) like the directory's.
+    #[derive(Default)]
+    struct Changes(Mutex<Vec<(String, String, String)>>);
+
+    impl Recorder for Changes {
+        fn record(&self, change: RecordChange) {
+            let row = match change {
+                RecordChange::Token { code, peer, token } => (
+                    code.as_str().to_owned(),
+                    peer.as_str().to_owned(),
+                    token.map_or_else(String::new, |token| token.to_hex()),
+                ),
+                RecordChange::Rules { code, rules } => (
+                    code.as_str().to_owned(),
+                    "rules".to_owned(),
+                    format!("{}{}", rules.locked, rules.knock),
+                ),
+            };
+            self.0.lock().expect("not poisoned").push(row);
+        }
+    }
+
+    impl Changes {
+        fn take(&self) -> Vec<(String, String, String)> {
+            std::mem::take(&mut self.0.lock().expect("not poisoned"))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_record_follows_each_members_token_and_the_rules_but_not_forwarded_members() {
+        let changes = Arc::new(Changes::default());
+        let hub = resumable_hub(8).recorded_by(changes.clone());
+        let (server, _server_inbox, _) = seated(&hub, None);
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        let room = code.as_str().to_owned();
+
+        let (mut client, _inbox, token) = seated(&hub, Some(code));
+        let id = client.id().as_str().to_owned();
+        assert_eq!(changes.take(), [(room.clone(), id.clone(), token.hash().to_hex())]);
+
+        client.step_away().expect("away");
+        let (mut back, _, _) = hub
+            .resume(token, Resuming::ClientOf(code), None, ROOMY, resumed_hello)
+            .expect("resumes");
+        let fresh = changes.take();
+        assert_eq!(fresh.len(), 1);
+        assert_eq!((&fresh[0].0, &fresh[0].1), (&room, &id));
+        assert_ne!(fresh[0].2, token.hash().to_hex(), "the fresh token's hash");
+
+        back.leave();
+        let _forwarded = hub
+            .join_forwarded(code, outbox::bounded(ROOMY).0, None, hello)
+            .expect("joins");
+        hub.set_rules(code, Some(true), None);
+        assert_eq!(
+            changes.take(),
+            [
+                (room.clone(), id, String::new()),
+                (room, "rules".into(), "truefalse".into())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_room_greets_its_server_as_resumed_and_keeps_its_members_away() {
+        let hub = resumable_hub(8);
+        let code = JoinCode::generate(6);
+        let (ada, bob) = (ClientId::generate(), ClientId::generate());
+        let ada_token = Token::generate();
+        let reclaim = Reclaim {
+            code,
+            token: Token::generate(),
+            rules: RoomRules {
+                locked: true,
+                knock: false,
+            },
+            members: vec![(ada, ada_token.hash()), (bob, Token::generate().hash())],
+        };
+        let (outbox, server_inbox) = outbox::bounded(ROOMY);
+
+        let (_server, away) = hub
+            .reclaim_server(reclaim, outbox, resumed_hello)
+            .expect("reclaimed");
+
+        assert_eq!(away, [ada, bob]);
+        assert_eq!(hub.away_count(), 2);
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [
+                format!("HELLO {} resumed=true replayed=Some(0) gap=true", code.as_str()),
+                protocol::peer_away(ada.as_str()),
+                protocol::peer_away(bob.as_str()),
+            ]
+        );
+        let refused = hub.join(code, outbox::bounded(ROOMY).0, None, hello);
+        assert_eq!(refused.err(), Some(JoinError::Locked), "the rules came back");
+
+        let (_ada, _, ada_inbox) = hub
+            .resume(ada_token, Resuming::ClientOf(code), Some(3), ROOMY, resumed_hello)
+            .expect("ada resumes");
+        assert!(hub.expire(PeerId::Client(bob), 0), "bob never came back");
+
+        assert_eq!(
+            drain(&ada_inbox).await.0,
+            [format!("HELLO {} resumed=true replayed=Some(0) gap=true", ada.as_str())]
+        );
+        assert_eq!(
+            drain(&server_inbox).await.0,
+            [
+                protocol::peer_back(ada.as_str()),
+                protocol::peer_gone(bob.as_str())
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reclaimed_room_tells_its_server_of_members_beyond_the_bounds_as_gone() {
+        let hub = resumable_hub(1);
+        let (ada, bob) = (ClientId::generate(), ClientId::generate());
+        let reclaim = Reclaim {
+            code: JoinCode::generate(6),
+            token: Token::generate(),
+            rules: RoomRules::default(),
+            members: vec![(ada, Token::generate().hash()), (bob, Token::generate().hash())],
+        };
+        let (outbox, server_inbox) = outbox::bounded(ROOMY);
+
+        let (_server, away) = hub
+            .reclaim_server(reclaim, outbox, resumed_hello)
+            .expect("reclaimed");
+
+        assert_eq!(away, [ada], "at most --max-away-peers");
+        let frames = drain(&server_inbox).await.0;
+        assert_eq!(
+            frames[1..],
+            [
+                protocol::peer_away(ada.as_str()),
+                protocol::peer_gone(bob.as_str())
+            ]
+        );
     }
 }

@@ -273,7 +273,11 @@ impl Links {
         }
         let (outbox, inbox) = outbox::bounded(self.0.queue_bytes);
         let id_frame = |greeting: &Greeting<'_>| wire::id_frame(greeting.id, greeting.waiting);
-        let membership = match self.0.hub.join(code, outbox.clone(), info, id_frame) {
+        let membership = match self
+            .0
+            .hub
+            .join_forwarded(code, outbox.clone(), info, id_frame)
+        {
             Ok((membership, _)) => membership,
             Err(error) => return refuse(error.into()),
         };

@@ -411,6 +411,20 @@ pub const ROOM_UNREACHABLE: Refusal = Refusal {
     },
 };
 
+/// The code's instance died or drained and its server has not taken the room over on another
+/// instance yet: it may, within its resume window, so the peer should try again rather than
+/// give up.
+pub const ROOM_ORPHANED: Refusal = Refusal {
+    notice: Notice {
+        code: ErrorCode::ServerUnavailable,
+        reason: "this code's instance is gone and its server has not come back yet: try again later",
+    },
+    closing: Closing {
+        code: close::TRY_AGAIN_LATER,
+        reason: "try again later",
+    },
+};
+
 /// Sent to a server whose code another instance claimed while this one could not reach the
 /// cluster directory: clients can no longer find the room, so it closes.
 pub const CODE_LOST: Refusal = Refusal {
@@ -467,7 +481,7 @@ mod tests {
         cell.split('`').skip(1).step_by(2).collect()
     }
 
-    const REFUSALS: [Refusal; 12] = [
+    const REFUSALS: [Refusal; 13] = [
         UNKNOWN_SERVER,
         SERVER_FULL,
         UNAUTHORIZED,
@@ -476,6 +490,7 @@ mod tests {
         NO_FREE_ID,
         DIRECTORY_DOWN,
         ROOM_UNREACHABLE,
+        ROOM_ORPHANED,
         CODE_LOST,
         LINK_LOST,
         RESUME_FAILED,

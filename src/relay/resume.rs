@@ -64,6 +64,23 @@ impl TokenHash {
     pub fn matches(&self, other: &TokenHash) -> bool {
         self.0.ct_eq(&other.0).into()
     }
+
+    /// Lower-case hex, as a room's resume record in the cluster directory holds it.
+    pub fn to_hex(&self) -> String {
+        data_encoding::HEXLOWER.encode(&self.0)
+    }
+
+    /// Reads [`TokenHash::to_hex`] back; anything else is `None`.
+    pub fn from_hex(text: &str) -> Option<TokenHash> {
+        let bytes = data_encoding::HEXLOWER.decode(text.as_bytes()).ok()?;
+        Some(TokenHash(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenHash(..)")
+    }
 }
 
 impl fmt::Debug for Token {
@@ -160,6 +177,16 @@ mod tests {
         assert!(token.hash().matches(&token.hash()));
         assert!(!token.hash().matches(&Token::generate().hash()));
         assert_eq!(format!("{token:?}"), "Token(redacted)");
+    }
+
+    #[test]
+    fn a_token_hash_survives_its_round_trip_through_the_directory() {
+        let hash = Token::generate().hash();
+        let text = hash.to_hex();
+        assert_eq!(text.len(), 64);
+        assert!(TokenHash::from_hex(&text).is_some_and(|back| back.matches(&hash)));
+        assert!(TokenHash::from_hex(&text[..62]).is_none());
+        assert!(TokenHash::from_hex(&text.to_uppercase()).is_none());
     }
 
     #[rstest]
