@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cluster::{self, eventually, expect_refused, register};
+use common::cluster::{self, eventually, expect_refused, register, token_of, when_available};
 use common::fly_proxy::FlyProxy;
 use common::redis::{RedisServer, free_port};
 use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command};
@@ -323,4 +323,118 @@ async fn a_server_resuming_on_the_wrong_instance_is_replayed_to_its_room_with_it
     assert_eq!(proxy.replays(), 1);
     assert_eq!(hello["message"]["id"], code.as_str(), "{hello}");
     assert_eq!(hello["message"]["resumed"], true, "{hello}");
+}
+
+/// Two instances that resume sessions for `window`, behind a proxy that sends every connection
+/// to `a` until told otherwise; and a room on `a` with one client, whose token the room's record
+/// holds.
+async fn resuming_room(
+    redis: &RedisServer,
+    window: &str,
+) -> (
+    RelayProcess,
+    RelayProcess,
+    FlyProxy,
+    (TestPeer, String),
+    (TestPeer, String),
+) {
+    let resuming = ["--resume-window", window];
+    let a = instance(&redis.url(), "a", &resuming);
+    let b = instance(&redis.url(), "b", &resuming);
+    let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "a").await;
+    let (mut server, hello) = TestPeer::hello(&proxy.url("/server")).await;
+    let server_token = token_of(&hello);
+    let (mut client, hello) = TestPeer::hello(&proxy.url(&format!("/client/{}", server.id))).await;
+    let client_token = token_of(&hello);
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    exchange(&mut server, &mut client, 0).await;
+    let record = format!("intercessor:resume:{}", server.id);
+    eventually(PATIENCE, || async {
+        (redis.command(&["HEXISTS", &record, &client.id]) == "1").then_some(())
+    })
+    .await;
+    (a, b, proxy, (server, server_token), (client, client_token))
+}
+
+#[tokio::test]
+async fn after_its_owner_is_killed_a_server_takes_its_room_over_elsewhere_and_its_client_resumes_there()
+ {
+    let redis = RedisServer::start();
+    let (mut a, _b, proxy, (server, server_token), (client, client_token)) =
+        resuming_room(&redis, "20s").await;
+    let (code, id) = (server.id.clone(), client.id.clone());
+
+    a.child.kill().expect("SIGKILL");
+    proxy.route_to("b");
+    let server_url = proxy.url(&format!("/server?resume={server_token}&code={code}"));
+    let (mut server, hello) = when_available(&server_url).await;
+
+    assert_eq!(hello["id"], code.as_str(), "{hello}");
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(
+        hello["gap"], true,
+        "what a held for the room is lost: {hello}"
+    );
+    server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
+    let client_url = proxy.url(&format!("/client/{code}?resume={client_token}&received=3"));
+    let (mut client, hello) = when_available(&client_url).await;
+    assert_eq!(hello["id"], id.as_str(), "{hello}");
+    assert_eq!(hello["resumed"], true, "{hello}");
+    server.expect_relay("PEER_BACK", json!({ "id": id })).await;
+    exchange(&mut server, &mut client, 10).await;
+    drop((client, server));
+}
+
+#[tokio::test]
+async fn a_drained_owners_server_takes_its_room_over_at_once_and_a_client_that_never_returns_is_gone()
+ {
+    let redis = RedisServer::start();
+    let (a, _b, proxy, (mut server, server_token), (mut client, _)) =
+        resuming_room(&redis, "3s").await;
+    let (code, id) = (server.id.clone(), client.id.clone());
+
+    a.signal("TERM");
+    server.expect_close(1001).await;
+    client.expect_close(1001).await;
+    proxy.route_to("b");
+    let url = proxy.url(&format!("/server?resume={server_token}&code={code}"));
+    let mut resumed = TestPeer::unread(&url).await;
+
+    let hello = resumed.recv().await;
+    assert_eq!(hello["type"], "HELLO", "no wait for a lease: {hello}");
+    assert_eq!(hello["message"]["resumed"], true, "{hello}");
+    resumed.expect_relay("PEER_AWAY", json!({ "id": id })).await;
+    resumed.expect_relay("PEER_GONE", json!({ "id": id })).await;
+}
+
+#[tokio::test]
+async fn an_orphaned_room_tells_newcomers_to_wait_and_only_its_servers_token_takes_it_over() {
+    let redis = RedisServer::start();
+    let (mut a, _b, proxy, (server, server_token), _client) = resuming_room(&redis, "20s").await;
+    let code = server.id.clone();
+    a.child.kill().expect("SIGKILL");
+    proxy.route_to("b");
+
+    // Once a's lease lapses the room is orphaned: a join waits for its server, not for a.
+    let join = proxy.url(&format!("/client/{code}"));
+    eventually(PATIENCE, || async {
+        let error = TestPeer::unread(&join)
+            .await
+            .expect_error("SERVER_UNAVAILABLE")
+            .await;
+        let reason = error["reason"].as_str().unwrap_or_default().to_owned();
+        reason.contains("has not come back").then_some(())
+    })
+    .await;
+    let forged = proxy.url(&format!(
+        "/server?resume=AAAAAAAAAAAAAAAAAAAAAA&code={code}"
+    ));
+    expect_refused(&forged, "RESUME_FAILED", 4404).await;
+
+    let url = proxy.url(&format!("/server?resume={server_token}&code={code}"));
+    let (_server, hello) = TestPeer::hello(&url).await;
+    assert_eq!(hello["id"], code.as_str(), "{hello}");
+    assert_eq!(hello["resumed"], true, "{hello}");
 }

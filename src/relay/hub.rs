@@ -1704,7 +1704,10 @@ mod tests {
 
         let (mut client, _inbox, token) = seated(&hub, Some(code));
         let id = client.id().as_str().to_owned();
-        assert_eq!(changes.take(), [(room.clone(), id.clone(), token.hash().to_hex())]);
+        assert_eq!(
+            changes.take(),
+            [(room.clone(), id.clone(), token.hash().to_hex())]
+        );
 
         client.step_away().expect("away");
         let (mut back, _, _) = hub
@@ -1755,22 +1758,38 @@ mod tests {
         assert_eq!(
             drain(&server_inbox).await.0,
             [
-                format!("HELLO {} resumed=true replayed=Some(0) gap=true", code.as_str()),
+                format!(
+                    "HELLO {} resumed=true replayed=Some(0) gap=true",
+                    code.as_str()
+                ),
                 protocol::peer_away(ada.as_str()),
                 protocol::peer_away(bob.as_str()),
             ]
         );
         let refused = hub.join(code, outbox::bounded(ROOMY).0, None, hello);
-        assert_eq!(refused.err(), Some(JoinError::Locked), "the rules came back");
+        assert_eq!(
+            refused.err(),
+            Some(JoinError::Locked),
+            "the rules came back"
+        );
 
         let (_ada, _, ada_inbox) = hub
-            .resume(ada_token, Resuming::ClientOf(code), Some(3), ROOMY, resumed_hello)
+            .resume(
+                ada_token,
+                Resuming::ClientOf(code),
+                Some(3),
+                ROOMY,
+                resumed_hello,
+            )
             .expect("ada resumes");
         assert!(hub.expire(PeerId::Client(bob), 0), "bob never came back");
 
         assert_eq!(
             drain(&ada_inbox).await.0,
-            [format!("HELLO {} resumed=true replayed=Some(0) gap=true", ada.as_str())]
+            [format!(
+                "HELLO {} resumed=true replayed=Some(0) gap=true",
+                ada.as_str()
+            )]
         );
         assert_eq!(
             drain(&server_inbox).await.0,
@@ -1789,7 +1808,10 @@ mod tests {
             code: JoinCode::generate(6),
             token: Token::generate(),
             rules: RoomRules::default(),
-            members: vec![(ada, Token::generate().hash()), (bob, Token::generate().hash())],
+            members: vec![
+                (ada, Token::generate().hash()),
+                (bob, Token::generate().hash()),
+            ],
         };
         let (outbox, server_inbox) = outbox::bounded(ROOMY);
 

@@ -64,3 +64,27 @@ pub async fn register(url: &str) -> Result<TestPeer, String> {
         _ => Err(first["message"]["code"].as_str().unwrap_or("?").to_owned()),
     }
 }
+
+/// Connects to `url` until it answers HELLO rather than `SERVER_UNAVAILABLE` (the room's dead
+/// owner still holds its lease, or its server has not taken it over yet); returns the peer and
+/// HELLO's message.
+pub async fn when_available(url: &str) -> (TestPeer, serde_json::Value) {
+    eventually(super::PATIENCE, || async {
+        let mut peer = TestPeer::unread(url).await;
+        let first = peer.recv().await;
+        match (first["type"].as_str(), first["message"]["code"].as_str()) {
+            (Some("HELLO"), _) => {
+                peer.id = first["message"]["id"].as_str().expect("an id").to_owned();
+                Some((peer, first["message"].clone()))
+            }
+            (Some("ERROR"), Some("SERVER_UNAVAILABLE")) => None,
+            _ => panic!("unexpected answer {first}"),
+        }
+    })
+    .await
+}
+
+/// The resume token a HELLO's message carries.
+pub fn token_of(hello: &serde_json::Value) -> String {
+    hello["resumeToken"].as_str().expect("a token").to_owned()
+}
