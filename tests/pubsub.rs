@@ -221,3 +221,120 @@ async fn a_client_of_another_instance_knocks_waits_and_is_admitted_like_a_local_
     guest.expect_error("KICKED").await;
     guest.expect_close(4403).await;
 }
+
+/// Two instances forwarding over pub/sub that resume sessions, and a room on `a` whose client
+/// is on `b`; with the client's HELLO.
+async fn resuming_room_across(
+    redis: &RedisServer,
+) -> (
+    RelayProcess,
+    RelayProcess,
+    TestPeer,
+    TestPeer,
+    serde_json::Value,
+) {
+    let resuming = ["--resume-window", "10s"];
+    let (a, b) = (
+        instance(redis, "a", &resuming),
+        instance(redis, "b", &resuming),
+    );
+    let mut server = TestPeer::join(&format!("{}/server", a.url)).await;
+    let (client, hello) = TestPeer::hello(&format!("{}/client/{}", b.url, server.id)).await;
+    server
+        .expect_relay("PEER_JOINED", json!({"id": client.id}))
+        .await;
+    (a, b, server, client, hello)
+}
+
+#[tokio::test]
+async fn a_forwarded_client_resumes_through_its_instance_with_what_it_missed_in_order() {
+    let redis = RedisServer::start();
+    let (_a, b, mut server, mut client, hello) = resuming_room_across(&redis).await;
+    let (code, id) = (server.id.clone(), client.id.clone());
+    // Frame 1 is the relay's own answer, made on b; frame 2 comes from the server on a.
+    client.send_to("nobody", "OFFER", json!("x")).await;
+    client.expect_error("UNKNOWN_PEER").await;
+    server.send_to(&id, "OFFER", json!(1)).await;
+    client.expect_from(&code, "OFFER", json!(1)).await;
+
+    drop(client);
+    server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
+    server.send_to(&id, "OFFER", json!(2)).await;
+    // Resume saying only frame 1 arrived, as if frame 2 died in the kernel's buffers.
+    let token = cluster::token_of(&hello);
+    let url = format!("{}/client/{code}?resume={token}&received=1", b.url);
+    let (mut client, hello) = TestPeer::hello(&url).await;
+
+    assert_eq!(
+        (hello["id"].as_str(), hello["resumed"].as_bool()),
+        (Some(id.as_str()), Some(true))
+    );
+    assert_eq!(
+        (hello["replayed"].as_u64(), hello.get("gap")),
+        (Some(1), None),
+        "{hello}"
+    );
+    client.expect_from(&code, "OFFER", json!(1)).await;
+    client.expect_from(&code, "OFFER", json!(2)).await;
+    server.expect_relay("PEER_BACK", json!({ "id": id })).await;
+    exchange(&mut server, &mut client, 0).await;
+}
+
+#[tokio::test]
+async fn a_forwarded_client_resumes_on_its_rooms_own_instance_and_supersedes_the_old_link() {
+    let redis = RedisServer::start();
+    let (a, _b, mut server, mut old, hello) = resuming_room_across(&redis).await;
+    let (code, id) = (server.id.clone(), old.id.clone());
+
+    // The old connection still looks open: the resume on a wins.
+    let token = cluster::token_of(&hello);
+    let url = format!("{}/client/{code}?resume={token}&received=0", a.url);
+    let (mut client, hello) = TestPeer::hello(&url).await;
+
+    assert_eq!(hello["resumed"], true, "{hello}");
+    old.expect_error("SUPERSEDED").await;
+    old.expect_close(4412).await;
+    exchange(&mut server, &mut client, 0).await;
+    assert_eq!(client.id, id);
+}
+
+#[tokio::test]
+async fn a_forwarded_client_that_never_returns_is_gone_when_its_window_ends() {
+    let redis = RedisServer::start();
+    let resuming = ["--resume-window", "1s"];
+    let (a, b) = (
+        instance(&redis, "a", &resuming),
+        instance(&redis, "b", &resuming),
+    );
+    let (mut server, client) = room_across(&a, &b).await;
+    let id = client.id.clone();
+
+    drop(client);
+
+    server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
+    server.expect_relay("PEER_GONE", json!({ "id": id })).await;
+}
+
+#[tokio::test]
+async fn with_resume_a_link_lost_in_a_redis_stall_is_resumed_and_said_to_have_a_gap() {
+    let redis = RedisServer::start();
+    let (_a, b, mut server, mut client, hello) = resuming_room_across(&redis).await;
+    let (code, id) = (server.id.clone(), client.id.clone());
+
+    redis.pause();
+    client
+        .send_to(&code, "OFFER", json!("into the stall"))
+        .await;
+    // No ERROR before the close: the frames the client counts stay the owner's.
+    client.expect_close(1013).await;
+    server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
+    redis.resume();
+    let token = cluster::token_of(&hello);
+    let url = format!("{}/client/{code}?resume={token}&received=0", b.url);
+    let (mut client, hello) = cluster::when_available(&url).await;
+
+    assert_eq!(hello["resumed"], true, "{hello}");
+    assert_eq!(hello["gap"], true, "the stalled frame may be lost: {hello}");
+    server.expect_relay("PEER_BACK", json!({ "id": id })).await;
+    exchange(&mut server, &mut client, 0).await;
+}

@@ -144,8 +144,9 @@ return 1
 ";
 
 /// Claims again every code of this run after its lease was taken afresh, unless a live owner
-/// took it meanwhile. KEYS: this run's rooms set. ARGV: owner value, prefix, codes…
-/// Replies with the codes lost to other owners.
+/// took it meanwhile, and keeps the room's record (a sweep may have set it to lapse).
+/// KEYS: this run's rooms set. ARGV: owner value, prefix, codes… Replies with the codes lost to
+/// other owners.
 const REASSERT: &str = r"
 local lost = {}
 for i = 3, #ARGV do
@@ -161,6 +162,7 @@ for i = 3, #ARGV do
   else
     redis.call('SET', key, ARGV[1])
     redis.call('SADD', KEYS[1], ARGV[i])
+    redis.call('PERSIST', ARGV[2] .. ':resume:' .. ARGV[i])
   end
 end
 return lost
@@ -375,6 +377,7 @@ impl Cluster {
                 tracker: attachments.tracker,
                 queue_bytes: attachments.queue_bytes,
                 max_members: attachments.max_members,
+                resume_window: attachments.resume_window,
             };
             PubSub::start(parts, attachments.shutdown)
         });

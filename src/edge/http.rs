@@ -11,13 +11,12 @@ use crate::relay::directory::{self, Detour, Owner, Placement, Routing};
 use crate::relay::hub::{Reclaim, Resuming};
 use crate::relay::ids::JoinCode;
 use crate::relay::limits::IpVerdict;
-use crate::relay::link::Greet;
+use crate::relay::link::{Greet, Resume};
 use crate::relay::outbox;
 use crate::relay::outcome::{
     DIRECTORY_DOWN, NO_FREE_ID, RESUME_FAILED, ROOM_ORPHANED, ROOM_UNREACHABLE, Refusal,
     TOO_MANY_CONNECTIONS, TOO_MANY_FAILURES,
 };
-use crate::relay::protocol::Greeting;
 use crate::relay::resume::{Token, TokenHash};
 use crate::relay::upgrade::Rejection;
 use futures_util::FutureExt as _;
@@ -100,11 +99,11 @@ async fn start_session(
             Placed::Here => {}
             Placed::Refused(refusal) => admission = Admission::Refused(refusal),
             Placed::Replay(value) => return response::replay(&value),
-            // A session lives where its room does; pubsub routing does not carry resumes yet.
-            Placed::Forward(_) if matches!(admission, Admission::Resume { .. }) => {
+            // A server's session lives where its room does; pubsub does not forward servers.
+            Placed::Forward(_) if is_server_resume(admission) => {
                 admission = Admission::Refused(RESUME_FAILED);
             }
-            Placed::Forward(owner) => elsewhere = Some((code, owner)),
+            Placed::Forward(owner) => elsewhere = Some((code, owner, resume_of(admission))),
             Placed::Orphaned(checked) => match admission {
                 Admission::Resume {
                     resuming: Resuming::Server(_),
@@ -134,7 +133,9 @@ async fn start_session(
         };
         // Boxed: each lasts a Redis round trip or two, and inline they would grow the first stage.
         let arrival = match (elsewhere, takeover) {
-            (Some((code, owner)), _) => Box::pin(join_elsewhere(&shared, code, owner, info)).await,
+            (Some((code, owner, resume)), _) => {
+                Box::pin(join_elsewhere(&shared, code, owner, info, resume)).await
+            }
             (None, Some((code, checked))) => Box::pin(take_over(&shared, code, checked)).await,
             (None, None) => Arrival::Here {
                 admission: Box::pin(claim(&shared, admission)).await,
@@ -154,6 +155,27 @@ async fn start_session(
         None => Either::Right(std::future::ready(())),
     }));
     response::switching_protocols(&upgrade.accept_key)
+}
+
+/// Whether a server resumes.
+fn is_server_resume(admission: Admission) -> bool {
+    matches!(
+        admission,
+        Admission::Resume {
+            resuming: Resuming::Server(_),
+            ..
+        }
+    )
+}
+
+/// What a client's resume presents, for its room's owner.
+fn resume_of(admission: Admission) -> Option<Resume> {
+    match admission {
+        Admission::Resume {
+            token, received, ..
+        } => Some((token, received)),
+        _ => None,
+    }
 }
 
 /// The room a client joins or resumes in.
@@ -211,12 +233,14 @@ async fn place(cluster: &Cluster, shared: &Shared, headers: &HeaderMap, code: Jo
     }
 }
 
-/// Joins a room on another instance through the links, for a client whose socket stays here.
+/// Joins (or resumes in) a room on another instance through the links, for a client whose
+/// socket stays here.
 async fn join_elsewhere(
     shared: &Arc<Shared>,
     code: JoinCode,
     owner: Owner,
     info: Option<String>,
+    resume: Option<Resume>,
 ) -> Arrival {
     let refused = |refusal| Arrival::Here {
         admission: Admission::Refused(refusal),
@@ -227,15 +251,11 @@ async fn join_elsewhere(
     };
     let (outbox, inbox) = outbox::bounded(shared.config.send_queue_bytes);
     let greeter = shared.clone();
-    let greet: Greet = Box::new(move |id, waiting| {
-        let greeting = Greeting {
-            id,
-            resume: None,
-            waiting,
-        };
-        session::hello(&greeter.config, &greeting)
-    });
-    match pubsub.join(code, owner, info, outbox.clone(), greet).await {
+    let greet: Greet = Box::new(move |greeting| session::hello(&greeter.config, greeting));
+    match pubsub
+        .join(code, owner, info, resume, outbox.clone(), greet)
+        .await
+    {
         Ok(guest) => Arrival::Guest {
             guest: Box::new(guest),
             outbox,

@@ -12,9 +12,11 @@
 use crate::edge::metrics::Metrics;
 use crate::edge::redis::{REDIS_TIMEOUT, bounded};
 use crate::relay::directory::{Keys, Owner};
-use crate::relay::hub::Hub;
+use crate::relay::hub::{Hub, PeerId};
 use crate::relay::ids::JoinCode;
-use crate::relay::link::{self, Forwarder, Greet, Guest, Jammed, Links, Received, Severance};
+use crate::relay::link::{
+    self, Forwarder, Greet, Guest, Jammed, Links, Received, Resume, Severance, Severed,
+};
 use crate::relay::link_wire::{self as wire, Wire};
 use crate::relay::outbox::Outbox;
 use crate::relay::outcome::{ROOM_UNREACHABLE, Refusal};
@@ -100,6 +102,9 @@ pub struct PubSub {
     tracker: TaskTracker,
     subscribed: AtomicBool,
     owes_reset: AtomicBool,
+    hub: Hub,
+    /// `--resume-window`: how long a remote member stays away.
+    resume_window: Duration,
 }
 
 /// What a [`PubSub`] is built from.
@@ -114,6 +119,7 @@ pub struct Parts {
     pub tracker: TaskTracker,
     pub queue_bytes: usize,
     pub max_members: usize,
+    pub resume_window: Duration,
 }
 
 impl PubSub {
@@ -125,7 +131,7 @@ impl PubSub {
             room: Arc::new(Semaphore::new(PUBLISH_QUEUE_BYTES)),
         });
         let links = Links::new(
-            parts.hub,
+            parts.hub.clone(),
             &parts.me,
             courier.clone(),
             parts.queue_bytes,
@@ -142,27 +148,31 @@ impl PubSub {
             tracker: parts.tracker,
             subscribed: AtomicBool::new(false),
             owes_reset: AtomicBool::new(false),
+            hub: parts.hub,
+            resume_window: parts.resume_window,
         });
         tokio::spawn(pubsub.clone().publish(queued));
         tokio::spawn(pubsub.clone().subscribe(shutdown));
         pubsub
     }
 
-    /// Joins the room `code` on `owner` for a client whose socket is here.
+    /// Joins the room `code` on `owner` for a client whose socket is here, or with `resume`
+    /// resumes it there.
     pub async fn join(
         &self,
         code: JoinCode,
         owner: Owner,
         info: Option<String>,
+        resume: Option<Resume>,
         outbox: Outbox,
         greet: Greet,
     ) -> Result<Guest, Refusal> {
-        if !self.subscribed.load(Ordering::Relaxed) {
+        // A link made before this process's reset is out would be ended by it.
+        if !self.subscribed.load(Ordering::Relaxed) || !self.settle() {
             return Err(ROOM_UNREACHABLE);
         }
-        let pending = self
-            .links
-            .join(code, Arc::new(owner), info.as_deref(), outbox, greet)?;
+        let owner = Arc::new(owner);
+        let pending = (self.links).join(code, owner, info.as_deref(), resume, outbox, greet)?;
         timeout(JOIN_TIMEOUT, pending.accepted())
             .await
             .unwrap_or(Err(ROOM_UNREACHABLE))
@@ -175,8 +185,9 @@ impl PubSub {
 
     /// Ends every link after a loss, and owes the others a reset.
     pub fn fault(&self, reason: &'static str, detail: &str) {
-        let severed = self.links.sever_all();
+        let severed = self.away_from(self.links.sever_all());
         self.owes_reset.store(true, Ordering::Relaxed);
+        self.settle();
         self.metrics.forwarding_error(reason);
         if severed > 0 {
             warn!(
@@ -186,11 +197,30 @@ impl PubSub {
         }
     }
 
+    /// Times the window of each remote member a severance left away; returns how many links
+    /// ended.
+    fn away_from(&self, severed: Severed) -> usize {
+        for (id, generation) in severed.away {
+            self.expire_later(id, generation);
+        }
+        severed.links
+    }
+
+    /// Ends the away time of the remote member `id` once the resume window has passed, unless it
+    /// resumed (here or through another instance).
+    fn expire_later(&self, id: PeerId, generation: u32) {
+        let (hub, window) = (self.hub.clone(), self.resume_window);
+        tokio::spawn(async move {
+            tokio::time::sleep(window).await;
+            hub.expire(id, generation);
+        });
+    }
+
     /// Ends the links with processes whose lease has lapsed (found by the caller, which renews
     /// this process's own): their rooms' guests here hear PEER_GONE and `4410`.
     pub fn owners_gone(&self, dead: &[Owner]) {
         for owner in dead {
-            let severed = self.links.sever(owner, Severance::OwnerGone);
+            let severed = self.away_from(self.links.sever(owner, Severance::OwnerGone));
             self.metrics.forwarding_error("owner_gone");
             info!(
                 instance = owner.instance,
@@ -204,8 +234,10 @@ impl PubSub {
         self.links.peers()
     }
 
-    /// Sends the reset this process owes, if it owes one; called at each lease renewal.
-    pub fn settle(&self) {
+    /// Queues the reset this process owes, if it owes one: at once after a loss, and again at
+    /// each lease renewal while the way out is full. Returns whether none is owed any more; it
+    /// goes out before anything queued later, so it never ends a link made after it.
+    pub fn settle(&self) -> bool {
         if self.owes_reset.swap(false, Ordering::Relaxed) {
             let owner = self.me.value();
             let reset = wire::encode(&Wire::Reset {
@@ -213,8 +245,10 @@ impl PubSub {
             });
             if self.courier.queue(Channel::All, reset, 0).is_err() {
                 self.owes_reset.store(true, Ordering::Relaxed);
+                return false;
             }
         }
+        true
     }
 
     /// Waits, at most [`REDIS_TIMEOUT`], until everything queued has been published: the last
@@ -262,7 +296,7 @@ impl PubSub {
         }
         self.metrics.forwarded("out", frames);
         for owner in unheard {
-            let severed = self.links.sever(owner, Severance::Lost);
+            let severed = self.away_from(self.links.sever(owner, Severance::Lost));
             self.metrics.forwarding_error("unheard");
             if severed > 0 {
                 warn!(
@@ -338,6 +372,7 @@ impl PubSub {
             Ok(Received::Forward(forwarder)) => {
                 self.tracker.spawn(self.clone().forward(forwarder));
             }
+            Ok(Received::Away(id, generation)) => self.expire_later(id, generation),
             Err(error) => {
                 self.metrics.forwarding_error("unreadable");
                 debug!(%error, "cluster links: message dropped");

@@ -425,7 +425,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .metrics
                 .error(ErrorCode::InvalidMessage.as_str());
             let error = protocol::invalid_message(&incoming.kind, &invalid.path, &invalid.reason);
-            return self.outbox.push(error).map_err(|_| End::Closed(TOO_SLOW));
+            return self.answer(error);
         }
         let from = self.seat.id();
         let frame = protocol::relayed(from.as_str(), &incoming.kind, incoming.message);
@@ -468,7 +468,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .ice
                     .for_peer(id.as_str(), SystemTime::now());
                 let fresh = protocol::ice_servers(&servers);
-                return self.outbox.push(fresh).map_err(|_| End::Closed(TOO_SLOW));
+                return self.answer(fresh);
             }
             (command, None) if command.needs_server() => return self.reply(FORBIDDEN),
             (Command::Kick { id, reason }, Some(code)) => hub
@@ -503,9 +503,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     fn reply_error(&mut self, code: ErrorCode, reason: &str, id: Option<&str>) -> Result<(), End> {
         self.shared.metrics.error(code.as_str());
-        self.outbox
-            .push(protocol::error(code, reason, id))
-            .map_err(|_| End::Closed(TOO_SLOW))
+        self.answer(protocol::error(code, reason, id))
+    }
+
+    /// Queues the relay's own answer in order with what the room sends (see [`Seat::answer`]).
+    fn answer(&mut self, frame: String) -> Result<(), End> {
+        (self.seat.answer(&self.outbox, frame)).map_err(|_| End::Closed(TOO_SLOW))
     }
 }
 

@@ -66,9 +66,9 @@ impl State {
     }
 
     /// Records a member's token in its room's record; knockers and forwarded members have none
-    /// there (a knocker that drops is gone, and a forwarded member cannot resume).
+    /// there (a knocker that drops is gone).
     fn record_member(&self, code: JoinCode, id: ClientId, entry: &ClientEntry) {
-        if let (Some(token), false) = (entry.seat.token, entry.waiting) {
+        if let (Some(token), false, true) = (entry.seat.token, entry.waiting, entry.recorded) {
             self.record(RecordChange::Token {
                 code,
                 peer: PeerId::Client(id),
@@ -155,6 +155,9 @@ struct ClientEntry {
     server: JoinCode,
     /// Knocked and not let in yet: its frames go nowhere.
     waiting: bool,
+    /// Its socket is on this instance, so its token belongs in its room's record; a forwarded
+    /// member's does not (it cannot follow the room to another owner).
+    recorded: bool,
 }
 
 /// Where a cluster keeps each room's resume record (its server's and members' token hashes, and
@@ -321,6 +324,16 @@ impl Membership {
     ///
     /// The queue is emptied under the hub's lock, so no frame pushed meanwhile can be lost.
     pub fn step_away(&mut self) -> Option<u32> {
+        self.step_away_marked(false)
+    }
+
+    /// As [`Membership::step_away`], for a forwarded member whose link was lost: frames to or
+    /// from it may have been lost on the way, so its resume says `gap`.
+    pub fn step_away_with_gap(&mut self) -> Option<u32> {
+        self.step_away_marked(true)
+    }
+
+    fn step_away_marked(&mut self, lost: bool) -> Option<u32> {
         if std::mem::replace(&mut self.left, true) {
             return None;
         }
@@ -345,7 +358,7 @@ impl Membership {
         };
         let rest = state.seat(self.id)?.outbox.take_rest();
         let (outbox, _) = outbox::bounded(policy.queue_bytes);
-        let mut lost = false;
+        let mut lost = lost;
         for frame in rest.unwritten {
             lost = lost || outbox.push(frame).is_err();
         }
@@ -544,6 +557,7 @@ impl Hub {
                     },
                     server: code,
                     waiting: false,
+                    recorded: true,
                 };
                 state.clients.insert(client, entry);
                 state.away += 1;
@@ -649,11 +663,11 @@ impl Hub {
         info: Option<&str>,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<(Membership, bool), JoinError> {
-        self.join_with(code, outbox, info, self.resume.is_some(), hello)
+        self.join_with(code, outbox, info, true, hello)
     }
 
-    /// As [`Hub::join`], for a member whose socket is on another instance: it cannot resume, so
-    /// it gets no token.
+    /// As [`Hub::join`], for a member whose socket is on another instance: its token is kept
+    /// out of the room's record.
     pub fn join_forwarded(
         &self,
         code: JoinCode,
@@ -669,7 +683,7 @@ impl Hub {
         code: JoinCode,
         outbox: Outbox,
         info: Option<&str>,
-        resumable: bool,
+        recorded: bool,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<(Membership, bool), JoinError> {
         let mut state = self.lock();
@@ -698,7 +712,7 @@ impl Hub {
             Self::evict_locked(&mut state, PeerId::Server(code), Some(TOO_SLOW));
             return Err(JoinError::UnknownServer);
         }
-        let token = self.fresh_token().filter(|_| resumable);
+        let token = self.fresh_token();
         let seat = self.new_seat(&mut state, PeerId::Client(id), outbox, token);
         let token = token.map(|token| token.encode());
         let greeting = Greeting {
@@ -711,6 +725,7 @@ impl Hub {
             seat,
             server: code,
             waiting,
+            recorded,
         };
         state.record_member(code, id, &entry);
         state.clients.insert(id, entry);
@@ -735,7 +750,7 @@ impl Hub {
         if let Some(client) = state.clients.get_mut(&id) {
             client.waiting = false;
             let admitted = client.seat.outbox.push(protocol::admitted());
-            if let Some(token) = client.seat.token {
+            if let (Some(token), true) = (client.seat.token, client.recorded) {
                 let (peer, token) = (PeerId::Client(id), Some(token));
                 state.record(RecordChange::Token { code, peer, token });
             }
@@ -926,7 +941,7 @@ impl Hub {
             PeerId::Client(client) => state
                 .clients
                 .get(&client)
-                .filter(|c| !c.waiting)
+                .filter(|c| !c.waiting && c.recorded)
                 .map(|c| c.server),
         };
         if let Some(code) = room {
@@ -1036,7 +1051,7 @@ impl Hub {
     /// Removes a client's seat bookkeeping, and its token from its room's record.
     fn forget_client(state: &mut State, id: ClientId, client: &ClientEntry) {
         Self::vacate(state, &client.seat);
-        if client.seat.token.is_some() && !client.waiting {
+        if client.seat.token.is_some() && !client.waiting && client.recorded {
             let (code, peer) = (client.server, PeerId::Client(id));
             state.record(RecordChange::Token {
                 code,

@@ -12,7 +12,7 @@
 //! concern is closed ([`LINK_LOST`]) rather than left running with a gap.
 
 use crate::relay::directory::Owner;
-use crate::relay::hub::{Hub, Membership, PeerId, RouteError};
+use crate::relay::hub::{Hub, Membership, PeerId, Resuming, RouteError};
 use crate::relay::ids::{ClientId, JoinCode};
 use crate::relay::link_wire::{self as wire, IdFrame, Ticket, Why, Wire};
 use crate::relay::outbox::{self, Inbox, Outbox};
@@ -22,6 +22,7 @@ use crate::relay::outcome::{
 };
 use crate::relay::protocol;
 use crate::relay::protocol::Greeting;
+use crate::relay::resume::Token;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,15 +39,28 @@ pub trait Courier: Send + Sync {
     fn send(&self, to: &Arc<Owner>, text: String, frames: usize) -> Result<(), Jammed>;
 }
 
-/// Builds a guest's HELLO once the owner has given it an id (and said whether it waits to be let
-/// in).
-pub type Greet = Box<dyn FnOnce(&str, bool) -> String + Send>;
+/// Builds a guest's HELLO from what the owner says of it: its id, whether it waits to be let in,
+/// and its resume token.
+pub type Greet = Box<dyn FnOnce(&Greeting<'_>) -> String + Send>;
+
+/// A guest's resume: the token its last HELLO carried, and the frames it received since.
+pub type Resume = (Token, Option<u64>);
+
+/// Links ended at once, and the remote members they left away, whose windows the caller times
+/// ([`Hub::expire`]).
+pub struct Severed {
+    pub links: usize,
+    pub away: Vec<(PeerId, u32)>,
+}
 
 /// How links end when the other side cannot say so itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severance {
     /// Messages may have been lost: guests get [`LINK_LOST`] (`1013`), so they may join again.
     Lost,
+    /// As `Lost`, told by the other instance ([`Wire::Reset`]): joins it has not answered yet
+    /// are left waiting for their answer, which comes after the reset.
+    Reset,
     /// The other instance is gone (its lease lapsed), and the room's server with it: guests get
     /// PEER_GONE and `4410`, as when a server leaves.
     OwnerGone,
@@ -65,6 +79,8 @@ pub enum Received {
     /// A remote member joined a room here: drain its queue with [`Links::forward`] until its
     /// queue closes ([`Links::member_closed`]) or `dropped` resolves.
     Forward(Forwarder),
+    /// A remote member's connection was lost and it is away: time its window ([`Hub::expire`]).
+    Away(PeerId, u32),
 }
 
 /// A remote member's queue, for its forwarder.
@@ -108,13 +124,16 @@ struct GuestEntry {
     owner: Arc<Owner>,
     code: JoinCode,
     outbox: Outbox,
+    /// Its HELLO carried a token: a lost link leaves its member away on the owner.
+    resumable: bool,
     /// Until the owner answers the join.
     pending: Option<Pending>,
 }
 
 struct Pending {
     greet: Greet,
-    answer: oneshot::Sender<Result<ClientId, Refusal>>,
+    /// The guest's id, and whether it may resume.
+    answer: oneshot::Sender<Result<(ClientId, bool), Refusal>>,
 }
 
 struct MemberEntry {
@@ -158,13 +177,15 @@ impl Links {
         self.0.courier.send(to, wire::encode(message), 0)
     }
 
-    /// Asks `owner` to add a client to its room `code`. Frames for the client go into `outbox`,
-    /// the HELLO built by `greet` first; the answer comes through the returned [`PendingJoin`].
+    /// Asks `owner` to add a client to its room `code`, or with `resume` to resume one there.
+    /// Frames for the client go into `outbox`, the HELLO built by `greet` first; the answer
+    /// comes through the returned [`PendingJoin`].
     pub fn join(
         &self,
         code: JoinCode,
         owner: Arc<Owner>,
         info: Option<&str>,
+        resume: Option<Resume>,
         outbox: Outbox,
         greet: Greet,
     ) -> Result<PendingJoin, Refusal> {
@@ -181,6 +202,8 @@ impl Links {
             code: code.as_str().into(),
             guest: self.0.me.as_str().into(),
             info: info.map(Into::into),
+            resume: resume.map(|(token, _)| token),
+            received: resume.and_then(|(_, received)| received),
         };
         self.send(&owner, &join)
             .map_err(|Jammed| ROOM_UNREACHABLE)?;
@@ -189,6 +212,7 @@ impl Links {
             owner: owner.clone(),
             code,
             outbox,
+            resumable: false,
             pending,
         };
         table.guests.insert(ticket, entry);
@@ -220,7 +244,12 @@ impl Links {
                 code,
                 guest,
                 info,
-            } => self.on_join(ticket, &code, &guest, info.as_deref()),
+                resume,
+                received,
+            } => {
+                let resume = resume.map(|token| (token, received));
+                self.on_join(ticket, &code, &guest, info.as_deref(), resume)
+            }
             Wire::Refused { ticket, why } => {
                 self.on_refused(ticket, why);
                 delivered(0)
@@ -239,10 +268,33 @@ impl Links {
                 drop(member);
                 delivered(0)
             }
+            Wire::Away { ticket } => {
+                let member = self.lock().members.remove(&ticket);
+                let away = member.and_then(|mut member| {
+                    let generation = member.membership.step_away()?;
+                    Some((member.membership.id(), generation))
+                });
+                Ok(
+                    away.map_or(Received::Delivered { frames: 0 }, |(id, generation)| {
+                        Received::Away(id, generation)
+                    }),
+                )
+            }
+            Wire::Answer { ticket, frames } => {
+                let outbox = self.lock().members.get(&ticket).map(|m| m.outbox.clone());
+                if let Some(outbox) = outbox
+                    && !frames
+                        .iter()
+                        .all(|frame| outbox.push(frame.get().to_owned()).is_ok())
+                {
+                    outbox.close(TOO_SLOW);
+                }
+                delivered(0)
+            }
             Wire::Reset { owner } => {
                 let owner = Owner::parse(&owner).ok_or_else(|| Unreadable(owner.into_owned()))?;
                 if owner.value() != self.0.me {
-                    self.sever(&owner, Severance::Lost);
+                    self.sever(&owner, Severance::Reset);
                 }
                 delivered(0)
             }
@@ -255,6 +307,7 @@ impl Links {
         code: &str,
         guest: &str,
         info: Option<&str>,
+        resume: Option<Resume>,
     ) -> Result<Received, Unreadable> {
         let (Some(code), Some(guest)) = (JoinCode::parse(code), Owner::parse(guest)) else {
             return Err(Unreadable(format!("a join to {code:?} from {guest:?}")));
@@ -271,16 +324,25 @@ impl Links {
                 return refuse(Why::Unavailable);
             }
         }
-        let (outbox, inbox) = outbox::bounded(self.0.queue_bytes);
-        let id_frame = |greeting: &Greeting<'_>| wire::id_frame(greeting.id, greeting.waiting);
-        let membership = match self
-            .0
-            .hub
-            .join_forwarded(code, outbox.clone(), info, id_frame)
-        {
-            Ok((membership, _)) => membership,
-            Err(error) => return refuse(error.into()),
+        let hub = &self.0.hub;
+        let id_frame = |greeting: &Greeting<'_>| wire::id_frame(greeting);
+        let seated = match resume {
+            Some((token, received)) => {
+                let resuming = Resuming::ClientOf(code);
+                match hub.resume(token, resuming, received, self.0.queue_bytes, id_frame) {
+                    Ok(seated) => seated,
+                    Err(_) => return refuse(Why::ResumeFailed),
+                }
+            }
+            None => {
+                let (outbox, inbox) = hub.queue(self.0.queue_bytes);
+                match hub.join_forwarded(code, outbox.clone(), info, id_frame) {
+                    Ok((membership, _)) => (membership, outbox, inbox),
+                    Err(error) => return refuse(error.into()),
+                }
+            }
         };
+        let (membership, outbox, inbox) = seated;
         let (forwarding, dropped) = oneshot::channel();
         let entry = MemberEntry {
             guest,
@@ -329,11 +391,11 @@ impl Links {
             let mut frames = frames.iter();
             let mut fits = true;
             if let Some(pending) = entry.pending.take() {
-                let id = frames
+                let frame = frames
                     .next()
-                    .and_then(|frame| serde_json::from_str::<IdFrame<'_>>(frame.get()).ok())
-                    .and_then(|frame| Some((ClientId::parse(&frame.id)?, frame.waiting)));
-                let Some((id, waiting)) = id else {
+                    .and_then(|frame| serde_json::from_str::<IdFrame<'_>>(frame.get()).ok());
+                let id = frame.as_ref().and_then(|frame| ClientId::parse(frame.id));
+                let (Some(id), Some(frame)) = (id, frame) else {
                     let _ = pending.answer.send(Err(ROOM_UNREACHABLE));
                     let entry = table.guests.remove(&ticket);
                     if let Some(entry) = entry {
@@ -343,12 +405,13 @@ impl Links {
                 };
                 fits = entry
                     .outbox
-                    .push((pending.greet)(id.as_str(), waiting))
+                    .push((pending.greet)(&frame.greeting()))
                     .is_ok();
                 if shutting_down {
                     entry.outbox.close(SHUTTING_DOWN);
                 }
-                if pending.answer.send(Ok(id)).is_err() {
+                entry.resumable = frame.resume.is_some();
+                if pending.answer.send(Ok((id, entry.resumable))).is_err() {
                     // The session gave up waiting; its owner must forget the member too.
                     fits = false;
                 }
@@ -425,20 +488,26 @@ impl Links {
         }
     }
 
-    /// Ends every link with `owner`, on either side; returns how many.
-    pub fn sever(&self, owner: &Owner, how: Severance) -> usize {
+    /// Ends every link with `owner`, on either side.
+    pub fn sever(&self, owner: &Owner, how: Severance) -> Severed {
         self.sever_where(|other| other == owner, how)
     }
 
     /// Ends every link: this instance may have lost messages of any of them.
-    pub fn sever_all(&self) -> usize {
+    pub fn sever_all(&self) -> Severed {
         self.sever_where(|_| true, Severance::Lost)
     }
 
-    fn sever_where(&self, linked: impl Fn(&Owner) -> bool, how: Severance) -> usize {
+    /// Guests are closed; a resumable one without the ERROR frame before its close, so that
+    /// the frames it counts are the owner's alone. Remote members step away: their clients
+    /// may resume, and what was forwarded but lost is replayed then.
+    fn sever_where(&self, linked: impl Fn(&Owner) -> bool, how: Severance) -> Severed {
         let (guests, members): (Vec<_>, Vec<_>) = {
             let mut table = self.lock();
-            let guests = table.guests.extract_if(|_, entry| linked(&entry.owner));
+            // Joins a resetting owner has not answered yet are answered after its reset, which it
+            // published first: they stay.
+            let keep = |entry: &GuestEntry| how == Severance::Reset && entry.pending.is_some();
+            let guests = (table.guests).extract_if(|_, entry| linked(&entry.owner) && !keep(entry));
             let guests = guests.map(|(_, entry)| entry).collect();
             let members = table.members.extract_if(|_, entry| linked(&entry.guest));
             (guests, members.map(|(_, entry)| entry).collect())
@@ -449,8 +518,10 @@ impl Links {
                 (Some(pending), _) => {
                     let _ = pending.answer.send(Err(ROOM_UNREACHABLE));
                 }
-                (None, Severance::Lost) => {
-                    let _ = guest.outbox.push(protocol::notice(LINK_LOST.notice));
+                (None, Severance::Lost | Severance::Reset) => {
+                    if !guest.resumable {
+                        let _ = guest.outbox.push(protocol::notice(LINK_LOST.notice));
+                    }
                     guest.outbox.close(LINK_LOST.closing);
                 }
                 (None, Severance::OwnerGone) => {
@@ -459,8 +530,17 @@ impl Links {
                 }
             }
         }
-        drop(members);
-        severed
+        let away = members
+            .into_iter()
+            .filter_map(|mut member| {
+                let generation = member.membership.step_away_with_gap()?;
+                Some((member.membership.id(), generation))
+            })
+            .collect();
+        Severed {
+            links: severed,
+            away,
+        }
     }
 
     /// Every other instance this one has a link with, for checking their leases.
@@ -499,7 +579,7 @@ pub struct PendingJoin {
     ticket: Ticket,
     code: JoinCode,
     owner: Arc<Owner>,
-    answered: oneshot::Receiver<Result<ClientId, Refusal>>,
+    answered: oneshot::Receiver<Result<(ClientId, bool), Refusal>>,
     settled: bool,
 }
 
@@ -508,13 +588,14 @@ impl PendingJoin {
     pub async fn accepted(mut self) -> Result<Guest, Refusal> {
         let answer = (&mut self.answered).await.unwrap_or(Err(ROOM_UNREACHABLE));
         self.settled = true;
-        let id = answer?;
+        let (id, resumable) = answer?;
         Ok(Guest {
             links: self.links.clone(),
             ticket: self.ticket,
             id,
             code: self.code,
             owner: self.owner.clone(),
+            resumable,
             left: false,
         })
     }
@@ -536,6 +617,8 @@ pub struct Guest {
     id: ClientId,
     code: JoinCode,
     owner: Arc<Owner>,
+    /// Its HELLO carried a token: a lost connection leaves it away on the owner.
+    resumable: bool,
     left: bool,
 }
 
@@ -548,18 +631,52 @@ impl Guest {
         }
         let text = wire::deliver(self.ticket, std::iter::once(frame.as_str()));
         if self.links.0.courier.send(&self.owner, text, 1).is_err() {
-            let entry = self.links.lock().guests.remove(&self.ticket);
-            if let Some(entry) = entry {
-                let _ = entry.outbox.push(protocol::notice(LINK_LOST.notice));
-                entry.outbox.close(LINK_LOST.closing);
-            }
+            self.cut_off();
         }
         Ok(())
+    }
+
+    /// The way out to the owner is full: closes the client with [`LINK_LOST`] (the ERROR
+    /// before it only if it cannot resume, as on a severance).
+    fn cut_off(&self) {
+        let entry = self.links.lock().guests.remove(&self.ticket);
+        if let Some(entry) = entry {
+            if !entry.resumable {
+                let _ = entry.outbox.push(protocol::notice(LINK_LOST.notice));
+            }
+            entry.outbox.close(LINK_LOST.closing);
+        }
     }
 
     fn leave(&mut self) {
         if !std::mem::replace(&mut self.left, true) {
             self.links.forget_guest(self.ticket);
+        }
+    }
+
+    /// The connection was lost: a resumable guest's owner keeps its member away.
+    fn step_away(&mut self) {
+        if !self.resumable || std::mem::replace(&mut self.left, true) {
+            return self.leave();
+        }
+        let entry = self.links.lock().guests.remove(&self.ticket);
+        if let Some(entry) = entry {
+            let _ = self.links.send(
+                &entry.owner,
+                &Wire::Away {
+                    ticket: self.ticket,
+                },
+            );
+        }
+    }
+
+    /// Sends the relay's own answer to this client by way of its owner, which queues it in order
+    /// with the room's frames; when the way out is full, the client is closed with
+    /// [`LINK_LOST`] instead.
+    fn answer(&self, frame: &str) {
+        let text = wire::answer(self.ticket, frame);
+        if self.links.0.courier.send(&self.owner, text, 0).is_err() {
+            self.cut_off();
         }
     }
 }
@@ -604,15 +721,27 @@ impl Seat {
     }
 
     /// The connection was lost: away if the peer may resume (see [`Membership::step_away`]), else
-    /// gone. A guest of another instance's room is always gone: resuming across instances is its
-    /// owner's to keep, which pubsub routing does not do yet.
+    /// gone. A guest's away time is its owner's to keep and to end: it returns `None` here.
     pub fn step_away(&mut self) -> Option<u32> {
         match self {
             Seat::Member(membership) => membership.step_away(),
             Seat::Guest(guest) => {
-                guest.leave();
+                guest.step_away();
                 None
             }
+        }
+    }
+
+    /// Queues the relay's own answer to this peer (ERROR, ICE_SERVERS) in order with what its
+    /// room sends it: into `outbox`, or through the owner for a guest that may resume, so that
+    /// the owner numbers every frame it gets (see [`Wire::Answer`]).
+    pub fn answer(&self, outbox: &Outbox, frame: String) -> Result<(), outbox::QueueFull> {
+        match self {
+            Seat::Guest(guest) if guest.resumable => {
+                guest.answer(&frame);
+                Ok(())
+            }
+            _ => outbox.push(frame),
         }
     }
 }
@@ -734,7 +863,7 @@ mod tests {
         let owner = Arc::new(a.owner.clone());
         let pending = b
             .links
-            .join(code, owner, None, outbox, Box::new(|id, _| hello(id)))
+            .join(code, owner, None, None, outbox, Box::new(|g| hello(g.id)))
             .expect("sent");
         (server, server_inbox, code, pending, guest_inbox)
     }
@@ -828,16 +957,18 @@ mod tests {
             code,
             owner.clone(),
             None,
+            None,
             outbox::bounded(ROOMY).0,
-            Box::new(|id, _| hello(id)),
+            Box::new(|g| hello(g.id)),
         );
         let nowhere = JoinCode::parse("ZZZZZZ").expect("a code");
         let third = b.links.join(
             nowhere,
             owner,
             None,
+            None,
             outbox::bounded(ROOMY).0,
-            Box::new(|id, _| hello(id)),
+            Box::new(|g| hello(g.id)),
         );
         settle(&mut a, &mut b).await;
 
@@ -897,6 +1028,10 @@ mod tests {
                 Severance::Lost,
                 (protocol::notice(LINK_LOST.notice), LINK_LOST.closing),
             ),
+            (
+                Severance::Reset,
+                (protocol::notice(LINK_LOST.notice), LINK_LOST.closing),
+            ),
             (Severance::OwnerGone, (String::new(), SERVER_GONE)),
         ] {
             let (mut a, mut b) = (instance("a"), instance("b"));
@@ -907,11 +1042,11 @@ mod tests {
             drain(&guest_inbox).await;
             drain(&server_inbox).await;
 
-            assert_eq!(b.links.sever(&a.owner, how), 1);
-            assert_eq!(a.links.sever(&b.owner, how), 1);
+            assert_eq!(b.links.sever(&a.owner, how).links, 1);
+            assert_eq!(a.links.sever(&b.owner, how).links, 1);
 
             let notice = match how {
-                Severance::Lost => expected.0.clone(),
+                Severance::Lost | Severance::Reset => expected.0.clone(),
                 Severance::OwnerGone => protocol::peer_gone(code.as_str()),
             };
             assert_eq!(drain(&guest_inbox).await, (vec![notice], Some(expected.1)));
@@ -920,6 +1055,17 @@ mod tests {
                 [protocol::peer_gone(id.as_str())]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_reset_leaves_a_join_the_owner_has_not_answered_waiting_for_its_answer() {
+        let (mut a, mut b) = (instance("a"), instance("b"));
+        let (_server, _server_inbox, _code, pending, _guest_inbox) = server_and_join(&a, &b);
+
+        assert_eq!(b.links.sever(&a.owner, Severance::Reset).links, 0);
+        settle(&mut a, &mut b).await;
+
+        assert!(pending.accepted().await.is_ok(), "answered after the reset");
     }
 
     #[tokio::test]
@@ -965,8 +1111,9 @@ mod tests {
             code,
             owner,
             None,
+            None,
             outbox::bounded(ROOMY).0,
-            Box::new(|id, _| hello(id)),
+            Box::new(|g| hello(g.id)),
         );
 
         assert_eq!(b.links.peers(), [Arc::new(a.owner.clone())]);

@@ -6,9 +6,12 @@
 
 use crate::relay::hub::JoinError;
 use crate::relay::outcome::{
-    Closing, DENIED, KICKED, KNOCK_TIMEOUT, LINK_LOST, NO_FREE_ID, ROOM_LOCKED, ROOM_UNREACHABLE,
-    Refusal, SERVER_FULL, SERVER_GONE, SHUTTING_DOWN, TOO_SLOW, UNKNOWN_SERVER,
+    Closing, DENIED, KICKED, KNOCK_TIMEOUT, LINK_LOST, NO_FREE_ID, RESUME_FAILED, ROOM_LOCKED,
+    ROOM_UNREACHABLE, Refusal, SERVER_FULL, SERVER_GONE, SHUTTING_DOWN, SUPERSEDED, TOO_SLOW,
+    UNKNOWN_SERVER,
 };
+use crate::relay::protocol::{Greeting, Resumption};
+use crate::relay::resume::Token;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -31,6 +34,12 @@ pub enum Wire<'a> {
         /// The client's `?name=`, for a knocking room's server.
         #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
         info: Option<Cow<'a, str>>,
+        /// Resume the member with this token rather than add a new one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resume: Option<Token>,
+        /// With `resume`: the frames the client received since its last HELLO.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        received: Option<u64>,
     },
     /// Owner → guest's instance: the join was refused.
     Refused { ticket: Ticket, why: Why },
@@ -50,6 +59,16 @@ pub enum Wire<'a> {
     },
     /// Guest's instance → owner: the client's session ended.
     Leave { ticket: Ticket },
+    /// Guest's instance → owner: the client's connection was lost; it may resume.
+    Away { ticket: Ticket },
+    /// Guest's instance → owner: the relay's own answers to the client (ERROR, ICE_SERVERS),
+    /// to be queued for it in order with what the owner sends, so the owner numbers every frame
+    /// the client receives, as a resume's `received` counts them.
+    Answer {
+        ticket: Ticket,
+        #[serde(borrow)]
+        frames: Vec<&'a RawValue>,
+    },
     /// To every instance: the sender (an [`Owner::value`](crate::relay::directory::Owner::value)) lost messages and dropped every link
     /// it had; drop yours with it.
     Reset {
@@ -72,6 +91,8 @@ pub enum Why {
     Unavailable,
     /// The room is locked.
     Locked,
+    /// The resume token is unknown, used or expired.
+    ResumeFailed,
 }
 
 impl From<JoinError> for Why {
@@ -94,13 +115,15 @@ impl Why {
             Why::NoFreeId => NO_FREE_ID,
             Why::Unavailable => ROOM_UNREACHABLE,
             Why::Locked => ROOM_LOCKED,
+            Why::ResumeFailed => RESUME_FAILED,
         }
     }
 }
 
 /// The closes an owner forwards; anything else read from Redis is taken as a lost link.
-const FORWARDED_CLOSES: [Closing; 6] = [
+const FORWARDED_CLOSES: [Closing; 7] = [
     SERVER_GONE,
+    SUPERSEDED,
     TOO_SLOW,
     SHUTTING_DOWN,
     KICKED,
@@ -119,9 +142,24 @@ pub fn closing(code: u16, reason: &str) -> Closing {
 /// A `deliver` of `frames`, each already a JSON text the relay wrote; written by hand so that
 /// frames are copied once and not parsed again.
 pub fn deliver<'f>(ticket: Ticket, frames: impl Iterator<Item = &'f str> + Clone) -> String {
+    with_frames("deliver", ticket, frames)
+}
+
+/// An `answer` of one frame, written as [`deliver`] writes its frames.
+pub fn answer(ticket: Ticket, frame: &str) -> String {
+    with_frames("answer", ticket, std::iter::once(frame))
+}
+
+fn with_frames<'f>(
+    tag: &str,
+    ticket: Ticket,
+    frames: impl Iterator<Item = &'f str> + Clone,
+) -> String {
     let length: usize = frames.clone().map(|frame| frame.len() + 1).sum();
     let mut text = String::with_capacity(48 + length);
-    text.push_str(r#"{"deliver":{"ticket":"#);
+    text.push_str(r#"{""#);
+    text.push_str(tag);
+    text.push_str(r#"":{"ticket":"#);
     text.push_str(&ticket.to_string());
     text.push_str(r#","frames":["#);
     for (n, frame) in frames.enumerate() {
@@ -139,19 +177,34 @@ pub fn encode(wire: &Wire<'_>) -> String {
     serde_json::to_string(wire).expect("a Wire message always serializes")
 }
 
-/// The first frame an owner queues for a remote member: its id, and whether it knocked and waits.
+/// The first frame an owner queues for a remote member: what its HELLO says of it, which the
+/// guest's instance writes.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdFrame<'a> {
     #[serde(borrow)]
-    pub id: Cow<'a, str>,
+    pub id: &'a str,
     pub waiting: bool,
+    #[serde(borrow, default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<Resumption<'a>>,
 }
 
-/// Writes an [`IdFrame`].
-pub fn id_frame(id: &str, waiting: bool) -> String {
+impl<'a> IdFrame<'a> {
+    /// The greeting the guest's HELLO is written from.
+    pub fn greeting(&self) -> Greeting<'a> {
+        Greeting {
+            id: self.id,
+            resume: self.resume,
+            waiting: self.waiting,
+        }
+    }
+}
+
+/// Writes an [`IdFrame`] for what the hub says of a new or resumed member.
+pub fn id_frame(greeting: &Greeting<'_>) -> String {
     let frame = IdFrame {
-        id: id.into(),
-        waiting,
+        id: greeting.id,
+        waiting: greeting.waiting,
+        resume: greeting.resume,
     };
     serde_json::to_string(&frame).expect("an id frame always serializes")
 }
@@ -180,6 +233,15 @@ mod tests {
         assert_eq!(ticket, 7);
         let read: Vec<&str> = read.iter().map(|frame| frame.get()).collect();
         assert_eq!(read, frames);
+        let text = answer(8, &frames[0]);
+        let Ok(Wire::Answer {
+            ticket: 8,
+            frames: read,
+        }) = decode(&text)
+        else {
+            panic!("reads back: {text}")
+        };
+        assert_eq!(read[0].get(), frames[0]);
     }
 
     #[test]
@@ -190,7 +252,18 @@ mod tests {
                 code: "7KQ2MX".into(),
                 guest: "b 1x".into(),
                 info: Some("Ada".into()),
+                resume: None,
+                received: None,
             },
+            Wire::Join {
+                ticket: 9,
+                code: "7KQ2MX".into(),
+                guest: "b 1x".into(),
+                info: None,
+                resume: Some(Token::generate()),
+                received: Some(12),
+            },
+            Wire::Away { ticket: 4 },
             Wire::Refused {
                 ticket: 1,
                 why: Why::ServerFull,
@@ -210,6 +283,32 @@ mod tests {
             let read = decode(&text).expect("reads back");
             assert_eq!(encode(&read), text);
         }
+    }
+
+    #[test]
+    fn an_id_frame_carries_the_resume_part_of_the_guests_hello() {
+        let resume = Resumption {
+            token: "AAAAAAAAAAAAAAAAAAAAAA",
+            window_ms: 30_000,
+            resumed: true,
+            replayed: Some(2),
+            gap: false,
+        };
+        let greeting = Greeting {
+            id: "V1StGXR8_Z5jdHi6B-myT",
+            resume: Some(resume),
+            waiting: false,
+        };
+        let text = id_frame(&greeting);
+        let read: IdFrame<'_> = serde_json::from_str(&text).expect("reads back");
+        assert_eq!(read.greeting().resume, Some(resume));
+        assert_eq!(read.id, greeting.id);
+        let plain = id_frame(&Greeting {
+            resume: None,
+            ..greeting
+        });
+        let read: IdFrame<'_> = serde_json::from_str(&plain).expect("reads back");
+        assert_eq!(read.resume, None);
     }
 
     #[test]

@@ -139,23 +139,24 @@ pub struct Greeting<'a> {
     pub waiting: bool,
 }
 
-/// The resume part of a HELLO.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// The resume part of a HELLO; read back too, when a room's owner sends it to the instance
+/// holding a forwarded client's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resumption<'a> {
     /// Single-use: the next resume needs the one the next HELLO carries.
-    #[serde(rename = "resumeToken")]
+    #[serde(rename = "resumeToken", borrow)]
     pub token: &'a str,
     /// How long after a lost connection the session may be resumed.
     #[serde(rename = "resumeWindowMs")]
     pub window_ms: u64,
     /// Set on the HELLO of a resumed session.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub resumed: bool,
     /// On a resumed session: frames sent again because the peer had not received them.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replayed: Option<usize>,
     /// On a resumed session: frames were lost for good, so the application should renegotiate.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gap: bool,
 }
 

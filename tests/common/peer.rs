@@ -180,10 +180,15 @@ impl TestPeer {
 
     /// Expects a frame from the relay itself.
     pub async fn expect_relay(&mut self, kind: &str, message: Value) {
+        self.expect_from("0", kind, message).await;
+    }
+
+    /// Expects the next frame to be `kind` with `message` from the peer `from`.
+    pub async fn expect_from(&mut self, from: &str, kind: &str, message: Value) {
         let frame = self.recv().await;
         assert_eq!(
             frame,
-            json!({"from": "0", "type": kind, "message": message})
+            json!({"from": from, "type": kind, "message": message})
         );
     }
 
