@@ -338,3 +338,64 @@ async fn with_resume_a_link_lost_in_a_redis_stall_is_resumed_and_said_to_have_a_
     server.expect_relay("PEER_BACK", json!({ "id": id })).await;
     exchange(&mut server, &mut client, 0).await;
 }
+
+#[tokio::test]
+async fn a_server_resuming_on_another_instance_takes_its_room_over_and_its_clients_follow() {
+    let redis = RedisServer::start();
+    let resuming = ["--resume-window", "10s"];
+    let (a, b) = (
+        instance(&redis, "a", &resuming),
+        instance(&redis, "b", &resuming),
+    );
+    let (mut server, hello) = TestPeer::hello(&format!("{}/server", a.url)).await;
+    let code = server.id.clone();
+    let (mut local, local_hello) = TestPeer::hello(&format!("{}/client/{code}", a.url)).await;
+    let (mut forwarded, forwarded_hello) =
+        TestPeer::hello(&format!("{}/client/{code}", b.url)).await;
+    for id in [&local.id, &forwarded.id] {
+        server
+            .expect_relay("PEER_JOINED", json!({ "id": id }))
+            .await;
+        let record = format!("intercessor:resume:{code}");
+        eventually(PATIENCE, || async {
+            (redis.command(&["HEXISTS", &record, id]) == "1").then_some(())
+        })
+        .await;
+    }
+
+    drop(server);
+    local.expect_relay("PEER_AWAY", json!({ "id": code })).await;
+    let token = cluster::token_of(&hello);
+    let url = format!("{}/server?resume={token}&code={code}", b.url);
+    let (mut server, hello) = TestPeer::hello(&url).await;
+
+    assert_eq!(
+        (hello["id"].as_str(), hello["resumed"].as_bool()),
+        (Some(code.as_str()), Some(true))
+    );
+    let mut away =
+        [server.recv().await, server.recv().await].map(|frame| frame["message"]["id"].clone());
+    away.sort_by_key(|id| id.to_string());
+    let mut ids = [json!(local.id), json!(forwarded.id)];
+    ids.sort_by_key(|id| id.to_string());
+    assert_eq!(away, ids, "both members are away on b");
+    // Each member's connection is closed to resume where the room is now.
+    local.expect_close(1013).await;
+    forwarded.expect_close(1013).await;
+    let mut resumed = Vec::new();
+    for (peer, hello, at) in [
+        (&local, &local_hello, &a),
+        (&forwarded, &forwarded_hello, &b),
+    ] {
+        let token = cluster::token_of(hello);
+        let url = format!("{}/client/{code}?resume={token}&received=0", at.url);
+        let (mut back, hello) = TestPeer::hello(&url).await;
+        assert_eq!(hello["resumed"], true, "{hello}");
+        server
+            .expect_relay("PEER_BACK", json!({ "id": peer.id }))
+            .await;
+        exchange(&mut server, &mut back, 0).await;
+        // Kept open: a dropped one would be away again.
+        resumed.push(back);
+    }
+}

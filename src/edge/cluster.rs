@@ -19,8 +19,8 @@ use crate::relay::hub::{Hub, PeerId, RecordChange, Recorder, RoomRules};
 use crate::relay::ids::{ClientId, JoinCode};
 use crate::relay::resume::TokenHash;
 use anyhow::{Context as _, bail};
-use redis::Script;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, Script};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -93,16 +93,18 @@ if server then return {server} end
 return false
 ";
 
-/// Takes over the room of a dead or drained owner for its server, whose token's hash the
-/// caller has checked against the record. KEYS: the code key, the room's record, this run's
-/// rooms set, this instance's key. ARGV: owner value, boot id, prefix, code, the record's server
-/// hash as checked, the server's fresh token hash. Replies `taken` and the whole record (field,
-/// value…); `live` when a live owner holds the code, `gone` when the record changed or lapsed,
-/// `nolease` when this process does not hold its lease.
+/// Takes a room over for its server, whose token's hash the caller has checked against the
+/// record: from a dead or drained owner, or from the live one named (in pubsub routing, where a
+/// server resumes wherever it lands). KEYS: the code key, the room's record, this run's rooms
+/// set, this instance's key. ARGV: owner value, boot id, prefix, code, the record's server hash
+/// as checked, the server's fresh token hash, the live owner it may be taken from (or empty).
+/// Replies `taken` and the whole record (field, value…); `live` when another live owner holds
+/// the code, `gone` when the record changed or lapsed, `nolease` when this process does not
+/// hold its lease.
 const TAKE: &str = r"
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return {'nolease'} end
 local held = redis.call('GET', KEYS[1])
-if held then
+if held and held ~= ARGV[7] then
   local instance, boot = string.match(held, '^(%S+) (%S+)$')
   if instance and redis.call('GET', ARGV[3] .. ':instance:' .. instance) == boot then return {'live'} end
 end
@@ -566,14 +568,23 @@ impl Cluster {
         Ok(placement)
     }
 
-    /// Takes over the orphaned room with `code` for its server: `checked` is the server's token
-    /// hash as the record held it (the caller compared it with the token presented), `fresh`
-    /// the hash of the token its HELLO will carry.
+    /// The hash of the server's token that the record of the room with `code` holds.
+    pub async fn server_token(&self, code: &JoinCode) -> Result<Option<TokenHash>, Unavailable> {
+        let mut redis = self.redis.clone();
+        let key = self.keys.record(code);
+        let held = bounded(redis.hget::<_, _, Option<String>>(key, SERVER_FIELD)).await?;
+        Ok(held.as_deref().and_then(TokenHash::from_hex))
+    }
+
+    /// Takes over the room with `code` for its server, from a dead or drained owner or from the
+    /// live owner `from`: `checked` is the server's token hash as the record held it (the
+    /// caller compared it with the token presented), `fresh` the hash of the token its HELLO
+    /// will carry.
     pub async fn take_over(
         &self,
         code: &JoinCode,
-        checked: TokenHash,
-        fresh: TokenHash,
+        (checked, fresh): (TokenHash, TokenHash),
+        from: Option<&Owner>,
         max_members: usize,
         metrics: &Metrics,
     ) -> Result<Takeover, Unavailable> {
@@ -588,7 +599,8 @@ impl Cluster {
             .arg(self.keys.prefix())
             .arg(code.as_str())
             .arg(checked.to_hex())
-            .arg(fresh.to_hex());
+            .arg(fresh.to_hex())
+            .arg(from.map_or_else(String::new, Owner::value));
         let call = self.invoke::<Vec<String>>(&invocation);
         let reply = call.await.inspect_err(|_| metrics.directory("error"))?;
         match reply.split_first() {

@@ -99,9 +99,9 @@ async fn start_session(
             Placed::Here => {}
             Placed::Refused(refusal) => admission = Admission::Refused(refusal),
             Placed::Replay(value) => return response::replay(&value),
-            // A server's session lives where its room does; pubsub does not forward servers.
-            Placed::Forward(_) if is_server_resume(admission) => {
-                admission = Admission::Refused(RESUME_FAILED);
+            // A server's session lives where its room does: it takes the room over here.
+            Placed::Forward(owner) if is_server_resume(admission) => {
+                takeover = Some((code, Holder::Live(owner)));
             }
             Placed::Forward(owner) => elsewhere = Some((code, owner, resume_of(admission))),
             Placed::Orphaned(checked) => match admission {
@@ -109,7 +109,9 @@ async fn start_session(
                     resuming: Resuming::Server(_),
                     token,
                     ..
-                } if token.hash().matches(&checked) => takeover = Some((code, checked)),
+                } if token.hash().matches(&checked) => {
+                    takeover = Some((code, Holder::Gone(checked)));
+                }
                 Admission::Resume {
                     resuming: Resuming::Server(_),
                     ..
@@ -136,7 +138,9 @@ async fn start_session(
             (Some((code, owner, resume)), _) => {
                 Box::pin(join_elsewhere(&shared, code, owner, info, resume)).await
             }
-            (None, Some((code, checked))) => Box::pin(take_over(&shared, code, checked)).await,
+            (None, Some((code, holder))) => {
+                Box::pin(take_over(&shared, code, holder, admission)).await
+            }
             (None, None) => Arrival::Here {
                 admission: Box::pin(claim(&shared, admission)).await,
                 info,
@@ -265,26 +269,57 @@ async fn join_elsewhere(
     }
 }
 
-/// Takes over, for its server, a room whose instance died or drained: its code becomes this
-/// instance's, and its members are away here until they resume.
-async fn take_over(shared: &Shared, code: JoinCode, checked: TokenHash) -> Arrival {
+/// Who holds a room a resuming server takes over here.
+enum Holder {
+    /// No live instance: its owner died or drained. The record's server token hash, checked.
+    Gone(TokenHash),
+    /// This live instance, in pubsub routing: the server landed here rather than there.
+    Live(Owner),
+}
+
+/// Takes over, for its resuming server, a room whose instance died or drained, or (in pubsub
+/// routing) one held by the live instance the server did not reconnect to: its code becomes
+/// this instance's, and its members are away here until they resume.
+async fn take_over(
+    shared: &Shared,
+    code: JoinCode,
+    holder: Holder,
+    admission: Admission,
+) -> Arrival {
     let refused = |refusal| Arrival::Here {
         admission: Admission::Refused(refusal),
         info: None,
     };
-    let Some(cluster) = &shared.cluster else {
+    let (Some(cluster), Admission::Resume { token, .. }) = (&shared.cluster, admission) else {
         return refused(RESUME_FAILED);
     };
-    let token = Token::generate();
+    let (checked, from) = match holder {
+        Holder::Gone(checked) => (checked, None),
+        Holder::Live(owner) => match cluster.server_token(&code).await {
+            Ok(Some(held)) if token.hash().matches(&held) => (held, Some(owner)),
+            Ok(_) => return refused(RESUME_FAILED),
+            Err(error) => {
+                debug!(%error, "takeover refused: the cluster directory is unreachable");
+                return refused(DIRECTORY_DOWN);
+            }
+        },
+    };
+    let fresh = Token::generate();
     let max_members = shared.config.max_clients_per_server;
-    let taken = cluster.take_over(&code, checked, token.hash(), max_members, &shared.metrics);
+    let hashes = (checked, fresh.hash());
+    let taken = cluster.take_over(&code, hashes, from.as_ref(), max_members, &shared.metrics);
     match taken.await {
-        Ok(Takeover::Taken(rules, members)) => Arrival::Reclaimed(Box::new(Reclaim {
-            code,
-            token,
-            rules,
-            members,
-        })),
+        Ok(Takeover::Taken(rules, members)) => {
+            if let (Some(owner), Some(pubsub)) = (from, cluster.pubsub()) {
+                pubsub.taken(owner, code);
+            }
+            Arrival::Reclaimed(Box::new(Reclaim {
+                code,
+                token: fresh,
+                rules,
+                members,
+            }))
+        }
         Ok(Takeover::Live) => refused(ROOM_UNREACHABLE),
         Ok(Takeover::Gone) => refused(RESUME_FAILED),
         Err(error) => {

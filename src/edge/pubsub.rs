@@ -178,6 +178,11 @@ impl PubSub {
             .unwrap_or(Err(ROOM_UNREACHABLE))
     }
 
+    /// Tells `owner` that its room `code` was taken over here, so that it lets the room go.
+    pub fn taken(&self, owner: Owner, code: JoinCode) {
+        self.links.taken(&Arc::new(owner), code);
+    }
+
     /// The links, for the drain and the counts.
     pub fn links(&self) -> &Links {
         &self.links

@@ -65,10 +65,10 @@ impl State {
         }
     }
 
-    /// Records a member's token in its room's record; knockers and forwarded members have none
-    /// there (a knocker that drops is gone).
+    /// Records a member's token in its room's record; knockers have none there (a knocker that
+    /// drops is gone).
     fn record_member(&self, code: JoinCode, id: ClientId, entry: &ClientEntry) {
-        if let (Some(token), false, true) = (entry.seat.token, entry.waiting, entry.recorded) {
+        if let (Some(token), false) = (entry.seat.token, entry.waiting) {
             self.record(RecordChange::Token {
                 code,
                 peer: PeerId::Client(id),
@@ -155,9 +155,6 @@ struct ClientEntry {
     server: JoinCode,
     /// Knocked and not let in yet: its frames go nowhere.
     waiting: bool,
-    /// Its socket is on this instance, so its token belongs in its room's record; a forwarded
-    /// member's does not (it cannot follow the room to another owner).
-    recorded: bool,
 }
 
 /// Where a cluster keeps each room's resume record (its server's and members' token hashes, and
@@ -557,7 +554,6 @@ impl Hub {
                     },
                     server: code,
                     waiting: false,
-                    recorded: true,
                 };
                 state.clients.insert(client, entry);
                 state.away += 1;
@@ -642,6 +638,28 @@ impl Hub {
         self.lock().servers.keys().copied().collect()
     }
 
+    /// Lets the room with `code` go, its server having taken it over on another instance: no one
+    /// hears PEER_GONE, and every member is closed with `closing` (no ERROR before it, so the
+    /// frames a resuming member counts are the room's own) to resume there. A server session
+    /// still holding it is superseded.
+    pub fn give_up(&self, code: JoinCode, closing: Closing) {
+        let mut state = self.lock();
+        let Some(server) = state.servers.remove(&code) else {
+            return;
+        };
+        Self::vacate(&mut state, &server.seat);
+        if server.seat.away.is_none() {
+            let _ = server.seat.outbox.push(protocol::notice(SUPERSEDED_NOTICE));
+            server.seat.outbox.close(SUPERSEDED);
+        }
+        for id in server.clients.into_iter().chain(server.waiting) {
+            if let Some(client) = state.clients.remove(&id) {
+                Self::vacate(&mut state, &client.seat);
+                client.seat.outbox.close(closing);
+            }
+        }
+    }
+
     /// Tells the server with `code` why with the refusal's ERROR, then closes it and its room.
     pub fn close_server(&self, code: JoinCode, refusal: Refusal) {
         let mut state = self.lock();
@@ -661,29 +679,6 @@ impl Hub {
         code: JoinCode,
         outbox: Outbox,
         info: Option<&str>,
-        hello: impl FnOnce(&Greeting<'_>) -> String,
-    ) -> Result<(Membership, bool), JoinError> {
-        self.join_with(code, outbox, info, true, hello)
-    }
-
-    /// As [`Hub::join`], for a member whose socket is on another instance: its token is kept
-    /// out of the room's record.
-    pub fn join_forwarded(
-        &self,
-        code: JoinCode,
-        outbox: Outbox,
-        info: Option<&str>,
-        hello: impl FnOnce(&Greeting<'_>) -> String,
-    ) -> Result<(Membership, bool), JoinError> {
-        self.join_with(code, outbox, info, false, hello)
-    }
-
-    fn join_with(
-        &self,
-        code: JoinCode,
-        outbox: Outbox,
-        info: Option<&str>,
-        recorded: bool,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<(Membership, bool), JoinError> {
         let mut state = self.lock();
@@ -725,7 +720,6 @@ impl Hub {
             seat,
             server: code,
             waiting,
-            recorded,
         };
         state.record_member(code, id, &entry);
         state.clients.insert(id, entry);
@@ -750,7 +744,7 @@ impl Hub {
         if let Some(client) = state.clients.get_mut(&id) {
             client.waiting = false;
             let admitted = client.seat.outbox.push(protocol::admitted());
-            if let (Some(token), true) = (client.seat.token, client.recorded) {
+            if let Some(token) = client.seat.token {
                 let (peer, token) = (PeerId::Client(id), Some(token));
                 state.record(RecordChange::Token { code, peer, token });
             }
@@ -941,7 +935,7 @@ impl Hub {
             PeerId::Client(client) => state
                 .clients
                 .get(&client)
-                .filter(|c| !c.waiting && c.recorded)
+                .filter(|c| !c.waiting)
                 .map(|c| c.server),
         };
         if let Some(code) = room {
@@ -1051,7 +1045,7 @@ impl Hub {
     /// Removes a client's seat bookkeeping, and its token from its room's record.
     fn forget_client(state: &mut State, id: ClientId, client: &ClientEntry) {
         Self::vacate(state, &client.seat);
-        if client.seat.token.is_some() && !client.waiting && client.recorded {
+        if client.seat.token.is_some() && !client.waiting {
             let (code, peer) = (client.server, PeerId::Client(id));
             state.record(RecordChange::Token {
                 code,
@@ -1708,7 +1702,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_record_follows_each_members_token_and_the_rules_but_not_forwarded_members() {
+    async fn the_record_follows_each_members_token_and_the_rules() {
         let changes = Arc::new(Changes::default());
         let hub = resumable_hub(8).recorded_by(changes.clone());
         let (server, _server_inbox, _) = seated(&hub, None);
@@ -1734,9 +1728,6 @@ mod tests {
         assert_ne!(fresh[0].2, token.hash().to_hex(), "the fresh token's hash");
 
         back.leave();
-        let _forwarded = hub
-            .join_forwarded(code, outbox::bounded(ROOMY).0, None, hello)
-            .expect("joins");
         hub.set_rules(code, Some(true), None);
         assert_eq!(
             changes.take(),
@@ -1813,6 +1804,28 @@ mod tests {
                 protocol::peer_gone(bob.as_str())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_room_given_up_closes_its_members_quietly_and_forgets_every_token() {
+        let hub = resumable_hub(8);
+        let (server, server_inbox, _) = seated(&hub, None);
+        let PeerId::Server(code) = server.id() else {
+            panic!("a server")
+        };
+        let (_client, client_inbox, token) = seated(&hub, Some(code));
+        drain(&client_inbox).await;
+        drain(&server_inbox).await;
+
+        hub.give_up(code, SHUTTING_DOWN);
+
+        assert_eq!(drain(&client_inbox).await, (vec![], Some(SHUTTING_DOWN)));
+        let (frames, closing) = drain(&server_inbox).await;
+        assert_eq!(frames, [protocol::notice(SUPERSEDED_NOTICE)]);
+        assert_eq!(closing, Some(SUPERSEDED));
+        assert_eq!(hub.counts(), (0, 0));
+        let resumed = hub.resume(token, Resuming::ClientOf(code), None, ROOMY, resumed_hello);
+        assert!(resumed.is_err(), "its tokens go with it");
     }
 
     #[tokio::test]

@@ -226,6 +226,16 @@ impl Links {
         })
     }
 
+    /// Tells `owner` that the room with `code` was taken over here by its server.
+    pub fn taken(&self, owner: &Arc<Owner>, code: JoinCode) {
+        let _ = self.send(
+            owner,
+            &Wire::Taken {
+                code: code.as_str().into(),
+            },
+        );
+    }
+
     /// Forgets a guest whose session ended and tells its owner.
     fn forget_guest(&self, ticket: Ticket) {
         let mut table = self.lock();
@@ -291,6 +301,11 @@ impl Links {
                 }
                 delivered(0)
             }
+            Wire::Taken { code } => {
+                let code = JoinCode::parse(&code).ok_or_else(|| Unreadable(code.into_owned()))?;
+                self.0.hub.give_up(code, LINK_LOST.closing);
+                delivered(0)
+            }
             Wire::Reset { owner } => {
                 let owner = Owner::parse(&owner).ok_or_else(|| Unreadable(owner.into_owned()))?;
                 if owner.value() != self.0.me {
@@ -336,7 +351,7 @@ impl Links {
             }
             None => {
                 let (outbox, inbox) = hub.queue(self.0.queue_bytes);
-                match hub.join_forwarded(code, outbox.clone(), info, id_frame) {
+                match hub.join(code, outbox.clone(), info, id_frame) {
                     Ok((membership, _)) => (membership, outbox, inbox),
                     Err(error) => return refuse(error.into()),
                 }
@@ -522,6 +537,10 @@ impl Links {
                     if !guest.resumable {
                         let _ = guest.outbox.push(protocol::notice(LINK_LOST.notice));
                     }
+                    guest.outbox.close(LINK_LOST.closing);
+                }
+                // The room may come back: its server may take it over on another instance.
+                (None, Severance::OwnerGone) if guest.resumable => {
                     guest.outbox.close(LINK_LOST.closing);
                 }
                 (None, Severance::OwnerGone) => {

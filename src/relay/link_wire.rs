@@ -69,6 +69,12 @@ pub enum Wire<'a> {
         #[serde(borrow)]
         frames: Vec<&'a RawValue>,
     },
+    /// New owner → old owner: the room's server took the room with `code` over on the sender
+    /// (it resumed there); let it go, and close its members so that they resume there too.
+    Taken {
+        #[serde(borrow)]
+        code: Cow<'a, str>,
+    },
     /// To every instance: the sender (an [`Owner::value`](crate::relay::directory::Owner::value)) lost messages and dropped every link
     /// it had; drop yours with it.
     Reset {
@@ -264,6 +270,9 @@ mod tests {
                 received: Some(12),
             },
             Wire::Away { ticket: 4 },
+            Wire::Taken {
+                code: "7KQ2MX".into(),
+            },
             Wire::Refused {
                 ticket: 1,
                 why: Why::ServerFull,
