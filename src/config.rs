@@ -1,5 +1,5 @@
 //! The validated configuration the relay runs on: [`Config`], made from [`Options`] by
-//! [`Options::into_config`], and every bound on it in one place, [`Config::validate`].
+//! [`IntoConfig::into_config`], and every bound on it in one place, [`Config::validate`].
 
 use crate::options::{ClusterRouting, Options, Span};
 use crate::relay::directory::{MIN_LEASE_TTL, instance_id_problem};
@@ -152,10 +152,16 @@ impl Default for Config {
     }
 }
 
-impl Options {
+/// Turns the options people gave into a validated configuration. A trait only because the
+/// options are their own crate (built for size); [`Options`] is its one implementation.
+pub trait IntoConfig {
     /// Turns the options into a configuration and validates it. `port` is the `PORT` variable
     /// edge hosts set.
-    pub fn into_config(self, port: Option<&str>) -> anyhow::Result<Config> {
+    fn into_config(self, port: Option<&str>) -> anyhow::Result<Config>;
+}
+
+impl IntoConfig for Options {
+    fn into_config(self, port: Option<&str>) -> anyhow::Result<Config> {
         let config = Config {
             listen: listen(self.listen, port)?,
             allowed_origins: self.allowed_origins,

@@ -40,8 +40,10 @@
 
 pub mod config;
 pub mod edge;
-pub mod options;
 pub mod relay;
+
+/// The options as people give them (their own crate, built for size).
+pub use intercessor_options as options;
 
 pub use config::Config;
 pub use edge::server::Relay;

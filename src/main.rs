@@ -2,6 +2,7 @@
 
 use anyhow::Context as _;
 use intercessor::Relay;
+use intercessor::config::IntoConfig as _;
 use intercessor::edge::devcert;
 use intercessor::edge::net;
 use intercessor::edge::tls::TlsFiles;

@@ -5,6 +5,7 @@ mod common;
 
 use common::{PATIENCE, RelayProcess, TestPeer, relay_command, start_error};
 use intercessor::Config;
+use intercessor::config::IntoConfig as _;
 use intercessor::options::{self, Parsed};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};

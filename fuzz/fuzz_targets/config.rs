@@ -6,6 +6,7 @@
 #[path = "../../tests/common/oracles.rs"]
 mod oracles;
 
+use intercessor::config::IntoConfig as _;
 use intercessor::options::{self, Parsed};
 use libfuzzer_sys::fuzz_target;
 use std::ffi::OsString;

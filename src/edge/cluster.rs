@@ -496,7 +496,7 @@ impl Cluster {
         token: Option<TokenHash>,
         rules: RoomRules,
     ) -> Result<Option<JoinCode>, Unavailable> {
-        let token = token.map_or_else(String::new, |token| token.to_hex());
+        let token = token.map_or_else(String::new, |token| token.to_text());
         for _ in 0..crate::relay::hub::MAX_DRAWS {
             let Ok(code) = hub.fresh_code() else {
                 return Ok(None);
@@ -549,7 +549,7 @@ impl Cluster {
             redis::Value::Array(server) => match server.as_slice() {
                 [redis::Value::BulkString(hash)] => std::str::from_utf8(hash)
                     .ok()
-                    .and_then(TokenHash::from_hex)
+                    .and_then(TokenHash::from_text)
                     .map_or(Placement::Nowhere, Placement::Orphaned),
                 _ => Placement::Nowhere,
             },
@@ -573,7 +573,7 @@ impl Cluster {
         let mut redis = self.redis.clone();
         let key = self.keys.record(code);
         let held = bounded(redis.hget::<_, _, Option<String>>(key, SERVER_FIELD)).await?;
-        Ok(held.as_deref().and_then(TokenHash::from_hex))
+        Ok(held.as_deref().and_then(TokenHash::from_text))
     }
 
     /// Takes over the room with `code` for its server, from a dead or drained owner or from the
@@ -598,8 +598,8 @@ impl Cluster {
             .arg(&self.owner.boot)
             .arg(self.keys.prefix())
             .arg(code.as_str())
-            .arg(checked.to_hex())
-            .arg(fresh.to_hex())
+            .arg(checked.to_text())
+            .arg(fresh.to_text())
             .arg(from.map_or_else(String::new, Owner::value));
         let call = self.invoke::<Vec<String>>(&invocation);
         let reply = call.await.inspect_err(|_| metrics.directory("error"))?;
@@ -699,7 +699,7 @@ impl Cluster {
                         PeerId::Server(_) => SERVER_FIELD,
                         PeerId::Client(ref id) => id.as_str(),
                     };
-                    let value = token.map_or_else(String::new, |token| token.to_hex());
+                    let value = token.map_or_else(String::new, |token| token.to_text());
                     (code, field.to_owned(), value)
                 }
                 RecordChange::Rules { code, rules } => {

@@ -175,7 +175,7 @@ pub fn read_record(
             };
         } else if let (Some(id), Some(hash), true) = (
             ClientId::parse(field),
-            TokenHash::from_hex(value),
+            TokenHash::from_text(value),
             members.len() < max_members,
         ) {
             members.push((id, hash));
@@ -355,7 +355,7 @@ mod tests {
         let (ada, bob) = (ClientId::generate(), ClientId::generate());
         let hash = crate::relay::resume::Token::generate().hash();
         let record: Vec<String> = [
-            (SERVER_FIELD, hash.to_hex()),
+            (SERVER_FIELD, hash.to_text()),
             (
                 RULES_FIELD,
                 rules_value(RoomRules {
@@ -364,9 +364,9 @@ mod tests {
                 })
                 .into(),
             ),
-            (ada.as_str(), hash.to_hex()),
-            ("not-a-client-id", hash.to_hex()),
-            (bob.as_str(), "not hex".into()),
+            (ada.as_str(), hash.to_text()),
+            ("not-a-client-id", hash.to_text()),
+            (bob.as_str(), "not base64".into()),
         ]
         .into_iter()
         .flat_map(|(field, value)| [field.to_owned(), value])

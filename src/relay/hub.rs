@@ -1683,7 +1683,7 @@ mod tests {
                 RecordChange::Token { code, peer, token } => (
                     code.as_str().to_owned(),
                     peer.as_str().to_owned(),
-                    token.map_or_else(String::new, |token| token.to_hex()),
+                    token.map_or_else(String::new, |token| token.to_text()),
                 ),
                 RecordChange::Rules { code, rules } => (
                     code.as_str().to_owned(),
@@ -1715,7 +1715,7 @@ mod tests {
         let id = client.id().as_str().to_owned();
         assert_eq!(
             changes.take(),
-            [(room.clone(), id.clone(), token.hash().to_hex())]
+            [(room.clone(), id.clone(), token.hash().to_text())]
         );
 
         client.step_away().expect("away");
@@ -1725,7 +1725,7 @@ mod tests {
         let fresh = changes.take();
         assert_eq!(fresh.len(), 1);
         assert_eq!((&fresh[0].0, &fresh[0].1), (&room, &id));
-        assert_ne!(fresh[0].2, token.hash().to_hex(), "the fresh token's hash");
+        assert_ne!(fresh[0].2, token.hash().to_text(), "the fresh token's hash");
 
         back.leave();
         hub.set_rules(code, Some(true), None);

@@ -65,14 +65,17 @@ impl TokenHash {
         self.0.ct_eq(&other.0).into()
     }
 
-    /// Lower-case hex, as a room's resume record in the cluster directory holds it.
-    pub fn to_hex(&self) -> String {
-        data_encoding::HEXLOWER.encode(&self.0)
+    /// URL-safe base64 without padding, as tokens are written: how a room's resume record in the
+    /// cluster directory holds it.
+    pub fn to_text(&self) -> String {
+        data_encoding::BASE64URL_NOPAD.encode(&self.0)
     }
 
-    /// Reads [`TokenHash::to_hex`] back; anything else is `None`.
-    pub fn from_hex(text: &str) -> Option<TokenHash> {
-        let bytes = data_encoding::HEXLOWER.decode(text.as_bytes()).ok()?;
+    /// Reads [`TokenHash::to_text`] back; anything else is `None`.
+    pub fn from_text(text: &str) -> Option<TokenHash> {
+        let bytes = data_encoding::BASE64URL_NOPAD
+            .decode(text.as_bytes())
+            .ok()?;
         Some(TokenHash(bytes.try_into().ok()?))
     }
 }
@@ -196,11 +199,11 @@ mod tests {
     #[test]
     fn a_token_hash_survives_its_round_trip_through_the_directory() {
         let hash = Token::generate().hash();
-        let text = hash.to_hex();
-        assert_eq!(text.len(), 64);
-        assert!(TokenHash::from_hex(&text).is_some_and(|back| back.matches(&hash)));
-        assert!(TokenHash::from_hex(&text[..62]).is_none());
-        assert!(TokenHash::from_hex(&text.to_uppercase()).is_none());
+        let text = hash.to_text();
+        assert_eq!(text.len(), 43);
+        assert!(TokenHash::from_text(&text).is_some_and(|back| back.matches(&hash)));
+        assert!(TokenHash::from_text(&text[..42]).is_none());
+        assert!(TokenHash::from_text(&format!("{text}=")).is_none());
     }
 
     #[rstest]

@@ -3,7 +3,7 @@
 
 use crate::cases;
 use crate::common::oracles;
-use intercessor::config::Config;
+use intercessor::config::{Config, IntoConfig as _};
 use intercessor::options::{self, Options, ParseError, Parsed, Span};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;

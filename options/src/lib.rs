@@ -5,8 +5,11 @@
 //! layering: the environment variable is derived from the long name (`--idle-timeout` →
 //! `INTERCESSOR_IDLE_TIMEOUT`), and a file's values become the options' defaults (its key is the
 //! long name with `_`), so the command line beats the environment, which beats the file, which
-//! beats the built-in default. [`Options::into_config`](crate::config) turns the result into a
-//! validated [`Config`](crate::config::Config).
+//! beats the built-in default. The relay's `Options::into_config` turns the result into a
+//! validated `Config`.
+//!
+//! A crate of its own so that it can be built for size (`opt-level = "z"`): it runs once, at
+//! start, and clap's derived code is large.
 
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
