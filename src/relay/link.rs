@@ -10,6 +10,12 @@
 //!
 //! Pub/sub delivers at most once. Whenever a message may have been lost, every link it could
 //! concern is closed ([`LINK_LOST`]) rather than left running with a gap.
+//!
+//! With resume, the owner mints a guest's token like any member's. A guest whose connection is
+//! lost is *away* on the owner (`away`), and resumes through any instance (a `join` carrying its
+//! token) or on the owner itself. The owner numbers every frame a guest receives, the guest's
+//! instance's own answers included (`answer`), so a resume's `received` means the same on every
+//! instance. A lost link leaves members away with a gap rather than gone.
 
 use crate::relay::directory::Owner;
 use crate::relay::hub::{Hub, Membership, PeerId, Resuming, RouteError};
