@@ -438,3 +438,30 @@ async fn an_orphaned_room_tells_newcomers_to_wait_and_only_its_servers_token_tak
     assert_eq!(hello["id"], code.as_str(), "{hello}");
     assert_eq!(hello["resumed"], true, "{hello}");
 }
+
+#[tokio::test]
+async fn a_server_superseded_by_its_own_resume_keeps_its_code_and_record() {
+    let redis = RedisServer::start();
+    let a = instance(&redis.url(), "a", &["--resume-window", "20s"]);
+    let (mut old, hello) = TestPeer::hello(&format!("{}/server", a.url)).await;
+    let (code, token) = (old.id.clone(), token_of(&hello));
+
+    let url = format!("{}/server?resume={token}&code={code}", a.url);
+    let (_server, _) = TestPeer::hello(&url).await;
+    old.expect_error("SUPERSEDED").await;
+    old.expect_close(4412).await;
+
+    // A release would run in the background within milliseconds: watch for a second.
+    let (key, record) = (
+        format!("intercessor:code:{code}"),
+        format!("intercessor:resume:{code}"),
+    );
+    for _ in 0..10 {
+        assert_eq!(
+            redis.command(&["EXISTS", &key, &record]),
+            "2",
+            "the room lives on"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

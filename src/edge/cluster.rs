@@ -672,7 +672,9 @@ impl Cluster {
                     if count == 0 {
                         return;
                     }
-                    for code in batch.drain(..) {
+                    // A server superseded by its own resume here ends its old session as a
+                    // leave: its room lives on, and so do its code and record.
+                    for code in batch.drain(..).filter(|code| !hub.holds(code)) {
                         self.release_now(&code).await;
                     }
                 }

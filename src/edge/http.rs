@@ -295,9 +295,11 @@ async fn take_over(
     };
     let (checked, from) = match holder {
         Holder::Gone(checked) => (checked, None),
+        // The record may not hold the server's latest token yet (written in the background):
+        // a mismatch here is "try again", and the owner itself is the final judge of a token.
         Holder::Live(owner) => match cluster.server_token(&code).await {
             Ok(Some(held)) if token.hash().matches(&held) => (held, Some(owner)),
-            Ok(_) => return refused(RESUME_FAILED),
+            Ok(_) => return refused(ROOM_UNREACHABLE),
             Err(error) => {
                 debug!(%error, "takeover refused: the cluster directory is unreachable");
                 return refused(DIRECTORY_DOWN);
@@ -310,15 +312,13 @@ async fn take_over(
     let taken = cluster.take_over(&code, hashes, from.as_ref(), max_members, &shared.metrics);
     match taken.await {
         Ok(Takeover::Taken(rules, members)) => {
-            if let (Some(owner), Some(pubsub)) = (from, cluster.pubsub()) {
-                pubsub.taken(owner, code);
-            }
-            Arrival::Reclaimed(Box::new(Reclaim {
+            let reclaim = Reclaim {
                 code,
                 token: fresh,
                 rules,
                 members,
-            }))
+            };
+            Arrival::Reclaimed(Box::new(reclaim), from)
         }
         Ok(Takeover::Live) => refused(ROOM_UNREACHABLE),
         Ok(Takeover::Gone) => refused(RESUME_FAILED),

@@ -190,8 +190,9 @@ impl PubSub {
 
     /// Ends every link after a loss, and owes the others a reset.
     pub fn fault(&self, reason: &'static str, detail: &str) {
-        let severed = self.away_from(self.links.sever_all());
+        // Owed before the links are cut, so no join can slip in between the two.
         self.owes_reset.store(true, Ordering::Relaxed);
+        let severed = self.away_from(self.links.sever_all());
         self.settle();
         self.metrics.forwarding_error(reason);
         if severed > 0 {

@@ -8,6 +8,7 @@ use crate::config::Config;
 use crate::edge::state::Shared;
 use crate::relay::admission::Admission;
 use crate::relay::command::{self, Command};
+use crate::relay::directory::Owner;
 use crate::relay::hub::{CommandError, JoinError, NoFreeId, PeerId, Reclaim, RouteError, Seated};
 use crate::relay::ids::ClientId;
 use crate::relay::limits::{RateLimiter, Slot, Verdict};
@@ -78,8 +79,9 @@ pub enum Arrival {
         outbox: Outbox,
         inbox: Inbox,
     },
-    /// A server taking over its room from an instance that died or drained.
-    Reclaimed(Box<Reclaim>),
+    /// A server taking over its room from an instance that died or drained, or (pubsub) from
+    /// the live instance named, which is told once the room is seated here.
+    Reclaimed(Box<Reclaim>, Option<Owner>),
 }
 
 /// The HELLO a relay running `config` greets a peer with, as the hub describes it.
@@ -117,7 +119,7 @@ where
         } => Ok((Seat::Guest(guest), outbox, inbox)),
         Arrival::Here { admission, info } => register(&shared, admission, info.as_deref())
             .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
-        Arrival::Reclaimed(reclaim) => reclaim_room(&shared, *reclaim)
+        Arrival::Reclaimed(reclaim, from) => reclaim_room(&shared, *reclaim, from)
             .map(|(membership, outbox, inbox)| (Seat::Member(membership), outbox, inbox)),
     };
     match registered {
@@ -202,16 +204,31 @@ fn register(
     Ok((membership, outbox, inbox))
 }
 
-/// Seats a server in the room it took over, and times the window of each member away in it.
-fn reclaim_room(shared: &Arc<Shared>, reclaim: Reclaim) -> Result<Seated, Refusal> {
+/// Seats a server in the room it took over, times the window of each member away in it, and
+/// tells the live instance it was taken from, if any, to let the room go: only now, so that the
+/// members that instance closes find the room here when they resume.
+fn reclaim_room(
+    shared: &Arc<Shared>,
+    reclaim: Reclaim,
+    from: Option<Owner>,
+) -> Result<Seated, Refusal> {
     let hello = |greeting: &Greeting<'_>| hello(&shared.config, greeting);
     let (outbox, inbox) = shared.hub.queue(shared.config.send_queue_bytes);
-    let (membership, away) = shared
-        .hub
-        .reclaim_server(reclaim, outbox.clone(), hello)
-        .map_err(|NoFreeId| NO_FREE_ID)?;
-    for id in away {
-        expire_later(shared, PeerId::Client(id), 0);
+    let code = reclaim.code;
+    let (membership, away) = match shared.hub.reclaim_server(reclaim, outbox.clone(), hello) {
+        Ok(seated) => seated,
+        Err(NoFreeId) => {
+            // The code was claimed for nothing: give it up, unless a room here holds it.
+            release(shared, PeerId::Server(code));
+            return Err(NO_FREE_ID);
+        }
+    };
+    let pubsub = shared.cluster.as_ref().and_then(|cluster| cluster.pubsub());
+    if let (Some(owner), Some(pubsub)) = (from, pubsub) {
+        pubsub.taken(owner, code);
+    }
+    for (id, generation) in away {
+        expire_later(shared, PeerId::Client(id), generation);
     }
     Ok((membership, outbox, inbox))
 }

@@ -44,6 +44,10 @@ struct State {
     shutting_down: bool,
     /// Where changes to rooms' resume records go, in a cluster.
     recorder: Option<Arc<dyn Recorder>>,
+    /// The last seat generation handed out: generations are unique across the hub, so a stale
+    /// session of an id that left and came back (a room taken over, given up, taken back) can
+    /// never match a newer seat of the same id.
+    generations: u32,
 }
 
 impl State {
@@ -57,6 +61,11 @@ impl State {
         if self.shutting_down {
             outbox.close(SHUTTING_DOWN);
         }
+    }
+
+    fn next_generation(&mut self) -> u32 {
+        self.generations = self.generations.wrapping_add(1);
+        self.generations
     }
 
     fn record(&self, change: RecordChange) {
@@ -337,7 +346,7 @@ impl Membership {
         let mut state = self.hub.lock();
         let current = state
             .seat(self.id)
-            .is_some_and(|seat| seat.generation == self.generation);
+            .is_some_and(|seat| seat.generation == self.generation && seat.away.is_none());
         if !current {
             return None;
         }
@@ -359,10 +368,10 @@ impl Membership {
         for frame in rest.unwritten {
             lost = lost || outbox.push(frame).is_err();
         }
+        let generation = state.next_generation();
         let seat = state.seat(self.id)?;
         seat.outbox = outbox;
-        seat.generation += 1;
-        let generation = seat.generation;
+        seat.generation = generation;
         seat.away = Some(Box::new(Away {
             replay: rest.replay,
             lost,
@@ -445,7 +454,7 @@ impl Hub {
         }
         Seat {
             outbox,
-            generation: 0,
+            generation: state.next_generation(),
             token: hash,
             away: None,
         }
@@ -508,14 +517,14 @@ impl Hub {
     /// Takes over a room whose instance died or drained, its code claimed here in the directory
     /// beforehand. The server's HELLO says `resumed` and `gap` (what was queued there is lost),
     /// then PEER_AWAY for each member, which stays away here until it resumes or its window
-    /// ends. Members beyond this relay's bounds get PEER_GONE instead. Returns the away members,
-    /// whose windows the caller times ([`Hub::expire`], generation 0).
+    /// ends. Members beyond this relay's bounds get PEER_GONE instead. Returns the away members
+    /// and their seats' generations, whose windows the caller times ([`Hub::expire`]).
     pub fn reclaim_server(
         &self,
         reclaim: Reclaim,
         outbox: Outbox,
         hello: impl FnOnce(&Greeting<'_>) -> String,
-    ) -> Result<(Membership, Vec<ClientId>), NoFreeId> {
+    ) -> Result<(Membership, Vec<(ClientId, u32)>), NoFreeId> {
         let policy = self.resume.ok_or(NoFreeId)?;
         let mut state = self.lock();
         let code = reclaim.code;
@@ -540,6 +549,7 @@ impl Hub {
                 && !state.tokens.contains_key(&hash);
             let notice = if fits {
                 state.tokens.insert(hash, PeerId::Client(client));
+                let generation = state.next_generation();
                 let (queue, _) = outbox::bounded(policy.queue_bytes);
                 let away = Away {
                     replay: Replay::new(0),
@@ -548,7 +558,7 @@ impl Hub {
                 let entry = ClientEntry {
                     seat: Seat {
                         outbox: queue,
-                        generation: 0,
+                        generation,
                         token: Some(hash),
                         away: Some(Box::new(away)),
                     },
@@ -557,7 +567,7 @@ impl Hub {
                 };
                 state.clients.insert(client, entry);
                 state.away += 1;
-                clients.push(client);
+                clients.push((client, generation));
                 protocol::peer_away(client.as_str())
             } else {
                 state.record(RecordChange::Token {
@@ -569,9 +579,10 @@ impl Hub {
             };
             told = told && seat.outbox.push(notice).is_ok();
         }
+        let generation = seat.generation;
         let entry = ServerEntry {
             seat,
-            clients: clients.clone(),
+            clients: clients.iter().map(|(client, _)| *client).collect(),
             waiting: Vec::new(),
             rules: reclaim.rules,
         };
@@ -579,7 +590,7 @@ impl Hub {
         if !told {
             Self::evict_locked(&mut state, id, Some(TOO_SLOW));
         }
-        Ok((self.membership(id, 0), clients))
+        Ok((self.membership(id, generation), clients))
     }
 
     fn free_code(&self, state: &State) -> Result<JoinCode, NoFreeId> {
@@ -614,8 +625,9 @@ impl Hub {
             waiting: Vec::new(),
             rules,
         };
+        let generation = entry.seat.generation;
         state.servers.insert(code, entry);
-        self.membership(id, 0)
+        self.membership(id, generation)
     }
 
     fn membership(&self, id: PeerId, generation: u32) -> Membership {
@@ -722,8 +734,9 @@ impl Hub {
             waiting,
         };
         state.record_member(code, id, &entry);
+        let generation = entry.seat.generation;
         state.clients.insert(id, entry);
-        Ok((self.membership(PeerId::Client(id), 0), waiting))
+        Ok((self.membership(PeerId::Client(id), generation), waiting))
     }
 
     /// The server `code` lets the knocker `id` in: it hears ADMITTED, the server PEER_JOINED.
@@ -894,6 +907,7 @@ impl Hub {
             PeerId::Client(client) => state.clients.get(&client).is_some_and(|c| c.waiting),
             PeerId::Server(_) => false,
         };
+        let generation = state.next_generation();
         let seat = state.seat(id).ok_or(RESUME_FAILED)?;
         if !role_matches || !seat.token.is_some_and(|held| held.matches(&hash)) {
             return Err(RESUME_FAILED);
@@ -925,9 +939,8 @@ impl Hub {
         frames.extend(rest.unwritten);
         let (outbox, inbox) = outbox::preloaded(send_queue_bytes, policy.queue_bytes, frames);
         seat.outbox = outbox.clone();
-        seat.generation += 1;
         seat.token = Some(fresh_hash);
-        let generation = seat.generation;
+        seat.generation = generation;
         state.tokens.remove(&hash);
         state.tokens.insert(fresh_hash, id);
         let room = match id {
@@ -1463,7 +1476,7 @@ mod tests {
         drain(&client_inbox).await;
         drain(&server_inbox).await;
 
-        assert_eq!(client.step_away(), Some(1));
+        assert!(client.step_away().is_some(), "away");
         hub.route(server.id(), id.as_str(), "while away".into())
             .expect("queued");
         let (back, _, inbox) = hub
@@ -1759,7 +1772,8 @@ mod tests {
             .reclaim_server(reclaim, outbox, resumed_hello)
             .expect("reclaimed");
 
-        assert_eq!(away, [ada, bob]);
+        let ids: Vec<ClientId> = away.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [ada, bob]);
         assert_eq!(hub.away_count(), 2);
         assert_eq!(
             drain(&server_inbox).await.0,
@@ -1788,7 +1802,10 @@ mod tests {
                 resumed_hello,
             )
             .expect("ada resumes");
-        assert!(hub.expire(PeerId::Client(bob), 0), "bob never came back");
+        assert!(
+            hub.expire(PeerId::Client(bob), away[1].1),
+            "bob never came back"
+        );
 
         assert_eq!(
             drain(&ada_inbox).await.0,
@@ -1804,6 +1821,32 @@ mod tests {
                 protocol::peer_gone(bob.as_str())
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_stale_session_of_a_room_given_up_and_taken_back_cannot_touch_the_new_seats() {
+        let hub = resumable_hub(8);
+        let (mut stale, _inbox, token) = seated(&hub, None);
+        let PeerId::Server(code) = stale.id() else {
+            panic!("a server")
+        };
+        hub.give_up(code, SHUTTING_DOWN);
+        let reclaim = Reclaim {
+            code,
+            token,
+            rules: RoomRules::default(),
+            members: Vec::new(),
+        };
+        let (outbox, _server_inbox) = outbox::bounded(ROOMY);
+        let (_taken_back, _) = hub
+            .reclaim_server(reclaim, outbox, resumed_hello)
+            .expect("reclaimed");
+
+        assert_eq!(stale.step_away(), None, "an older generation");
+        stale.leave();
+
+        assert_eq!(hub.counts(), (1, 0), "the room taken back stays");
+        assert_eq!(hub.away_count(), 0);
     }
 
     #[tokio::test]
@@ -1847,7 +1890,8 @@ mod tests {
             .reclaim_server(reclaim, outbox, resumed_hello)
             .expect("reclaimed");
 
-        assert_eq!(away, [ada], "at most --max-away-peers");
+        assert_eq!(away.len(), 1, "at most --max-away-peers");
+        assert_eq!(away[0].0, ada);
         let frames = drain(&server_inbox).await.0;
         assert_eq!(
             frames[1..],

@@ -352,6 +352,8 @@ impl Links {
                 let resuming = Resuming::ClientOf(code);
                 match hub.resume(token, resuming, received, self.0.queue_bytes, id_frame) {
                     Ok(seated) => seated,
+                    // The room moved on (taken over elsewhere): the client may find it there.
+                    Err(_) if !hub.holds(&code) => return refuse(Why::Unavailable),
                     Err(_) => return refuse(Why::ResumeFailed),
                 }
             }
