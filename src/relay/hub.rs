@@ -117,6 +117,34 @@ impl State {
     }
 }
 
+/// How a server removes one of its clients: a knocker it turns away, or a member it kicks.
+struct Removal {
+    /// The client is a knocker (else a member).
+    knocker: bool,
+    error: ErrorCode,
+    /// The ERROR's reason when the server gave none.
+    default_reason: &'static str,
+    closing: Closing,
+    /// What the server hears of it.
+    because: &'static str,
+}
+
+const DENIAL: Removal = Removal {
+    knocker: true,
+    error: ErrorCode::Denied,
+    default_reason: "the host did not let you in",
+    closing: DENIED,
+    because: "denied",
+};
+
+const KICK: Removal = Removal {
+    knocker: false,
+    error: ErrorCode::Kicked,
+    default_reason: "the host removed you",
+    closing: KICKED,
+    because: "kicked",
+};
+
 /// Fresh ids drawn before giving up: with the code space `Config::validate` demands (64 codes
 /// per connection), all of them collide with a chance of 2⁻⁹⁶, so giving up means the space is
 /// exhausted (or shared far beyond its size), never bad luck. The bound keeps the hub's lock
@@ -779,17 +807,7 @@ impl Hub {
         id: ClientId,
         reason: Option<&str>,
     ) -> Result<(), CommandError> {
-        let mut state = self.lock();
-        let knocks = state
-            .servers
-            .get(&code)
-            .is_some_and(|server| server.waiting.contains(&id));
-        if !knocks {
-            return Err(CommandError::UnknownPeer);
-        }
-        let reason = reason.unwrap_or("the host did not let you in");
-        Self::remove_client(&mut state, id, ErrorCode::Denied, reason, DENIED, "denied");
-        Ok(())
+        self.remove_for_server(code, id, reason, &DENIAL)
     }
 
     /// The server `code` removes its member `id` (ERROR `KICKED`, close `4403`); the server
@@ -800,16 +818,31 @@ impl Hub {
         id: ClientId,
         reason: Option<&str>,
     ) -> Result<(), CommandError> {
+        self.remove_for_server(code, id, reason, &KICK)
+    }
+
+    fn remove_for_server(
+        &self,
+        code: JoinCode,
+        id: ClientId,
+        reason: Option<&str>,
+        removal: &Removal,
+    ) -> Result<(), CommandError> {
         let mut state = self.lock();
-        let member = state
-            .servers
-            .get(&code)
-            .is_some_and(|server| server.clients.contains(&id));
-        if !member {
+        let listed = state.servers.get(&code).is_some_and(|server| {
+            let line = if removal.knocker {
+                &server.waiting
+            } else {
+                &server.clients
+            };
+            line.contains(&id)
+        });
+        if !listed {
             return Err(CommandError::UnknownPeer);
         }
-        let reason = reason.unwrap_or("the host removed you");
-        Self::remove_client(&mut state, id, ErrorCode::Kicked, reason, KICKED, "kicked");
+        let reason = reason.unwrap_or(removal.default_reason);
+        let (error, closing, because) = (removal.error, removal.closing, removal.because);
+        Self::remove_client(&mut state, id, error, reason, closing, because);
         Ok(())
     }
 
