@@ -66,10 +66,11 @@ pub async fn register(url: &str) -> Result<TestPeer, String> {
 }
 
 /// Connects to `url` until it answers HELLO rather than `SERVER_UNAVAILABLE` (the room's dead
-/// owner still holds its lease, or its server has not taken it over yet); returns the peer and
-/// HELLO's message.
+/// owner still holds its lease, its server has not taken it over yet, or the links are coming
+/// back after a Redis stall); returns the peer and HELLO's message. Patient: what it waits for
+/// spans a lease lapse, or a missed subscription ping, a resubscription and a join timeout.
 pub async fn when_available(url: &str) -> (TestPeer, serde_json::Value) {
-    eventually(super::PATIENCE, || async {
+    eventually(3 * super::PATIENCE, || async {
         let mut peer = TestPeer::unread(url).await;
         let first = peer.recv().await;
         match (first["type"].as_str(), first["message"]["code"].as_str()) {
