@@ -244,6 +244,14 @@ impl PubSub {
     /// each lease renewal while the way out is full. Returns whether none is owed any more; it
     /// goes out before anything queued later, so it never ends a link made after it.
     pub fn settle(&self) -> bool {
+        if self.links.take_jammed() {
+            // `fault` settles in turn, with the reset it now owes.
+            self.fault(
+                "queue_full",
+                "a message to another instance did not fit the publish queue",
+            );
+            return !self.owes_reset.load(Ordering::Relaxed);
+        }
         if self.owes_reset.swap(false, Ordering::Relaxed) {
             let owner = self.me.value();
             let reset = wire::encode(&Wire::Reset {

@@ -31,6 +31,7 @@ use crate::relay::protocol::Greeting;
 use crate::relay::resume::Token;
 use serde_json::value::RawValue;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
@@ -114,6 +115,9 @@ struct Inner {
     queue_bytes: usize,
     /// Most remote members this instance holds (`--max-connections`).
     max_members: usize,
+    /// Set when a message could not be sent: the other side may hold a link this side ended
+    /// (a member forwarding into nothing), so this instance owes a reset ([`Links::take_jammed`]).
+    jammed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -168,6 +172,7 @@ impl Links {
             me: me.value(),
             queue_bytes,
             max_members,
+            jammed: AtomicBool::new(false),
         }))
     }
 
@@ -180,7 +185,22 @@ impl Links {
     }
 
     fn send(&self, to: &Arc<Owner>, message: &Wire<'_>) -> Result<(), Jammed> {
-        self.0.courier.send(to, wire::encode(message), 0)
+        self.courier_send(to, wire::encode(message), 0)
+    }
+
+    /// Sends through the courier, noting a jam (see [`Links::take_jammed`]).
+    fn courier_send(&self, to: &Arc<Owner>, text: String, frames: usize) -> Result<(), Jammed> {
+        let sent = self.0.courier.send(to, text, frames);
+        if sent.is_err() {
+            self.0.jammed.store(true, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Whether a message could not be sent since the last call: the caller then ends every
+    /// link and resets the others, as for any loss.
+    pub fn take_jammed(&self) -> bool {
+        self.0.jammed.swap(false, Ordering::Relaxed)
     }
 
     /// Asks `owner` to add a client to its room `code`, or with `resume` to resume one there.
@@ -657,7 +677,7 @@ impl Guest {
             return Err(RouteError::UnknownPeer);
         }
         let text = wire::deliver(self.ticket, std::iter::once(frame.as_str()));
-        if self.links.0.courier.send(&self.owner, text, 1).is_err() {
+        if self.links.courier_send(&self.owner, text, 1).is_err() {
             self.cut_off();
         }
         Ok(())
@@ -702,7 +722,7 @@ impl Guest {
     /// [`LINK_LOST`] instead.
     fn answer(&self, frame: &str) {
         let text = wire::answer(self.ticket, frame);
-        if self.links.0.courier.send(&self.owner, text, 0).is_err() {
+        if self.links.courier_send(&self.owner, text, 0).is_err() {
             self.cut_off();
         }
     }
@@ -1082,6 +1102,23 @@ mod tests {
                 [protocol::peer_gone(id.as_str())]
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_leave_that_cannot_be_sent_is_owed_as_a_reset() {
+        let (mut a, mut b) = (instance("a"), instance("b"));
+        let (_server, _inbox, _code, pending, _guest_inbox) = server_and_join(&a, &b);
+        settle(&mut a, &mut b).await;
+        let guest = pending.accepted().await.expect("accepted");
+        assert!(!b.links.take_jammed());
+
+        b.mail
+            .jammed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(guest);
+
+        assert!(b.links.take_jammed(), "the owner still holds the member");
+        assert!(!b.links.take_jammed(), "owed once");
     }
 
     #[tokio::test]
