@@ -361,7 +361,7 @@ impl Cluster {
                 changes: records,
                 metrics: attachments.metrics.clone(),
             };
-            attachments.hub.clone().recorded_by(Arc::new(queue));
+            attachments.hub.set_recorder(Arc::new(queue));
         }
         let keys = Keys::new(&config.prefix);
         let owner = Owner {

@@ -335,8 +335,8 @@ async fn claim(shared: &Shared, admission: Admission) -> Admission {
     let (Some(cluster), Admission::Server(rules)) = (&shared.cluster, admission) else {
         return admission;
     };
-    let token = Token::generate();
-    let record = (!shared.config.resume.window.is_zero()).then(|| token.hash());
+    let token = (!shared.config.resume.window.is_zero()).then(Token::generate);
+    let record = token.map(|token| token.hash());
     match cluster
         .claim_code(&shared.hub, &shared.metrics, record, rules)
         .await

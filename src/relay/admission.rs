@@ -71,8 +71,8 @@ pub enum Admission {
     /// Register as a server, its room starting with these rules (`?locked=1&knock=1`).
     Server(RoomRules),
     /// Register as a server under this code, claimed in the cluster directory beforehand with
-    /// the hash of this resume token.
-    ClaimedServer(JoinCode, RoomRules, Token),
+    /// the hash of this resume token (when sessions resume).
+    ClaimedServer(JoinCode, RoomRules, Option<Token>),
     /// Join the server with this code.
     Client(JoinCode),
     /// Resume a session with its token, after the first `received` frames of it when given.

@@ -436,10 +436,10 @@ impl Hub {
         }
     }
 
-    /// The same registry, telling `recorder` what each room's resume record must hold.
-    pub fn recorded_by(self, recorder: Arc<dyn Recorder>) -> Hub {
+    /// Tells `recorder` what each room's resume record must hold, from now on; every handle to
+    /// this registry shares it.
+    pub fn set_recorder(&self, recorder: Arc<dyn Recorder>) {
         self.lock().recorder = Some(recorder);
-        self
     }
 
     /// The same registry, resuming sessions as `policy` says (none with a zero window).
@@ -524,12 +524,12 @@ impl Hub {
     }
 
     /// Registers a server under `code`, claimed in the cluster directory beforehand with the
-    /// hash of `token` (its resume token, when sessions resume); fails if a server here holds
-    /// the code already.
+    /// hash of `token`, its resume token when sessions resume; fails if a server here holds the
+    /// code already.
     pub fn register_server_as(
         &self,
         code: JoinCode,
-        token: Token,
+        token: Option<Token>,
         outbox: Outbox,
         rules: RoomRules,
         hello: impl FnOnce(&Greeting<'_>) -> String,
@@ -538,7 +538,7 @@ impl Hub {
         if state.servers.contains_key(&code) {
             return Err(NoFreeId);
         }
-        let token = self.resume.map(|_| token);
+        let token = token.filter(|_| self.resume.is_some());
         Ok(self.insert_server(&mut state, code, outbox, rules, token, hello))
     }
 
@@ -1489,6 +1489,15 @@ mod tests {
         (membership, inbox, token.get().expect("a token"))
     }
 
+    /// A server registered as [`seated`] does, with its code.
+    fn seated_server(hub: &Hub) -> (Membership, Inbox, Token, JoinCode) {
+        let (membership, inbox, token) = seated(hub, None);
+        let PeerId::Server(code) = membership.id() else {
+            panic!("a server")
+        };
+        (membership, inbox, token, code)
+    }
+
     fn resumed_hello(greeting: &Greeting<'_>) -> String {
         let (id, resume) = (greeting.id, greeting.resume.expect("resume fields"));
         format!(
@@ -1500,10 +1509,7 @@ mod tests {
     #[tokio::test]
     async fn an_away_client_keeps_its_place_and_resumes_with_what_was_sent_meanwhile() {
         let hub = resumable_hub(8);
-        let (server, server_inbox, _) = seated(&hub, None);
-        let PeerId::Server(code) = server.id() else {
-            panic!("a server")
-        };
+        let (server, server_inbox, _, code) = seated_server(&hub);
         let (mut client, client_inbox, token) = seated(&hub, Some(code));
         let id = client.id();
         drain(&client_inbox).await;
@@ -1583,10 +1589,7 @@ mod tests {
     #[tokio::test]
     async fn a_token_resumes_only_its_own_role_and_room() {
         let hub = resumable_hub(8);
-        let (server, _, server_token) = seated(&hub, None);
-        let PeerId::Server(code) = server.id() else {
-            panic!("a server")
-        };
+        let (_server, _, server_token, code) = seated_server(&hub);
         let (_client, _, client_token) = seated(&hub, Some(code));
         let other = JoinCode::parse("ZZZZZZ").expect("a code");
 
@@ -1603,10 +1606,7 @@ mod tests {
     #[tokio::test]
     async fn beyond_max_away_a_loss_is_a_leave() {
         let hub = resumable_hub(0);
-        let (server, server_inbox, _) = seated(&hub, None);
-        let PeerId::Server(code) = server.id() else {
-            panic!("a server")
-        };
+        let (_server, server_inbox, _, code) = seated_server(&hub);
         let (mut client, _, _) = seated(&hub, Some(code));
         let id = client.id();
         drain(&server_inbox).await;
@@ -1750,11 +1750,9 @@ mod tests {
     #[tokio::test]
     async fn the_record_follows_each_members_token_and_the_rules() {
         let changes = Arc::new(Changes::default());
-        let hub = resumable_hub(8).recorded_by(changes.clone());
-        let (server, _server_inbox, _) = seated(&hub, None);
-        let PeerId::Server(code) = server.id() else {
-            panic!("a server")
-        };
+        let hub = resumable_hub(8);
+        hub.set_recorder(changes.clone());
+        let (_server, _server_inbox, _, code) = seated_server(&hub);
         let room = code.as_str().to_owned();
 
         let (mut client, _inbox, token) = seated(&hub, Some(code));
@@ -1859,10 +1857,7 @@ mod tests {
     #[tokio::test]
     async fn a_stale_session_of_a_room_given_up_and_taken_back_cannot_touch_the_new_seats() {
         let hub = resumable_hub(8);
-        let (mut stale, _inbox, token) = seated(&hub, None);
-        let PeerId::Server(code) = stale.id() else {
-            panic!("a server")
-        };
+        let (mut stale, _inbox, token, code) = seated_server(&hub);
         hub.give_up(code, SHUTTING_DOWN);
         let reclaim = Reclaim {
             code,
@@ -1885,10 +1880,7 @@ mod tests {
     #[tokio::test]
     async fn a_room_given_up_closes_its_members_quietly_and_forgets_every_token() {
         let hub = resumable_hub(8);
-        let (server, server_inbox, _) = seated(&hub, None);
-        let PeerId::Server(code) = server.id() else {
-            panic!("a server")
-        };
+        let (_server, server_inbox, _, code) = seated_server(&hub);
         let (_client, client_inbox, token) = seated(&hub, Some(code));
         drain(&client_inbox).await;
         drain(&server_inbox).await;
