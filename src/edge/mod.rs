@@ -10,6 +10,7 @@ pub(crate) mod http;
 pub(crate) mod metrics;
 pub mod net;
 pub(crate) mod pubsub;
+pub(crate) mod readahead;
 pub(crate) mod redis;
 pub mod response;
 pub mod server;

@@ -22,10 +22,11 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// as every peer of a relay that has just restarted.
 const ACCEPT_BACKLOG: u32 = 1024;
 
-/// Initial read buffer per WebSocket. tungstenite fills its whole capacity on every read, so this
-/// is memory each idle peer really holds; signaling frames are a few hundred bytes, and a larger
-/// message grows the buffer for its own length only.
-const WS_READ_BUFFER: usize = 1024;
+/// Read buffer per WebSocket, and the most tungstenite reads at a time. It is memory every idle
+/// peer holds, so it is small; the reads it takes per frame are served from memory (a plain
+/// socket is read ahead, see `readahead`; rustls buffers a TLS one). A frame larger than this
+/// grows the buffer to its own length, and tungstenite keeps that buffer for the connection.
+const WS_READ_BUFFER: usize = 128;
 /// Frames written are collected up to this size before tungstenite writes them out; a flush
 /// after each batch sends the rest.
 const WS_WRITE_BUFFER: usize = 16 * 1024;

@@ -208,7 +208,7 @@ async fn serve_connection(
 ) {
     let handshake_timeout = shared.config.handshake_timeout;
     let Some(acceptor) = tls else {
-        return serve_http(shared, Stream::Plain(stream), remote, handshake_timeout).await;
+        return serve_http(shared, stream.into(), remote, handshake_timeout).await;
     };
     let deadline = Instant::now() + handshake_timeout;
     let shutdown = shared.shutdown.clone();

@@ -4,6 +4,7 @@
 //! TLS and metrics connections (see `server::http_io`) keeps about 35 KB out of the binary, for a
 //! branch per read and write.
 
+use crate::edge::readahead::ReadAhead;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -13,8 +14,9 @@ use tokio_rustls::server::TlsStream;
 
 /// A connection after the TLS handshake, if there is one.
 pub enum Stream {
-    /// Plain HTTP.
-    Plain(TcpStream),
+    /// Plain HTTP, read ahead so that an idle WebSocket holds no read buffer (rustls buffers a
+    /// TLS connection's reads itself).
+    Plain(ReadAhead<TcpStream>),
     /// Boxed: a TLS session is large, and inline it would make every plain peer's stream as big.
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -79,6 +81,6 @@ impl AsyncWrite for Stream {
 
 impl From<TcpStream> for Stream {
     fn from(tcp: TcpStream) -> Self {
-        Stream::Plain(tcp)
+        Stream::Plain(ReadAhead::new(tcp))
     }
 }
