@@ -15,11 +15,13 @@
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time; the idle one costs nothing. It runs at $PAIRS pairs and again at
 # $MANY_PAIRS, where what grows with the number of peers (tables, timers, cache misses) shows.
+# Over wss it runs again at $PAIRS pairs, the relay and the echo server on the same certificate
+# and the same rustls configuration, so that the floor pays the same TLS cost per message.
 # The step alternates the two in slices (relay, echo, relay, echo...), so that the machine's
 # noise, which comes and goes over seconds, falls on both alike, and each relay/echo ratio is
 # taken within one slice pair. Every
 # measurement block starts a fresh relay: pingpong+connect, connect-cold, fairness, fan-out, idle
-# over ws, connect over wss, idle over wss.
+# over ws, pingpong over wss, connect over wss, idle over wss.
 # Connect sets up all its pairs, holds them, then tears them all down, and reports the relay's CPU
 # per pair for each phase. It runs over ws and over wss (dev certificates from gen-certs); the
 # difference between the two set-up figures is what the relay spends on the TLS handshakes, two
@@ -101,10 +103,11 @@ RESULTS=$TMP/results
 mkdir -p "$RESULTS"
 RELAY_PREFIX=(taskset -c 0)
 
-# Starts the echo server on core 0; sets ECHO_PID and ECHO_ADDR.
+# start_echo NAME [ARG...]: starts the echo server on core 0; sets ECHO_PID and ECHO_ADDR.
 start_echo() {
     local log=$TMP/echo.$1.log
-    taskset -c 0 "$BIN/intercessor-echo" --listen 127.0.0.1:0 2>"$log" &
+    shift
+    taskset -c 0 "$BIN/intercessor-echo" --listen 127.0.0.1:0 "$@" 2>"$log" &
     ECHO_PID=$!
     STARTED+=("$ECHO_PID")
     ECHO_ADDR=$(wait_for_address "$log" "$ECHO_PID" '.*listening on ([^ ]+).*')
@@ -138,14 +141,17 @@ fi
 # Anything else running skews both CPU figures and latencies: say so next to the results.
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# One run's pingpong slices of one step ("" or -many) at PAIRS pairs: relay, echo, relay, echo...
+# pingpong_slices STEP PAIRS RUN SCHEME [ARG...]: one run's pingpong slices of one step ("",
+# -many or -wss) at PAIRS pairs over SCHEME (ws or wss): relay, echo, relay, echo... Each ARG
+# (such as --ca FILE) goes to the generator for both.
 pingpong_slices() {
-    local step=$1 pairs=$2 run=$3 slice
+    local step=$1 pairs=$2 run=$3 scheme=$4 slice
+    shift 4
     for slice in $(seq "$SLICES"); do
-        generate "pingpong-relay$step" "$run.$slice" pingpong --url "ws://$RELAY_ADDR" \
+        generate "pingpong-relay$step" "$run.$slice" pingpong --url "$scheme://$RELAY_ADDR" "$@" \
             --pid "$RELAY_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
             --duration "$DURATION" --warmup $WARMUP --target relay
-        generate "pingpong-echo$step" "$run.$slice" pingpong --url "ws://$ECHO_ADDR" \
+        generate "pingpong-echo$step" "$run.$slice" pingpong --url "$scheme://$ECHO_ADDR" "$@" \
             --pid "$ECHO_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
             --duration "$DURATION" --warmup $WARMUP --target echo
     done
@@ -155,8 +161,8 @@ for run in $(seq "$RUNS"); do
     echo "== run $run of $RUNS" >&2
     start_relay "main.$run" "${RELAY_FLAGS[@]}"
     start_echo "$run"
-    pingpong_slices "" $PAIRS "$run"
-    pingpong_slices -many "$MANY_PAIRS" "$run"
+    pingpong_slices "" $PAIRS "$run" ws
+    pingpong_slices -many "$MANY_PAIRS" "$run" ws
     generate connect "$run" connect --url "ws://$RELAY_ADDR" --pid "$RELAY_PID" \
         --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
     generate connect-echo "$run" connect --url "ws://$ECHO_ADDR" --pid "$ECHO_PID" \
@@ -193,6 +199,12 @@ for run in $(seq "$RUNS"); do
     done
 
     if [[ $TLS == 1 ]]; then
+        start_relay "pingpong-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
+        start_echo "wss.$run" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
+        pingpong_slices -wss $PAIRS "$run" wss --ca "$CERTS/dev-ca.pem"
+        stop "$ECHO_PID" || true
+        stop "$RELAY_PID" || true
+
         start_relay "connect-wss.$run" "${RELAY_FLAGS[@]}" --tls-cert "$CERTS/dev-cert.pem" --tls-key "$CERTS/dev-key.pem"
         generate connect-wss "$run" connect --url "wss://$RELAY_ADDR" --ca "$CERTS/dev-ca.pem" \
             --pid "$RELAY_PID" --pairs $CONNECT_PAIRS --concurrency $CONCURRENCY
@@ -287,7 +299,7 @@ if [[ -n $(git status --porcelain 2>/dev/null) ]]; then DIRTY=" (dirty tree)"; e
 
 echo
 echo "intercessor bench: commit $COMMIT$DIRTY, $(nproc) cores, $(uname -r), runs: $RUNS"
-echo "pingpong: $PAIRS pairs and then $MANY_PAIRS, $SIZE B payload, window $WINDOW, $SLICES" \
+echo "pingpong: $PAIRS pairs and then $MANY_PAIRS (and over wss at $PAIRS), $SIZE B payload, window $WINDOW, $SLICES" \
     "slices per run of $DURATION after $WARMUP warm-up, relay and echo alternating;" \
     "connect: $CONNECT_PAIRS pairs set up $CONCURRENCY at a time and held, then torn down" \
     "$CONCURRENCY at a time, after a warm-up round of the same;" \
@@ -315,6 +327,17 @@ row "relay at $MANY_PAIRS pairs: CPU-µs per relayed message" \
 row "echo at $MANY_PAIRS pairs: CPU-µs per echo" "$(median pingpong-echo-many .cpu.us_per_message)" \
     "$(spread pingpong-echo-many .cpu.us_per_message)"
 row "CPU per message at $MANY_PAIRS pairs, relay / echo" "$MANY_CPU_RATIO" "$MANY_CPU_RATIO_SPREAD"
+if [[ $TLS == 1 ]]; then
+    WSS_RELAY_CPU=$(median pingpong-relay-wss .cpu.us_per_message)
+    WSS_ECHO_CPU=$(median pingpong-echo-wss .cpu.us_per_message)
+    IFS=$'\t' read -r WSS_CPU_RATIO WSS_CPU_RATIO_SPREAD _ < <(paired_ratio -wss .cpu.us_per_message)
+    row "relay over wss: CPU-µs per relayed message" "$WSS_RELAY_CPU" \
+        "$(spread pingpong-relay-wss .cpu.us_per_message)"
+    row "echo over wss (same TLS config): CPU-µs per echo" "$WSS_ECHO_CPU" \
+        "$(spread pingpong-echo-wss .cpu.us_per_message)"
+    row "CPU per message over wss, relay / echo" "$WSS_CPU_RATIO" \
+        "$WSS_CPU_RATIO_SPREAD; ratio of medians $(ratio "$WSS_RELAY_CPU" "$WSS_ECHO_CPU")"
+fi
 row "relay: RTT p50 µs" "$RELAY_P50" "$(spread pingpong-relay .rtt.p50_us)"
 row "echo: RTT p50 µs" "$ECHO_P50" "$(spread pingpong-echo .rtt.p50_us)"
 row "relay: RTT p99 µs" "$RELAY_P99" "$(spread pingpong-relay .rtt.p99_us)"

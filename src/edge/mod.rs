@@ -16,7 +16,7 @@ pub mod response;
 pub mod server;
 pub(crate) mod session;
 pub(crate) mod state;
-pub(crate) mod stream;
+pub mod stream;
 pub mod tls;
 
 pub use session::CLOSE_GRACE;

@@ -1,7 +1,7 @@
 //! An accepted connection, plain or TLS, as one type.
 //!
 //! hyper's HTTP/1 server is compiled once for each connection type it serves. One type for plain,
-//! TLS and metrics connections (see `server::http_io`) keeps about 35 KB out of the binary, for a
+//! TLS and metrics connections (see `net::http_io`) keeps about 35 KB out of the binary, for a
 //! branch per read and write.
 
 use crate::edge::readahead::ReadAhead;

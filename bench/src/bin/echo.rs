@@ -1,6 +1,10 @@
 //! `intercessor-echo`: the cost floor for the relay. A bare WebSocket echo server on the relay's own
 //! stack (tokio, hyper 1 HTTP/1 with upgrades, tokio-tungstenite `from_raw_socket`, one task per
 //! connection, no split) that writes every text frame back: no JSON, no routing, no queues.
+//!
+//! With `--tls-cert` and `--tls-key` it serves `wss://` on the relay's own TLS set-up (the same
+//! rustls configuration, acceptor and connection type), so a relay over TLS has a floor that
+//! pays the same TLS cost per message.
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
@@ -11,19 +15,24 @@ use hyper_util::rt::TokioIo;
 use intercessor::Config;
 use intercessor::edge::net;
 use intercessor::edge::response::{self, Body};
+use intercessor::edge::stream::Stream;
+use intercessor::edge::tls::TlsFiles;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, timeout};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// The relay's `--handshake-timeout` default, applied the same way (hyper's header read timeout).
+/// The relay's `--handshake-timeout` default, applied the same way: it bounds the TLS handshake and
+/// the request head together (the latter with hyper's header read timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bare WebSocket echo server: the floor the relay's per-message cost is compared with.
@@ -37,6 +46,13 @@ struct Cli {
     /// may run on]
     #[arg(long, value_name = "N")]
     threads: Option<NonZeroUsize>,
+    /// Serve `wss://` with this PEM certificate chain, as the relay's --tls-cert (needs
+    /// --tls-key)
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert, as the relay's --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// The relay's own WebSocket buffers and limits, so the comparison is like for like.
@@ -48,6 +64,18 @@ fn websocket_config() -> WebSocketConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `TlsFiles::load` is the relay's `load_server_config`, and its `acceptor` the one the relay
+    // takes for each connection.
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => match TlsFiles::load(cert, key) {
+            Ok(tls) => Some(Arc::new(tls)),
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     let threads = cli.threads.unwrap_or_else(net::available_threads);
     let runtime = match net::runtime(threads) {
         Ok(runtime) => runtime,
@@ -58,7 +86,7 @@ fn main() -> ExitCode {
     };
     // On a worker, as the relay's accept loop.
     let serving = runtime.block_on(async {
-        tokio::spawn(serve(cli.listen))
+        tokio::spawn(serve(cli.listen, tls))
             .await
             .map_err(std::io::Error::other)?
     });
@@ -71,14 +99,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Accepts connections forever, like the relay's accept loop, on a listener bound the same way.
-async fn serve(listen: SocketAddr) -> std::io::Result<()> {
+/// Accepts connections forever, like the relay's accept loop, on a listener bound the same way;
+/// with `tls`, each connection takes the acceptor as the relay's does.
+async fn serve(listen: SocketAddr, tls: Option<Arc<TlsFiles>>) -> std::io::Result<()> {
     let listener = net::listen(listen)?;
     eprintln!("listening on {}", listener.local_addr()?);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve_connection(stream));
+                tokio::spawn(serve_connection(stream, tls.clone()));
             }
             Err(error) => {
                 eprintln!("accept failed: {error}");
@@ -88,9 +117,23 @@ async fn serve(listen: SocketAddr) -> std::io::Result<()> {
     }
 }
 
-/// HTTP/1 on one connection, with the relay's builder settings, until it is upgraded or ends.
-async fn serve_connection(stream: TcpStream) {
-    let _ = net::http1(HANDSHAKE_TIMEOUT)
+/// The TLS handshake first when serving `wss://`, then HTTP, as the relay runs a connection.
+async fn serve_connection(stream: TcpStream, tls: Option<Arc<TlsFiles>>) {
+    let Some(tls) = tls else {
+        return serve_http(Stream::Plain(stream), HANDSHAKE_TIMEOUT).await;
+    };
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    if let Ok(Ok(stream)) = timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        serve_http(Stream::Tls(Box::new(stream)), remaining).await;
+    }
+}
+
+/// HTTP/1 on one connection, with the relay's builder settings and connection type, until it is
+/// upgraded or ends. Not through `net::http_io`: that holds the 101 back for the upgraded side's
+/// first write, and an echo writes only after it has read.
+async fn serve_http(stream: Stream, header_timeout: Duration) {
+    let _ = net::http1(header_timeout)
         .serve_connection(TokioIo::new(stream), service_fn(upgrade))
         .with_upgrades()
         .await;
