@@ -120,7 +120,7 @@ async fn serve(listen: SocketAddr, tls: Option<Arc<TlsFiles>>) -> std::io::Resul
 /// The TLS handshake first when serving `wss://`, then HTTP, as the relay runs a connection.
 async fn serve_connection(stream: TcpStream, tls: Option<Arc<TlsFiles>>) {
     let Some(tls) = tls else {
-        return serve_http(Stream::Plain(stream), HANDSHAKE_TIMEOUT).await;
+        return serve_http(stream.into(), HANDSHAKE_TIMEOUT).await;
     };
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     if let Ok(Ok(stream)) = timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
