@@ -58,6 +58,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.taken < this.leftover.len() {
+            // Served from memory, a read still spends the task's budget as a socket read does, so
+            // a peer that sends without pause cannot keep the thread from the sessions it feeds.
+            let coop = ready!(tokio::task::coop::poll_proceed(cx));
             let rest = &this.leftover[this.taken..];
             let n = rest.len().min(buf.remaining());
             buf.put_slice(&rest[..n]);
@@ -66,6 +69,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
                 this.leftover = Box::default();
                 this.taken = 0;
             }
+            coop.made_progress();
             return Poll::Ready(Ok(()));
         }
         if buf.remaining() >= GULP {
@@ -155,6 +159,21 @@ mod tests {
 
         assert_eq!(received, sent);
         assert_eq!(socket.held(), 0);
+    }
+
+    #[tokio::test]
+    async fn reads_served_from_memory_let_other_tasks_run() {
+        let (source, mut peer) = tokio::io::duplex(64 * 1024);
+        let mut socket = ReadAhead::new(source);
+        peer.write_all(&[1; GULP]).await.expect("write");
+        let other = tokio::spawn(async {});
+
+        // One byte at a time, the gulp takes far more reads than a task's budget allows at once.
+        for _ in 0..GULP {
+            assert_eq!(read(&mut socket, 1).await.len(), 1);
+        }
+
+        assert!(other.is_finished(), "the reader yielded to the other task");
     }
 
     #[tokio::test]
