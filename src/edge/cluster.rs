@@ -712,9 +712,7 @@ impl Cluster {
         }
         let call = self.invoke::<i64>(&invocation);
         if let Err(error) = call.await {
-            for _ in changes {
-                metrics.directory("record_dropped");
-            }
+            metrics.directories("record_dropped", changes.len());
             debug!(%error, "cluster directory: writing rooms' records failed");
         }
     }

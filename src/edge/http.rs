@@ -3,6 +3,7 @@
 
 use crate::edge::assets;
 use crate::edge::cluster::{Cluster, Takeover};
+use crate::edge::redis::Unavailable;
 use crate::edge::response::{self, Body};
 use crate::edge::session::{self, Arrival};
 use crate::edge::state::Shared;
@@ -246,10 +247,6 @@ async fn join_elsewhere(
     info: Option<String>,
     resume: Option<Resume>,
 ) -> Arrival {
-    let refused = |refusal| Arrival::Here {
-        admission: Admission::Refused(refusal),
-        info: None,
-    };
     let Some(pubsub) = shared.cluster.as_ref().and_then(|cluster| cluster.pubsub()) else {
         return refused(ROOM_UNREACHABLE);
     };
@@ -277,6 +274,19 @@ enum Holder {
     Live(Owner),
 }
 
+/// A connection refused here, before its session starts.
+fn refused(refusal: Refusal) -> Arrival {
+    Arrival::Here {
+        admission: Admission::Refused(refusal),
+        info: None,
+    }
+}
+
+fn takeover_directory_down(error: Unavailable) -> Arrival {
+    debug!(%error, "takeover refused");
+    refused(DIRECTORY_DOWN)
+}
+
 /// Takes over, for its resuming server, a room whose instance died or drained, or (in pubsub
 /// routing) one held by the live instance the server did not reconnect to: its code becomes
 /// this instance's, and its members are away here until they resume.
@@ -286,10 +296,6 @@ async fn take_over(
     holder: Holder,
     admission: Admission,
 ) -> Arrival {
-    let refused = |refusal| Arrival::Here {
-        admission: Admission::Refused(refusal),
-        info: None,
-    };
     let (Some(cluster), Admission::Resume { token, .. }) = (&shared.cluster, admission) else {
         return refused(RESUME_FAILED);
     };
@@ -300,10 +306,7 @@ async fn take_over(
         Holder::Live(owner) => match cluster.server_token(&code).await {
             Ok(Some(held)) if token.hash().matches(&held) => (held, Some(owner)),
             Ok(_) => return refused(ROOM_UNREACHABLE),
-            Err(error) => {
-                debug!(%error, "takeover refused: the cluster directory is unreachable");
-                return refused(DIRECTORY_DOWN);
-            }
+            Err(error) => return takeover_directory_down(error),
         },
     };
     let fresh = Token::generate();
@@ -322,10 +325,7 @@ async fn take_over(
         }
         Ok(Takeover::Live) => refused(ROOM_UNREACHABLE),
         Ok(Takeover::Gone) => refused(RESUME_FAILED),
-        Err(error) => {
-            debug!(%error, "takeover refused: the cluster directory is unreachable");
-            refused(DIRECTORY_DOWN)
-        }
+        Err(error) => takeover_directory_down(error),
     }
 }
 

@@ -194,7 +194,13 @@ impl Metrics {
 
     /// Counts a cluster directory step's outcome.
     pub fn directory(&self, outcome: &'static str) {
-        self.directory.get_or_create(&Outcome { outcome }).inc();
+        self.directories(outcome, 1);
+    }
+
+    /// Counts `count` directory operations that ended as `outcome` at once.
+    pub fn directories(&self, outcome: &'static str, count: usize) {
+        let counter = self.directory.get_or_create(&Outcome { outcome });
+        counter.inc_by(count as u64);
     }
 
     /// Counts `frames` forwarded between instances, `out` or `in`.
