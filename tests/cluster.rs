@@ -4,10 +4,12 @@
 
 mod common;
 
-use common::cluster::{self, eventually, expect_refused, register, token_of, when_available};
+use common::cluster::{self, eventually, expect_refused, register, when_available};
 use common::fly_proxy::FlyProxy;
 use common::redis::{RedisServer, free_port};
-use common::{PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command};
+use common::{
+    PATIENCE, RelayProcess, TestPeer, TestRelay, exchange, raw_http, relay_command, resume_token,
+};
 use futures_util::future::join_all;
 use intercessor::config::ClusterConfig;
 use intercessor::options::ClusterRouting;
@@ -343,9 +345,9 @@ async fn resuming_room(
     let b = instance(&redis.url(), "b", &resuming);
     let proxy = FlyProxy::start(&[("a", a.addr), ("b", b.addr)], "a").await;
     let (mut server, hello) = TestPeer::hello(&proxy.url("/server")).await;
-    let server_token = token_of(&hello);
+    let server_token = resume_token(&hello);
     let (mut client, hello) = TestPeer::hello(&proxy.url(&format!("/client/{}", server.id))).await;
-    let client_token = token_of(&hello);
+    let client_token = resume_token(&hello);
     server
         .expect_relay("PEER_JOINED", json!({"id": client.id}))
         .await;
@@ -444,7 +446,7 @@ async fn a_server_superseded_by_its_own_resume_keeps_its_code_and_record() {
     let redis = RedisServer::start();
     let a = instance(&redis.url(), "a", &["--resume-window", "20s"]);
     let (mut old, hello) = TestPeer::hello(&format!("{}/server", a.url)).await;
-    let (code, token) = (old.id.clone(), token_of(&hello));
+    let (code, token) = (old.id.clone(), resume_token(&hello));
 
     let url = format!("{}/server?resume={token}&code={code}", a.url);
     let (_server, _) = TestPeer::hello(&url).await;

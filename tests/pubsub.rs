@@ -7,7 +7,7 @@ mod common;
 
 use common::cluster::{self, eventually, expect_refused};
 use common::redis::RedisServer;
-use common::{PATIENCE, RelayProcess, TestPeer, exchange};
+use common::{PATIENCE, RelayProcess, TestPeer, exchange, resume_token};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -261,7 +261,7 @@ async fn a_forwarded_client_resumes_through_its_instance_with_what_it_missed_in_
     server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
     server.send_to(&id, "OFFER", json!(2)).await;
     // Resume saying only frame 1 arrived, as if frame 2 died in the kernel's buffers.
-    let token = cluster::token_of(&hello);
+    let token = resume_token(&hello);
     let url = format!("{}/client/{code}?resume={token}&received=1", b.url);
     let (mut client, hello) = TestPeer::hello(&url).await;
 
@@ -287,7 +287,7 @@ async fn a_forwarded_client_resumes_on_its_rooms_own_instance_and_supersedes_the
     let (code, id) = (server.id.clone(), old.id.clone());
 
     // The old connection still looks open: the resume on a wins.
-    let token = cluster::token_of(&hello);
+    let token = resume_token(&hello);
     let url = format!("{}/client/{code}?resume={token}&received=0", a.url);
     let (mut client, hello) = TestPeer::hello(&url).await;
 
@@ -329,7 +329,7 @@ async fn with_resume_a_link_lost_in_a_redis_stall_is_resumed_and_said_to_have_a_
     client.expect_close(1013).await;
     server.expect_relay("PEER_AWAY", json!({ "id": id })).await;
     redis.resume();
-    let token = cluster::token_of(&hello);
+    let token = resume_token(&hello);
     let url = format!("{}/client/{code}?resume={token}&received=0", b.url);
     let (mut client, hello) = cluster::when_available(&url).await;
 
@@ -365,7 +365,7 @@ async fn a_server_resuming_on_another_instance_takes_its_room_over_and_its_clien
 
     drop(server);
     local.expect_relay("PEER_AWAY", json!({ "id": code })).await;
-    let token = cluster::token_of(&hello);
+    let token = resume_token(&hello);
     let url = format!("{}/server?resume={token}&code={code}", b.url);
     let (mut server, hello) = TestPeer::hello(&url).await;
 
@@ -387,7 +387,7 @@ async fn a_server_resuming_on_another_instance_takes_its_room_over_and_its_clien
         (&local, &local_hello, &a),
         (&forwarded, &forwarded_hello, &b),
     ] {
-        let token = cluster::token_of(hello);
+        let token = resume_token(hello);
         let url = format!("{}/client/{code}?resume={token}&received=0", at.url);
         let (mut back, hello) = TestPeer::hello(&url).await;
         assert_eq!(hello["resumed"], true, "{hello}");

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{RelayProcess, TestPeer, TestRelay, config};
+use common::{RelayProcess, TestPeer, TestRelay, config, resume_token};
 use intercessor::Config;
 use intercessor::relay::resume::ResumePolicy;
 use serde_json::{Value, json};
@@ -26,13 +26,6 @@ async fn relay_with(window: Duration, queue_bytes: usize, max_away: usize) -> Te
 
 async fn relay() -> TestRelay {
     relay_with(Duration::from_secs(30), 256 * 1024, 16).await
-}
-
-fn token(hello: &Value) -> String {
-    hello["resumeToken"]
-        .as_str()
-        .expect("a resume token")
-        .to_owned()
 }
 
 /// A server and one client, with each one's HELLO.
@@ -59,10 +52,10 @@ async fn every_hello_carries_a_single_use_token_and_the_window() {
     let ((_server, server_hello), (_client, client_hello)) = room(&relay).await;
 
     for hello in [&server_hello, &client_hello] {
-        assert_eq!(token(hello).len(), 22, "{hello}");
+        assert_eq!(resume_token(hello).len(), 22, "{hello}");
         assert_eq!(hello["resumeWindowMs"], 30_000, "{hello}");
     }
-    assert_ne!(token(&server_hello), token(&client_hello));
+    assert_ne!(resume_token(&server_hello), resume_token(&client_hello));
 }
 
 #[tokio::test]
@@ -75,12 +68,19 @@ async fn a_lost_client_is_away_and_resumes_with_what_its_server_sent_meanwhile()
 
     server.send_to(&id, "OFFER", json!(1)).await;
     server.send_to(&id, "OFFER", json!(2)).await;
-    let url = relay.url(&format!("/client/{code}?resume={}", token(&client_hello)));
+    let url = relay.url(&format!(
+        "/client/{code}?resume={}",
+        resume_token(&client_hello)
+    ));
     let (mut client, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(client.id, id);
     assert_eq!(hello["resumed"], true, "{hello}");
-    assert_ne!(token(&hello), token(&client_hello), "a fresh token");
+    assert_ne!(
+        resume_token(&hello),
+        resume_token(&client_hello),
+        "a fresh token"
+    );
     for n in [1, 2] {
         assert_eq!(
             client.recv().await,
@@ -109,7 +109,7 @@ async fn a_lost_server_keeps_its_code_and_clients_and_resumes_without_the_passph
     client.expect_relay("PEER_AWAY", json!({"id": code})).await;
 
     client.send_to(&code, "ANSWER", json!("while away")).await;
-    let url = relay.url(&format!("/server?resume={}", token(&server_hello)));
+    let url = relay.url(&format!("/server?resume={}", resume_token(&server_hello)));
     let (mut server, hello) = TestPeer::hello(&url).await;
 
     assert_eq!(server.id, code);
@@ -137,7 +137,7 @@ async fn frames_written_just_before_the_loss_are_replayed_after_those_the_peer_c
     let url = relay.url(&format!(
         "/client/{}?resume={}&received=1",
         server.id,
-        token(&client_hello)
+        resume_token(&client_hello)
     ));
     let (mut client, hello) = TestPeer::hello(&url).await;
 
@@ -167,7 +167,7 @@ async fn frames_older_than_the_replay_window_are_reported_as_a_gap() {
     let url = relay.url(&format!(
         "/client/{}?resume={}&received=0",
         server.id,
-        token(&client_hello)
+        resume_token(&client_hello)
     ));
     let (_client, hello) = TestPeer::hello(&url).await;
 
@@ -205,7 +205,7 @@ async fn when_the_window_ends_the_away_peer_is_gone_and_its_token_dead() {
     let url = relay.url(&format!(
         "/client/{}?resume={}",
         server.id,
-        token(&client_hello)
+        resume_token(&client_hello)
     ));
     let mut late = TestPeer {
         ws: TestPeer::connect_raw(&url).await,
@@ -240,7 +240,7 @@ async fn a_deliberate_leave_is_gone_at_once_and_cannot_be_resumed() {
     let url = relay.url(&format!(
         "/client/{}?resume={}",
         server.id,
-        token(&client_hello)
+        resume_token(&client_hello)
     ));
     let mut again = TestPeer {
         ws: TestPeer::connect_raw(&url).await,
@@ -294,7 +294,7 @@ async fn resuming_while_the_old_connection_is_still_open_supersedes_it() {
     let url = relay.url(&format!(
         "/client/{}?resume={}",
         server.id,
-        token(&client_hello)
+        resume_token(&client_hello)
     ));
     let (mut new, hello) = TestPeer::hello(&url).await;
 
@@ -367,7 +367,7 @@ fn tokens_never_reach_the_logs() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     let secret = runtime.block_on(async {
         let (server, hello) = TestPeer::hello(&format!("{}/server", relay.url)).await;
-        let secret = token(&hello);
+        let secret = resume_token(&hello);
         lose(server);
         let url = format!("{}/server?resume={secret}", relay.url);
         let (resumed, hello) = TestPeer::hello(&url).await;
@@ -396,7 +396,7 @@ async fn a_rooms_rules_and_knockers_survive_its_servers_resume() {
     server.recv().await;
     let code = lose(server);
 
-    let url = relay.url(&format!("/server?resume={}", token(&server_hello)));
+    let url = relay.url(&format!("/server?resume={}", resume_token(&server_hello)));
     let (mut server, hello) = TestPeer::hello(&url).await;
     server.send_to("0", "ROOM", json!({"locked": true})).await;
 

@@ -84,8 +84,3 @@ pub async fn when_available(url: &str) -> (TestPeer, serde_json::Value) {
     })
     .await
 }
-
-/// The resume token a HELLO's message carries.
-pub fn token_of(hello: &serde_json::Value) -> String {
-    hello["resumeToken"].as_str().expect("a token").to_owned()
-}

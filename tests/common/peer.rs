@@ -236,3 +236,11 @@ pub async fn expect_close(ws: &mut Socket, code: u16) -> String {
         }
     }
 }
+
+/// The resume token a HELLO's message carries.
+pub fn resume_token(hello: &Value) -> String {
+    hello["resumeToken"]
+        .as_str()
+        .expect("a resume token")
+        .to_owned()
+}
