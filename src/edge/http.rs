@@ -125,7 +125,8 @@ async fn start_session(
     let tracker = shared.tracker.clone();
     // Two stages joined by `then`: what the first holds (the upgrade, the claim, the handshake,
     // and its captured variables) is gone once the session runs. One async block would keep its
-    // captures beside the session's future for the peer's whole connection.
+    // captures beside the session's future for the peer's whole connection. The first is boxed:
+    // it lasts a handshake, and inline it would be larger than the session it makes way for.
     let prepared = async move {
         let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
@@ -153,7 +154,7 @@ async fn start_session(
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(shared.websocket)).await;
         Some((ws, shared, arrival, slot, remote))
     };
-    tracker.spawn(prepared.then(|prepared| match prepared {
+    tracker.spawn(Box::pin(prepared).then(|prepared| match prepared {
         Some((ws, shared, arrival, slot, remote)) => {
             Either::Left(session::run(ws, shared, arrival, slot, remote))
         }

@@ -24,6 +24,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[derive(Clone)]
 pub struct Hub {
     state: Arc<Mutex<State>>,
+    /// Shared, not copied: every session's membership holds a handle.
+    settings: Arc<Settings>,
+}
+
+/// How the registry was set up.
+#[derive(Clone, Copy)]
+struct Settings {
     code_length: usize,
     max_clients_per_server: usize,
     /// `--max-waiting-per-server`: knockers one server may have waiting.
@@ -384,6 +391,7 @@ impl Membership {
         };
         let room = self
             .hub
+            .settings
             .resume
             .filter(|policy| state.away < policy.max_away && !knocking);
         let Some(policy) = room else {
@@ -421,17 +429,23 @@ impl Hub {
     pub fn new(code_length: usize, max_clients_per_server: usize) -> Hub {
         Hub {
             state: Arc::default(),
-            code_length,
-            max_clients_per_server,
-            max_waiting: 16,
-            resume: None,
+            settings: Arc::new(Settings {
+                code_length,
+                max_clients_per_server,
+                max_waiting: 16,
+                resume: None,
+            }),
         }
     }
 
     /// The same registry, with at most `max_waiting` knockers per server.
     pub fn with_max_waiting(self, max_waiting: usize) -> Hub {
-        Hub {
+        let settings = Settings {
             max_waiting,
+            ..*self.settings
+        };
+        Hub {
+            settings: Arc::new(settings),
             ..self
         }
     }
@@ -444,8 +458,12 @@ impl Hub {
 
     /// The same registry, resuming sessions as `policy` says (none with a zero window).
     pub fn resumable(self, policy: ResumePolicy) -> Hub {
-        Hub {
+        let settings = Settings {
             resume: (!policy.window.is_zero()).then_some(policy),
+            ..*self.settings
+        };
+        Hub {
+            settings: Arc::new(settings),
             ..self
         }
     }
@@ -459,13 +477,13 @@ impl Hub {
 
     /// A fresh send queue for a session, keeping a replay window when sessions resume.
     pub fn queue(&self, send_queue_bytes: usize) -> (Outbox, outbox::Inbox) {
-        let replay = self.resume.map_or(0, |policy| policy.queue_bytes);
+        let replay = self.settings.resume.map_or(0, |policy| policy.queue_bytes);
         outbox::replayable(send_queue_bytes, replay)
     }
 
     /// A fresh token for a new peer, if sessions resume.
     fn fresh_token(&self) -> Option<Token> {
-        self.resume.map(|_| Token::generate())
+        self.settings.resume.map(|_| Token::generate())
     }
 
     /// A new peer's seat, resumable with `token` if it has one.
@@ -494,7 +512,7 @@ impl Hub {
         token: Option<&'t str>,
         resumed: Option<(usize, bool)>,
     ) -> Option<Resumption<'t>> {
-        let (policy, token) = self.resume.zip(token)?;
+        let (policy, token) = self.settings.resume.zip(token)?;
         Some(Resumption {
             token,
             window_ms: policy.window.as_millis() as u64,
@@ -538,7 +556,7 @@ impl Hub {
         if state.servers.contains_key(&code) {
             return Err(NoFreeId);
         }
-        let token = token.filter(|_| self.resume.is_some());
+        let token = token.filter(|_| self.settings.resume.is_some());
         Ok(self.insert_server(&mut state, code, outbox, rules, token, hello))
     }
 
@@ -553,7 +571,7 @@ impl Hub {
         outbox: Outbox,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<(Membership, Vec<(ClientId, u32)>), NoFreeId> {
-        let policy = self.resume.ok_or(NoFreeId)?;
+        let policy = self.settings.resume.ok_or(NoFreeId)?;
         let mut state = self.lock();
         let code = reclaim.code;
         if state.servers.contains_key(&code) {
@@ -571,7 +589,7 @@ impl Hub {
         let mut clients = Vec::new();
         let mut told = true;
         for (client, hash) in reclaim.members {
-            let fits = clients.len() < self.max_clients_per_server
+            let fits = clients.len() < self.settings.max_clients_per_server
                 && state.away < policy.max_away
                 && !state.clients.contains_key(&client)
                 && !state.tokens.contains_key(&hash);
@@ -623,7 +641,7 @@ impl Hub {
 
     fn free_code(&self, state: &State) -> Result<JoinCode, NoFreeId> {
         free_id(
-            || JoinCode::generate(self.code_length),
+            || JoinCode::generate(self.settings.code_length),
             |code| state.servers.contains_key(code),
         )
         .ok_or(NoFreeId)
@@ -734,10 +752,14 @@ impl Hub {
         }
         let (line, bound, notice) = if waiting {
             let notice = protocol::knock(id.as_str(), info);
-            (&mut server.waiting, self.max_waiting, notice)
+            (&mut server.waiting, self.settings.max_waiting, notice)
         } else {
             let notice = protocol::peer_joined(id.as_str());
-            (&mut server.clients, self.max_clients_per_server, notice)
+            (
+                &mut server.clients,
+                self.settings.max_clients_per_server,
+                notice,
+            )
         };
         if line.len() >= bound {
             return Err(JoinError::ServerFull);
@@ -776,7 +798,7 @@ impl Hub {
             .ok_or(CommandError::UnknownPeer)?;
         let place = server.waiting.iter().position(|knocker| *knocker == id);
         let place = place.ok_or(CommandError::UnknownPeer)?;
-        if server.clients.len() >= self.max_clients_per_server {
+        if server.clients.len() >= self.settings.max_clients_per_server {
             return Err(CommandError::ServerFull);
         }
         server.waiting.remove(place);
@@ -924,7 +946,7 @@ impl Hub {
         send_queue_bytes: usize,
         hello: impl FnOnce(&Greeting<'_>) -> String,
     ) -> Result<Seated, Refusal> {
-        let policy = self.resume.ok_or(RESUME_FAILED)?;
+        let policy = self.settings.resume.ok_or(RESUME_FAILED)?;
         let mut state = self.lock();
         let hash = token.hash();
         let id = *state.tokens.get(&hash).ok_or(RESUME_FAILED)?;
