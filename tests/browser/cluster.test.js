@@ -2,8 +2,8 @@
 // redis-server of the test's own, the host's room on a and the guest reaching b first.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import { metric, startInstance, startProxy, startRedis } from './lib/cluster.js';
 import {
   assertIceStaysOnMachine,
@@ -16,15 +16,6 @@ import {
   waitForStatus,
   withPeople,
 } from './lib/pages.js';
-
-// Each test fails with an install hint when Chromium is missing (the hooks then start nothing),
-// unless INTERCESSOR_SKIP_BROWSER=1 makes them skip.
-const options = browserTestOptions();
-const browserTest = (name, body) =>
-  test(name, options, (t) => {
-    requireChromium();
-    return body(t);
-  });
 
 /** Starts each of `starters` in turn; resolves to their results. */
 async function startAll(starters) {

@@ -1,11 +1,11 @@
 // The demo page, driven in Chromium against a relay started for these tests over plain http/ws.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { after, before, describe } from 'node:test';
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import {
   assertIceStaysOnMachine,
   assertNoCspViolations,
@@ -26,15 +26,6 @@ import { repoRoot, startRelay } from './lib/relay.js';
 
 const require = createRequire(import.meta.url);
 const jsQR = require('jsqr');
-
-// Each test fails with an install hint when Chromium is missing (the hooks then start nothing),
-// unless INTERCESSOR_SKIP_BROWSER=1 makes them skip.
-const options = browserTestOptions();
-const browserTest = (name, body) =>
-  test(name, options, (t) => {
-    requireChromium();
-    return body(t);
-  });
 
 describe('demo page over ws://', () => {
   let relay;

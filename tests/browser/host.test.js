@@ -2,8 +2,8 @@
 // and "Ask to join" with Admit (then the chat works) and with Deny; and fresh TURN credentials.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import {
   assertNoCspViolations,
   connectPair,
@@ -16,13 +16,6 @@ import {
   withPeople,
 } from './lib/pages.js';
 import { startRelay } from './lib/relay.js';
-
-const options = browserTestOptions();
-const browserTest = (name, body) =>
-  test(name, options, (t) => {
-    requireChromium();
-    return body(t);
-  });
 
 const byTestId = (id) => `[data-testid="${id}"]`;
 

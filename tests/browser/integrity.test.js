@@ -7,8 +7,8 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import { withPeople } from './lib/pages.js';
 import { repoRoot, startRelay } from './lib/relay.js';
 
@@ -58,8 +58,7 @@ describe('/intercessor.js with integrity, from another origin', () => {
   });
 
   for (const kind of Object.keys(pages)) {
-    test(`${kind.slice(1)}: the file's sha384 runs it, another hash does not`, browserTestOptions(), () => {
-      requireChromium();
+    browserTest(`${kind.slice(1)}: the file's sha384 runs it, another hash does not`, () => {
       const origin = `http://127.0.0.1:${site.address().port}`;
       return withPeople(`integrity ${kind}`, browser, origin, async (open) => {
         for (const [hash, expected] of [[integrity, 'function'], [wrong, 'refused']]) {

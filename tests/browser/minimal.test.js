@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import path from 'node:path';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import { assertIceStaysOnMachine, relayErrors, withPeople } from './lib/pages.js';
 import { repoRoot, startRelay } from './lib/relay.js';
 
@@ -42,8 +42,7 @@ describe('examples/minimal.html', () => {
     await relay?.stop();
   });
 
-  test('opens a data channel by code, and text crosses both ways', browserTestOptions(), () => {
-    requireChromium();
+  browserTest('opens a data channel by code, and text crosses both ways', () => {
     return withPeople('minimal example', browser, site.origin, async (open) => {
       const page = `/?relay=${encodeURIComponent(relay.origin)}`;
       const host = await open('host', page);

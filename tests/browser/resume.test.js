@@ -4,8 +4,8 @@
 // call, peer-to-peer over loopback, go on throughout.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import {
   assertIceStaysOnMachine,
   assertNoCspViolations,
@@ -21,15 +21,6 @@ import {
 } from './lib/pages.js';
 import { startCutProxy } from './lib/proxy.js';
 import { startRelay } from './lib/relay.js';
-
-// Each test fails with an install hint when Chromium is missing (the hooks then start nothing),
-// unless INTERCESSOR_SKIP_BROWSER=1 makes them skip.
-const options = browserTestOptions();
-const browserTest = (name, body) =>
-  test(name, options, (t) => {
-    requireChromium();
-    return body(t);
-  });
 
 // Long enough for several of the library's retries to be turned away, well within the relay's
 // default 30 s resume window.

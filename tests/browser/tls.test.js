@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { after, before, describe, test } from 'node:test';
-import { browserTestOptions, chromiumMissing, launchBrowser, requireChromium } from './lib/browser.js';
+import { after, before, describe } from 'node:test';
+import { browserTest, chromiumMissing, launchBrowser } from './lib/browser.js';
 import { assertIceStaysOnMachine, connectPair, relayErrors, sendChat, waitForChat, withPeople } from './lib/pages.js';
 import { generateCertificates, startRelay } from './lib/relay.js';
 
@@ -15,15 +15,6 @@ function spkiPin(pemFile) {
   const spki = leaf.publicKey.export({ type: 'spki', format: 'der' });
   return createHash('sha256').update(spki).digest('base64');
 }
-
-// Each test fails with an install hint when Chromium is missing (the hooks then start nothing),
-// unless INTERCESSOR_SKIP_BROWSER=1 makes them skip.
-const options = browserTestOptions();
-const browserTest = (name, body) =>
-  test(name, options, (t) => {
-    requireChromium();
-    return body(t);
-  });
 
 describe('demo page over wss://', () => {
   let certs;

@@ -1,6 +1,7 @@
 // Launches Debian's Chromium for the demo tests, with every flag explained.
 
 import { existsSync, mkdirSync } from 'node:fs';
+import { test } from 'node:test';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -49,6 +50,21 @@ export function browserTestOptions() {
 export function requireChromium() {
   const missing = chromiumMissing();
   if (missing) throw new Error(missing);
+}
+
+let testOptions;
+
+/**
+ * `test(name, body)` for a test that needs Chromium: with Chromium missing it fails with the
+ * install hint (the suite's hooks then start nothing), unless INTERCESSOR_SKIP_BROWSER=1 makes it
+ * skip.
+ */
+export function browserTest(name, body) {
+  testOptions ??= browserTestOptions();
+  return test(name, testOptions, (t) => {
+    requireChromium();
+    return body(t);
+  });
 }
 
 const LAUNCH_ARGS = [
