@@ -283,6 +283,7 @@ fn refused(refusal: Refusal) -> Arrival {
     }
 }
 
+/// A takeover refused because the cluster directory could not be asked who holds the room.
 fn takeover_directory_down(error: Unavailable) -> Arrival {
     debug!(%error, "takeover refused");
     refused(DIRECTORY_DOWN)

@@ -708,10 +708,12 @@ mod tests {
     use hyper_util::rt::TokioIo;
 
     /// What an upgraded connection's session holds the socket as.
-    type Upgrade = WebSocketStream<TokioIo<Upgraded>>;
+    type UpgradedSocket = WebSocketStream<TokioIo<Upgraded>>;
 
     /// The size of the future `make` returns, without calling it.
-    fn output_size<F>(_make: fn(Upgrade, Arc<Shared>, Arrival, Slot, SocketAddr) -> F) -> usize {
+    fn output_size<F>(
+        _make: fn(UpgradedSocket, Arc<Shared>, Arrival, Slot, SocketAddr) -> F,
+    ) -> usize {
         size_of::<F>()
     }
 
