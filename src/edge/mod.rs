@@ -18,5 +18,7 @@ pub(crate) mod session;
 pub(crate) mod state;
 pub mod stream;
 pub mod tls;
+pub mod tls_socket;
+pub(crate) mod unread;
 
 pub use session::CLOSE_GRACE;

@@ -13,6 +13,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::unread::Unread;
+
 /// The most one read from the socket takes: a few large messages, or many small ones.
 const GULP: usize = 16 * 1024;
 
@@ -26,24 +28,21 @@ pub struct ReadAhead<S> {
     inner: S,
     /// Read from the socket and not taken by the caller yet: empty, and no allocation, except
     /// between the reads of one burst.
-    leftover: Box<[u8]>,
-    /// How much of `leftover` was taken already.
-    taken: usize,
+    leftover: Unread<Box<[u8]>>,
 }
 
 impl<S> ReadAhead<S> {
     pub fn new(inner: S) -> Self {
         ReadAhead {
             inner,
-            leftover: Box::default(),
-            taken: 0,
+            leftover: Unread::default(),
         }
     }
 
     /// Bytes held for the caller.
     #[cfg(test)]
     fn held(&self) -> usize {
-        self.leftover.len() - self.taken
+        self.leftover.len()
     }
 }
 
@@ -57,19 +56,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.taken < this.leftover.len() {
-            // Served from memory, a read still spends the task's budget as a socket read does, so
-            // a peer that sends without pause cannot keep the thread from the sessions it feeds.
-            let coop = ready!(tokio::task::coop::poll_proceed(cx));
-            let rest = &this.leftover[this.taken..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.taken += n;
-            if this.taken == this.leftover.len() {
-                this.leftover = Box::default();
-                this.taken = 0;
-            }
-            coop.made_progress();
+        if !this.leftover.is_empty() {
+            ready!(this.leftover.poll_take(cx, buf));
             return Poll::Ready(Ok(()));
         }
         if buf.remaining() >= GULP {
@@ -82,7 +70,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
             let n = read.len().min(buf.remaining());
             buf.put_slice(&read[..n]);
             if n < read.len() {
-                this.leftover = read[n..].into();
+                this.leftover = Unread::new(read[n..].into());
             }
             Poll::Ready(Ok(()))
         })

@@ -10,9 +10,11 @@ use crate::edge::net;
 use crate::edge::state::Shared;
 use crate::edge::stream::Stream;
 use crate::edge::tls::TlsFiles;
+use crate::edge::tls_socket::TlsSocket;
 use crate::relay::admission;
 use anyhow::Context as _;
 use hyper::service::service_fn;
+use rustls::ServerConfig;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::Poll;
@@ -20,7 +22,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -149,8 +150,8 @@ impl Relay {
                 _ = shutdown.cancelled() => break,
                 (permit, accepted) = accepted => match (permit, accepted) {
                     (Ok(permit), Ok((stream, remote))) => {
-                        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-                        let connection = serve_connection(shared.clone(), stream, remote, acceptor);
+                        let tls = tls.as_ref().map(|tls| tls.config());
+                        let connection = serve_connection(shared.clone(), stream, remote, tls);
                         shared.tracker.spawn(async move {
                             connection.await;
                             drop(permit);
@@ -204,16 +205,16 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     remote: SocketAddr,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Arc<ServerConfig>>,
 ) {
     let handshake_timeout = shared.config.handshake_timeout;
-    let Some(acceptor) = tls else {
+    let Some(tls) = tls else {
         return serve_http(shared, stream.into(), remote, handshake_timeout).await;
     };
     let deadline = Instant::now() + handshake_timeout;
     let shutdown = shared.shutdown.clone();
     let handshake = tokio::select! {
-        handshake = timeout(handshake_timeout, acceptor.accept(stream)) => handshake,
+        handshake = timeout(handshake_timeout, TlsSocket::accept(stream, tls)) => handshake,
         _ = shutdown.cancelled() => return,
     };
     match handshake {

@@ -5,20 +5,20 @@
 //! branch per read and write.
 
 use crate::edge::readahead::ReadAhead;
+use crate::edge::tls_socket::TlsSocket;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 
 /// A connection after the TLS handshake, if there is one.
 pub enum Stream {
-    /// Plain HTTP, read ahead so that an idle WebSocket holds no read buffer (rustls buffers a
-    /// TLS connection's reads itself).
+    /// Plain HTTP, read ahead so that an idle WebSocket holds no read buffer (a TLS connection
+    /// reads through a buffer per thread of its own).
     Plain(ReadAhead<TcpStream>),
     /// Boxed: a TLS session is large, and inline it would make every plain peer's stream as big.
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(Box<TlsSocket>),
 }
 
 impl AsyncRead for Stream {

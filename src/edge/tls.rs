@@ -11,7 +11,6 @@ use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{InconsistentKeys, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
-use tokio_rustls::TlsAcceptor;
 
 /// The one application protocol offered: the relay serves HTTP/1.1 and its WebSocket upgrades
 /// only. A client that offers ALPN without it is refused during the handshake.
@@ -76,12 +75,12 @@ impl TlsFiles {
         })
     }
 
-    /// An acceptor with the configuration loaded last: take one per connection so each new
-    /// connection gets the newest certificate.
-    pub fn acceptor(&self) -> TlsAcceptor {
+    /// The configuration loaded last: take it per connection so each new connection gets the
+    /// newest certificate.
+    pub fn config(&self) -> Arc<ServerConfig> {
         // The lock only guards swapping an `Arc`, which a panic cannot leave half done.
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        TlsAcceptor::from(Arc::clone(&current))
+        Arc::clone(&current)
     }
 
     /// Loads both files again and, if they are good, serves them to new connections.
@@ -134,6 +133,7 @@ fn pem_error(error: pem::Error, path: &Path) -> anyhow::Error {
 mod tests {
     use super::*;
     use crate::edge::devcert::{self, DevCertPaths};
+    use crate::edge::tls_socket::TlsSocket;
     use rustls::pki_types::ServerName;
     use rustls::{ClientConfig, RootCertStore};
     use std::fs;
@@ -236,20 +236,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let paths = dev_certs(dir.path(), &[]);
         let tls = TlsFiles::load(&paths.cert, &paths.key).expect("loads");
-        let before = Arc::clone(tls.acceptor().config());
+        let before = tls.config();
         fs::write(&paths.cert, "").expect("writable");
         let message = error_text(tls.reload());
         assert!(
             message.contains(&paths.cert.display().to_string()),
             "{message}"
         );
-        assert!(Arc::ptr_eq(&before, tls.acceptor().config()));
+        assert!(Arc::ptr_eq(&before, &tls.config()));
     }
 
-    /// Connects to a one-shot listener served by `acceptor` as a client that trusts only the CA
+    /// Connects to a one-shot listener served with `config` as a client that trusts only the CA
     /// in `ca` and asks for `name`; returns the leaf certificate and the protocol agreed.
     async fn handshake(
-        acceptor: TlsAcceptor,
+        config: Arc<ServerConfig>,
         ca: &Path,
         name: &str,
     ) -> std::io::Result<(CertificateDer<'static>, Option<Vec<u8>>)> {
@@ -258,7 +258,7 @@ mod tests {
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await?;
             // The client's verdict is what the test reads; the server side only has to run.
-            let _ = acceptor.accept(stream).await;
+            let _ = TlsSocket::accept(stream, config).await;
             std::io::Result::Ok(())
         });
 
@@ -296,29 +296,29 @@ mod tests {
         let tls = TlsFiles::load(&paths.cert, &paths.key).expect("loads");
         let old = CertificateDer::from_pem_file(&paths.cert).expect("a certificate");
 
-        let (leaf, alpn) = handshake(tls.acceptor(), &paths.ca_cert, "localhost")
+        let (leaf, alpn) = handshake(tls.config(), &paths.ca_cert, "localhost")
             .await
             .expect("handshake for localhost");
         assert_eq!(leaf, old);
         assert_eq!(alpn.as_deref(), Some(b"http/1.1".as_slice()));
-        handshake(tls.acceptor(), &paths.ca_cert, "relay.test")
+        handshake(tls.config(), &paths.ca_cert, "relay.test")
             .await
             .expect_err("relay.test is not covered yet");
 
         dev_certs(dir.path(), &["relay.test"]);
         let new = CertificateDer::from_pem_file(&paths.cert).expect("a certificate");
         assert_ne!(new, old);
-        let before_reload = tls.acceptor();
+        let before_reload = tls.config();
         tls.reload().expect("reloads");
 
-        let (leaf, _) = handshake(tls.acceptor(), &paths.ca_cert, "relay.test")
+        let (leaf, _) = handshake(tls.config(), &paths.ca_cert, "relay.test")
             .await
             .expect("handshake for relay.test");
         assert_eq!(leaf, new);
-        // An acceptor taken before the reload goes on with the old certificate.
+        // A configuration taken before the reload goes on with the old certificate.
         let (leaf, _) = handshake(before_reload, &paths.ca_cert, "localhost")
             .await
-            .expect("handshake with the old acceptor");
+            .expect("handshake with the old configuration");
         assert_eq!(leaf, old);
     }
 }

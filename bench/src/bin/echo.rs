@@ -3,7 +3,7 @@
 //! connection, no split) that writes every text frame back: no JSON, no routing, no queues.
 //!
 //! With `--tls-cert` and `--tls-key` it serves `wss://` on the relay's own TLS set-up (the same
-//! rustls configuration, acceptor and connection type), so a relay over TLS has a floor that
+//! rustls configuration, TLS socket and connection type), so a relay over TLS has a floor that
 //! pays the same TLS cost per message.
 
 use clap::Parser;
@@ -17,6 +17,7 @@ use intercessor::edge::net;
 use intercessor::edge::response::{self, Body};
 use intercessor::edge::stream::Stream;
 use intercessor::edge::tls::TlsFiles;
+use intercessor::edge::tls_socket::TlsSocket;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
@@ -64,7 +65,7 @@ fn websocket_config() -> WebSocketConfig {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // `TlsFiles::load` is the relay's `load_server_config`, and its `acceptor` the one the relay
+    // `TlsFiles::load` is the relay's `load_server_config`, and its `config` the one the relay
     // takes for each connection.
     let tls = match (&cli.tls_cert, &cli.tls_key) {
         (Some(cert), Some(key)) => match TlsFiles::load(cert, key) {
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
 }
 
 /// Accepts connections forever, like the relay's accept loop, on a listener bound the same way;
-/// with `tls`, each connection takes the acceptor as the relay's does.
+/// with `tls`, each connection takes the configuration as the relay's does.
 async fn serve(listen: SocketAddr, tls: Option<Arc<TlsFiles>>) -> std::io::Result<()> {
     let listener = net::listen(listen)?;
     eprintln!("listening on {}", listener.local_addr()?);
@@ -123,7 +124,9 @@ async fn serve_connection(stream: TcpStream, tls: Option<Arc<TlsFiles>>) {
         return serve_http(stream.into(), HANDSHAKE_TIMEOUT).await;
     };
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    if let Ok(Ok(stream)) = timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await {
+    if let Ok(Ok(stream)) =
+        timeout(HANDSHAKE_TIMEOUT, TlsSocket::accept(stream, tls.config())).await
+    {
         let remaining = deadline.saturating_duration_since(Instant::now());
         serve_http(Stream::Tls(Box::new(stream)), remaining).await;
     }
