@@ -148,21 +148,23 @@ impl TlsSocket {
             if end == held {
                 return Poll::Ready(Ok(false));
             }
-            let processed = self.process(&mut incoming[..end], Sending::Nothing);
+            let processed = match self.process(&mut incoming[..end], Sending::Nothing) {
+                Ok(used) => {
+                    self.hold(&incoming[used..end]);
+                    Ok(true)
+                }
+                Err(error) => {
+                    self.held = Vec::new();
+                    self.send_alert();
+                    Err(error)
+                }
+            };
+            // Only what is held is kept: a buffer grown for one peer's split message goes back.
             if incoming.len() > 2 * GULP {
                 incoming.truncate(GULP);
                 incoming.shrink_to_fit();
             }
-            let used = match processed {
-                Ok(used) => used,
-                Err(error) => {
-                    self.held = Vec::new();
-                    self.send_alert();
-                    return Poll::Ready(Err(error));
-                }
-            };
-            self.hold(&incoming[used..end]);
-            Poll::Ready(Ok(true))
+            Poll::Ready(processed)
         })
     }
 
@@ -609,6 +611,36 @@ mod tests {
         let mut answer = Vec::new();
         peer.read_to_end(&mut answer).await.expect("read");
         assert_eq!(answer.first(), Some(&21), "an alert record: {answer:?}");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_message_split_past_the_bound_is_refused() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (paths, _) = devcert::ensure(dir.path(), &[]).expect("development certificates");
+        let config = tls::load_server_config(&paths.cert, &paths.key).expect("loads");
+        let sender = tokio::spawn(async move {
+            let mut peer = TcpStream::connect(address).await.expect("connect");
+            // A ClientHello of the largest size rustls allows (64 KiB), sent 16 bytes per record:
+            // the records' headers take its fragments past `MAX_HELD` before it is whole.
+            let mut records = vec![22, 3, 1, 0, 4, 1, 0, 0xff, 0xff];
+            while records.len() < MAX_HELD + RECORD {
+                records.extend_from_slice(&[22, 3, 1, 0, 16]);
+                records.extend_from_slice(&[0; 16]);
+            }
+            // The relay hangs up part-way through: the write's result is not the point.
+            let _ = peer.write_all(&records).await;
+        });
+
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let error = TlsSocket::accept(tcp, config).await.err().expect("refused");
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        assert!(
+            error.to_string().contains("message too large"),
+            "our bound: {error}"
+        );
+        sender.await.expect("sender");
     }
 
     #[tokio::test]
