@@ -101,15 +101,18 @@ export async function assertIceStaysOnMachine(page) {
         const pair = stats.get(report.selectedCandidatePairId);
         const local = stats.get(pair.localCandidateId);
         const remote = stats.get(pair.remoteCandidateId);
-        found.push({ local: local.address, remote: remote.address });
+        found.push({ local: local.address, remote: remote.address, remoteType: remote.candidateType });
       }
     }
     return found;
   });
   assert.ok(pairs.length > 0, 'no connected RTCPeerConnection with a selected candidate pair');
   const mine = machineAddresses();
-  for (const { local, remote } of pairs) {
-    assert.ok(mine.has(remote), `ICE pair reaches ${remote}, which is not an address of this machine`);
+  for (const { local, remote, remoteType } of pairs) {
+    // A peer-reflexive remote (learned from a connectivity check that beat its candidate's
+    // signaling, as after a blip) has its address hidden from stats; the local end still shows.
+    const hidden = remoteType === 'prflx' && !remote;
+    assert.ok(hidden || mine.has(remote), `ICE pair reaches ${remote}, which is not an address of this machine`);
     assert.ok(mine.has(local), `ICE pair leaves from ${local}, which is not an address of this machine`);
   }
   return pairs;
