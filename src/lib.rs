@@ -13,6 +13,9 @@
 //!     the hand-off of upgraded connections to `session`.
 //!   - `session`: one WebSocket session, from HELLO to the close frame; the only place that
 //!     touches both a socket and the hub.
+//!   - `parking`: a session's connection, parked as its socket alone while its peer is idle;
+//!     `framing`: where what was read stands against the WebSocket frames, so it parks losing
+//!     nothing.
 //!   - `admin`: the metrics listener; `metrics`: the counters it renders.
 //!   - `state`: the relay-wide handles every connection shares.
 //!   - `cluster`: the cluster directory in Redis: claiming codes, finding a code's owner, the

@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::{TestPeer, TestRelay, config, raw_http, status_of};
+use common::{TestPeer, TestRelay, config, metrics_get, raw_http, sample, status_of};
 use serde_json::json;
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -13,21 +12,6 @@ fn with_metrics() -> intercessor::Config {
         metrics_listen: Some("127.0.0.1:0".parse().expect("valid")),
         ..config()
     }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> String {
-    raw_http(
-        addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n"),
-    )
-    .await
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|value| value.trim().parse().ok())
 }
 
 #[tokio::test]
@@ -48,7 +32,7 @@ async fn counts_peers_messages_errors_and_closes() {
     .await;
     assert_eq!(status_of(&plain), 426);
 
-    let text = get(metrics, "/metrics").await;
+    let text = metrics_get(metrics, "/metrics").await;
     assert_eq!(status_of(&text), 200);
     assert!(text.contains("application/openmetrics-text"), "{text}");
     assert_eq!(sample(&text, "intercessor_servers"), Some(1.0), "{text}");
@@ -113,7 +97,7 @@ async fn counts_peers_messages_errors_and_closes() {
     let other = TestPeer::client_of(&relay, &mut server).await;
     drop(other);
     server.recv().await;
-    let text = get(metrics, "/metrics").await;
+    let text = metrics_get(metrics, "/metrics").await;
     assert_eq!(sample(&text, "intercessor_clients"), Some(0.0), "{text}");
     assert_eq!(
         sample(&text, r#"intercessor_closes_total{code="1000"}"#),
@@ -130,16 +114,16 @@ async fn counts_peers_messages_errors_and_closes() {
 #[tokio::test]
 async fn metrics_are_not_served_on_the_public_port() {
     let relay = TestRelay::start(with_metrics()).await;
-    assert_eq!(status_of(&get(relay.addr, "/metrics").await), 404);
-    assert_eq!(status_of(&get(relay.addr, "/readyz").await), 200);
+    assert_eq!(status_of(&metrics_get(relay.addr, "/metrics").await), 404);
+    assert_eq!(status_of(&metrics_get(relay.addr, "/readyz").await), 200);
 }
 
 #[tokio::test]
 async fn readyz_turns_503_once_shutdown_begins_while_metrics_stay_up() {
     let relay = TestRelay::start(with_metrics()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
-    assert_eq!(status_of(&get(metrics, "/readyz").await), 200);
-    assert_eq!(status_of(&get(metrics, "/healthz").await), 200);
+    assert_eq!(status_of(&metrics_get(metrics, "/readyz").await), 200);
+    assert_eq!(status_of(&metrics_get(metrics, "/healthz").await), 200);
     // A peer that never answers the close keeps the drain going for about a second.
     let mut silent = tokio::net::TcpStream::connect(relay.addr)
         .await
@@ -154,7 +138,7 @@ async fn readyz_turns_503_once_shutdown_begins_while_metrics_stay_up() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = tokio::spawn(relay.stop());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(status_of(&get(metrics, "/readyz").await), 503);
-    assert_eq!(status_of(&get(metrics, "/metrics").await), 200);
+    assert_eq!(status_of(&metrics_get(metrics, "/readyz").await), 503);
+    assert_eq!(status_of(&metrics_get(metrics, "/metrics").await), 200);
     stopping.await.expect("stops");
 }

@@ -7,7 +7,7 @@ use crate::procfs::{self, Watched};
 use crate::report::{Problems, Report, round, thousands};
 use crate::route::Route;
 use anyhow::{Context as _, Result};
-use futures_util::{StreamExt, stream};
+use futures_util::{SinkExt, StreamExt, stream};
 use serde_json::json;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -32,6 +32,9 @@ pub struct Params {
     /// Open and close a batch first, so the base reading includes warmed-up allocator arenas and
     /// runtime structures rather than charging them to the peers.
     pub base_rss_after_warmup: bool,
+    /// Bytes of the one message each pair's client and server send each other before going quiet
+    /// (an SDP offer and its answer, as real signaling peers do); `0` sends none.
+    pub exchange: usize,
 }
 
 /// What a run found.
@@ -77,7 +80,7 @@ pub async fn measure(params: &Params, route: &Route, watched: Option<&Watched>) 
     if params.base_rss_after_warmup {
         let warmup = params.pairs.min(SETUP_CONCURRENCY);
         eprintln!("idle: warm-up with {warmup} pairs…");
-        let opened: Vec<_> = stream::iter((0..warmup).map(|_| open(route, params.servers_only)))
+        let opened: Vec<_> = stream::iter((0..warmup).map(|_| open(route, params)))
             .buffer_unordered(SETUP_CONCURRENCY)
             .collect()
             .await;
@@ -107,10 +110,9 @@ pub async fn measure(params: &Params, route: &Route, watched: Option<&Watched>) 
     let mut failed = 0;
     let mut samples = Problems::default();
     let started = Instant::now();
-    let mut opening = stream::iter(
-        (0..params.pairs).map(|_| timeout(net::PATIENCE, open(route, params.servers_only))),
-    )
-    .buffer_unordered(SETUP_CONCURRENCY);
+    let mut opening =
+        stream::iter((0..params.pairs).map(|_| timeout(net::PATIENCE, open(route, params))))
+            .buffer_unordered(SETUP_CONCURRENCY);
     while let Some(result) = opening.next().await {
         match result {
             Ok(Ok(sockets)) => {
@@ -178,15 +180,32 @@ impl Params {
     }
 }
 
-/// One pair's sockets, server first; with `servers_only` the server peer alone, past HELLO.
-async fn open(route: &Route, servers_only: bool) -> Result<Vec<Ws>> {
-    if servers_only {
+/// One pair's sockets, server first, past the exchange if there is one; with `servers_only` the
+/// server peer alone, past HELLO.
+async fn open(route: &Route, params: &Params) -> Result<Vec<Ws>> {
+    if params.servers_only {
         let mut server = route.servers.open("/server").await?;
         net::read_hello(&mut server).await.context("server HELLO")?;
         return Ok(vec![server]);
     }
-    let pair = net::open_pair(&route.servers, &route.clients).await?;
+    let mut pair = net::open_pair(&route.servers, &route.clients).await?;
+    if params.exchange > 0 {
+        let sdp = "v".repeat(params.exchange);
+        let offer = json!({"to": pair.code, "type": "OFFER", "message": sdp});
+        pair.client.send(Message::text(offer.to_string())).await?;
+        expect_type(&mut pair.server, "OFFER").await?;
+        let answer = json!({"to": pair.client_id, "type": "ANSWER", "message": sdp});
+        pair.server.send(Message::text(answer.to_string())).await?;
+        expect_type(&mut pair.client, "ANSWER").await?;
+    }
     Ok(vec![pair.server, pair.client])
+}
+
+/// Reads the next frame and checks it is a relayed `kind`.
+async fn expect_type(ws: &mut Ws, kind: &str) -> Result<()> {
+    let frame = net::next_json(ws).await?;
+    anyhow::ensure!(frame["type"] == kind, "expected {kind}, got {frame}");
+    Ok(())
 }
 
 /// Reads a held connection until told to stop, so the relay's pings get their pongs.
@@ -278,6 +297,7 @@ pub fn report(
             "setup_s": round(outcome.setup_elapsed.as_secs_f64(), 3),
             "hold_s": params.hold.as_secs_f64(),
             "base_rss_after_warmup": params.base_rss_after_warmup,
+            "exchange_bytes": params.exchange,
             "pid": pid,
             "rss_before": rss.map(|r| r.0),
             "rss_after": rss.map(|r| r.1),

@@ -222,6 +222,15 @@ enum Command {
         /// charged to the peers
         #[arg(long)]
         base_rss_after_warmup: bool,
+        /// Bytes of one message each pair's client and server send each other before going
+        /// quiet (an SDP offer and its answer, as real peers do); 0 sends none
+        #[arg(
+            long,
+            value_name = "BYTES",
+            default_value_t = 0,
+            conflicts_with = "servers_only"
+        )]
+        exchange: usize,
     },
     /// Counts the commands a cluster's relays send their Redis over an interval of doing
     /// nothing: what idle rooms cost the directory (run it while `idle` holds them)
@@ -386,6 +395,7 @@ async fn run(command: Command) -> Result<Report> {
             pid,
             hold,
             base_rss_after_warmup,
+            exchange,
         } => {
             let ca = endpoint.ca.as_deref();
             let route = match &client_url {
@@ -399,6 +409,7 @@ async fn run(command: Command) -> Result<Report> {
                 servers_only,
                 hold,
                 base_rss_after_warmup,
+                exchange,
             };
             let outcome = idle::measure(&params, &route, watched.as_ref()).await?;
             let url = match &client_url {

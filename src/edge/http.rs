@@ -3,6 +3,7 @@
 
 use crate::edge::assets;
 use crate::edge::cluster::{Cluster, Takeover};
+use crate::edge::framing::Framed;
 use crate::edge::redis::Unavailable;
 use crate::edge::response::{self, Body};
 use crate::edge::session::{self, Arrival};
@@ -150,7 +151,7 @@ async fn start_session(
         };
         // The session writes first (HELLO or its refusal), and that write carries the 101 (see
         // `coalesce`).
-        let io = TokioIo::new(upgraded);
+        let io = Framed::new(TokioIo::new(upgraded));
         let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(shared.websocket)).await;
         Some((ws, shared, arrival, slot, remote))
     };

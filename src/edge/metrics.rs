@@ -54,6 +54,7 @@ pub struct Metrics {
     servers: Gauge,
     clients: Gauge,
     connections: Gauge,
+    parked: Gauge,
     messages: Counter,
     bytes: Counter,
     upgrades: Family<Outcome, Counter>,
@@ -80,6 +81,7 @@ impl Metrics {
             servers: Gauge::default(),
             clients: Gauge::default(),
             connections: Gauge::default(),
+            parked: Gauge::default(),
             messages: Counter::default(),
             bytes: Counter::default(),
             upgrades: Family::default(),
@@ -98,6 +100,11 @@ impl Metrics {
             "connections",
             "Live WebSocket sessions",
             metrics.connections.clone(),
+        );
+        registry.register(
+            "parked_sessions",
+            "WebSocket sessions parked: idle, holding their socket and none of the WebSocket's state",
+            metrics.parked.clone(),
         );
         registry.register(
             "messages_relayed",
@@ -169,6 +176,11 @@ impl Metrics {
             registry,
             ..metrics
         }
+    }
+
+    /// The gauge of parked sessions, which each session's connection moves itself.
+    pub fn parked(&self) -> Gauge {
+        self.parked.clone()
     }
 
     /// Counts one relayed message of `bytes` bytes.

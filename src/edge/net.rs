@@ -26,7 +26,7 @@ const ACCEPT_BACKLOG: u32 = 1024;
 /// peer holds, so it is small; the reads it takes per frame are served from memory (a plain
 /// socket is read ahead, see `readahead`; rustls buffers a TLS one). A frame larger than this
 /// grows the buffer to its own length, and tungstenite keeps that buffer for the connection.
-const WS_READ_BUFFER: usize = 128;
+pub(crate) const WS_READ_BUFFER: usize = 128;
 /// Frames written are collected up to this size before tungstenite writes them out; a flush
 /// after each batch sends the rest.
 const WS_WRITE_BUFFER: usize = 16 * 1024;

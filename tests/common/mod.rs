@@ -8,7 +8,7 @@
 //! - `bystanders`: [`Bystanders`], well-behaved pairs that talk on while a test attacks;
 //! - `garbage`: what a stranger sends instead of HTTP, and hyper's answer to each;
 //! - `load`: load generators (slow loris, passing pairs, floods, quiet request/echo pairs);
-//! - `procfs`: a process's memory as /proc reports it;
+//! - `procfs`: a process's memory as /proc reports it; `metrics`: the metrics as scraped;
 //! - `oracles`: what the parsers must say of any input, shared with the fuzz targets in `fuzz/`;
 //! - `redis`: a real `redis-server` on a free loopback port; `fly_proxy`: a stand-in for Fly's
 //!   replaying proxy in front of several relay instances; `cluster`: relay processes sharing one
@@ -22,6 +22,7 @@ pub mod cluster;
 pub mod fly_proxy;
 pub mod garbage;
 pub mod load;
+pub mod metrics;
 pub mod oracles;
 pub mod peer;
 pub mod process;
@@ -38,6 +39,8 @@ pub use bystanders::*;
 pub use garbage::*;
 #[allow(unused_imports)]
 pub use load::*;
+#[allow(unused_imports)]
+pub use metrics::*;
 #[allow(unused_imports)]
 pub use peer::*;
 #[allow(unused_imports)]
