@@ -3,12 +3,10 @@
 mod common;
 
 use common::{TestPeer, TestRelay, config, overfill_config};
-use futures_util::StreamExt;
 use intercessor::Config;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Reads until the relay closes the TCP connection; returns the bytes and how long it took.
 async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, Duration) {
@@ -82,16 +80,7 @@ async fn the_relay_pings_and_a_ponging_peer_stays() {
     })
     .await;
     let mut server = TestPeer::server(&relay).await;
-    let mut pings = 0;
-    let deadline = Instant::now() + Duration::from_millis(1000);
-    while Instant::now() < deadline {
-        // Reading lets tungstenite answer each ping with a pong, which keeps the peer alive.
-        match tokio::time::timeout(Duration::from_millis(200), server.ws.next()).await {
-            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => {}
-        }
-    }
+    let pings = server.count_pings(Duration::from_millis(1000)).await;
     assert!(pings >= 5, "only {pings} pings in a second at 100 ms");
     TestPeer::client_of(&relay, &mut server).await;
 }

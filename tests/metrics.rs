@@ -2,21 +2,14 @@
 
 mod common;
 
-use common::{TestPeer, TestRelay, config, metrics_get, raw_http, sample, status_of};
+use common::{TestPeer, TestRelay, metrics_config, metrics_get, raw_http, sample, status_of};
 use serde_json::json;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-fn with_metrics() -> intercessor::Config {
-    intercessor::Config {
-        metrics_listen: Some("127.0.0.1:0".parse().expect("valid")),
-        ..config()
-    }
-}
-
 #[tokio::test]
 async fn counts_peers_messages_errors_and_closes() {
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     let mut server = TestPeer::server(&relay).await;
     let mut client = TestPeer::client_of(&relay, &mut server).await;
@@ -113,14 +106,14 @@ async fn counts_peers_messages_errors_and_closes() {
 
 #[tokio::test]
 async fn metrics_are_not_served_on_the_public_port() {
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     assert_eq!(status_of(&metrics_get(relay.addr, "/metrics").await), 404);
     assert_eq!(status_of(&metrics_get(relay.addr, "/readyz").await), 200);
 }
 
 #[tokio::test]
 async fn readyz_turns_503_once_shutdown_begins_while_metrics_stay_up() {
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     assert_eq!(status_of(&metrics_get(metrics, "/readyz").await), 200);
     assert_eq!(status_of(&metrics_get(metrics, "/healthz").await), 200);

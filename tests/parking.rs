@@ -5,28 +5,20 @@
 mod common;
 
 use common::{
-    DevTls, TestPeer, TestRelay, client_frame, config, connect_wss, raw_websocket, until_sample,
+    DevTls, TestPeer, TestRelay, client_frame, connect_wss, metrics_config, raw_websocket,
+    until_sample,
 };
-use futures_util::StreamExt;
 use intercessor::Config;
 use serde_json::json;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 const PARKED: &str = "intercessor_parked_sessions";
 
 /// Long enough for a session's timer to have found it idle several times over.
 const SEVERAL_PARK_CHECKS: Duration = Duration::from_millis(600);
-
-fn with_metrics() -> Config {
-    Config {
-        metrics_listen: Some("127.0.0.1:0".parse().expect("valid")),
-        ..config()
-    }
-}
 
 /// A server peer, and a client of it opened by hand so the test writes its bytes; the server has
 /// read PEER_JOINED. Returns the client's id too.
@@ -63,7 +55,7 @@ async fn parked_stays(metrics: SocketAddr, parked: f64) {
 #[tokio::test]
 async fn an_idle_pair_parks_and_relays_both_ways_when_woken() {
     // Set-up: a pair that exchanged HELLO and PEER_JOINED, then went quiet.
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     let mut server = TestPeer::server(&relay).await;
     let mut client = TestPeer::client_of(&relay, &mut server).await;
@@ -84,7 +76,7 @@ async fn an_idle_pair_parks_and_relays_both_ways_when_woken() {
 #[tokio::test]
 async fn a_frame_half_sent_before_a_pause_is_relayed_whole_after_it() {
     // Set-up: the client sends the first half of a text frame, header and part of the payload.
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     let (mut server, mut client, client_id) = server_and_raw_client(&relay).await;
     let text = "x".repeat(300);
@@ -101,7 +93,7 @@ async fn a_frame_half_sent_before_a_pause_is_relayed_whole_after_it() {
 #[tokio::test]
 async fn a_message_whose_fragments_straddle_a_pause_is_relayed_whole() {
     // Set-up: the first fragment of a text message (no FIN), then a ping between fragments.
-    let relay = TestRelay::start(with_metrics()).await;
+    let relay = TestRelay::start(metrics_config()).await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     let (mut server, mut client, client_id) = server_and_raw_client(&relay).await;
     let message = envelope(&server.id, "in two parts");
@@ -132,22 +124,14 @@ async fn a_parked_peer_is_pinged_and_its_pongs_keep_it() {
     let relay = TestRelay::start(Config {
         ping_interval: Duration::from_millis(400),
         idle_timeout: Duration::from_millis(1200),
-        ..with_metrics()
+        ..metrics_config()
     })
     .await;
     let metrics = relay.metrics_addr.expect("metrics listener");
     let mut server = TestPeer::server(&relay).await;
     until_sample(metrics, PARKED, 1.0).await;
     // Action: the peer reads for 2.5 s, its client answering each ping with a pong.
-    let mut pings = 0;
-    let deadline = Instant::now() + Duration::from_millis(2500);
-    while Instant::now() < deadline {
-        match tokio::time::timeout(Duration::from_millis(100), server.ws.next()).await {
-            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(_) => {}
-        }
-    }
+    let pings = server.count_pings(Duration::from_millis(2500)).await;
     // Expectation: pinged from parked throughout, never cut, and parked again at the end.
     assert!(pings >= 4, "only {pings} pings in 2.5 s at 400 ms");
     until_sample(metrics, PARKED, 1.0).await;
@@ -160,7 +144,7 @@ async fn over_wss_an_idle_pair_parks_and_relays_when_woken() {
     let tls = DevTls::new();
     let relay = TestRelay::start(Config {
         tls: Some(tls.source()),
-        ..with_metrics()
+        ..metrics_config()
     })
     .await;
     let metrics = relay.metrics_addr.expect("metrics listener");

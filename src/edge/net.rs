@@ -25,7 +25,8 @@ const ACCEPT_BACKLOG: u32 = 1024;
 /// Read buffer per WebSocket, and the most tungstenite reads at a time. It is memory every idle
 /// peer holds, so it is small; the reads it takes per frame are served from memory (a plain
 /// socket is read ahead, see `readahead`; rustls buffers a TLS one). A frame larger than this
-/// grows the buffer to its own length, and tungstenite keeps that buffer for the connection.
+/// grows the buffer to its own length, and tungstenite keeps that buffer until the session parks
+/// (see `parking`).
 pub(crate) const WS_READ_BUFFER: usize = 128;
 /// Frames written are collected up to this size before tungstenite writes them out; a flush
 /// after each batch sends the rest.

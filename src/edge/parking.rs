@@ -112,13 +112,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
 
     /// [`Self::open`], outside a poll.
     pub async fn opened(&mut self, config: &WebSocketConfig) -> Result<&mut WebSocket<S>, WsError> {
-        if self.is_parked() {
-            poll_fn(|cx| {
-                self.unpark(cx, config, Vec::new());
-                Poll::Ready(())
-            })
-            .await;
-        }
+        poll_fn(|cx| Poll::Ready(self.open(cx, config).map(drop))).await?;
         self.ws()
     }
 

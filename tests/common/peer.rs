@@ -3,6 +3,7 @@
 use super::{PATIENCE, TestRelay};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -158,6 +159,21 @@ impl TestPeer {
         for _ in 0..160 {
             self.send_to(to, "BULK", json!(chunk)).await;
         }
+    }
+
+    /// Reads for `duration`, counting the relay's pings (tungstenite answers each with a pong,
+    /// which keeps the peer alive); any other frame, or the end of the connection, fails the test.
+    pub async fn count_pings(&mut self, duration: Duration) -> usize {
+        let mut pings = 0;
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(100), self.ws.next()).await {
+                Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        }
+        pings
     }
 
     /// The next text frame, parsed; pings and pongs are skipped.

@@ -29,6 +29,14 @@ pub fn config() -> Config {
     }
 }
 
+/// [`config`] with the metrics listener on a free loopback port.
+pub fn metrics_config() -> Config {
+    Config {
+        metrics_listen: Some("127.0.0.1:0".parse().expect("valid address")),
+        ..config()
+    }
+}
+
 /// A relay that takes [`TestPeer::overfill`]'s messages and queues them all for a client that
 /// does not read: that client is never too slow, only stuck in a write.
 pub fn overfill_config() -> Config {
