@@ -1,6 +1,6 @@
 //! Idle sessions park (holding their socket and none of the WebSocket's state, see
-//! `src/edge/parking.rs`) about 100–200 ms after their last frame, and lose nothing by it: not a
-//! frame half read, not a message half received, not a ping.
+//! `src/edge/parking.rs`) about 100–200 ms after their last frame, a new one as soon as it is
+//! greeted, and lose nothing by it: not a frame half read, not a message half received, not a ping.
 
 mod common;
 
@@ -70,6 +70,23 @@ async fn an_idle_pair_parks_and_relays_both_ways_when_woken() {
     server.send_to(&client.id, "ANSWER", json!("v=1")).await;
     client.expect_from(&server.id, "ANSWER", json!("v=1")).await;
     // Expectation: both delivered, and both park again.
+    until_sample(metrics, PARKED, 2.0).await;
+}
+
+#[tokio::test]
+async fn a_pair_that_speaks_the_moment_it_is_greeted_loses_nothing() {
+    // Set-up: a new pair; a session that has carried no message parks at its first rest, so
+    // each may park and reopen between its HELLO and what it is sent next.
+    let relay = TestRelay::start(metrics_config()).await;
+    let metrics = relay.metrics_addr.expect("metrics listener");
+    let mut server = TestPeer::server(&relay).await;
+    let mut client = TestPeer::client_of(&relay, &mut server).await;
+    // Action: the client offers at once and the server answers at once.
+    client.send_to(&server.id, "OFFER", json!("v=0")).await;
+    server.expect_from(&client.id, "OFFER", json!("v=0")).await;
+    server.send_to(&client.id, "ANSWER", json!("v=1")).await;
+    // Expectation: both delivered, and both park once quiet.
+    client.expect_from(&server.id, "ANSWER", json!("v=1")).await;
     until_sample(metrics, PARKED, 2.0).await;
 }
 

@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::Error as WsError;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-/// How long a session stays open after it last read or wrote a frame, at least, before it parks.
+/// How long a session stays open after it last carried a message, at least, before it parks.
 /// A signaling exchange comes in bursts (an offer, an answer, a handful of candidates within a
 /// second or two) and then nothing for minutes.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
@@ -31,24 +31,46 @@ pub const PARK_AFTER: Duration = Duration::from_millis(100);
 /// The longest wait between two looks at a busy peer: [`PARK_AFTER`] doubled this many times.
 const MAX_BACKOFF: u8 = 8;
 
-/// When a session's timer next looks whether its peer has gone idle: [`PARK_AFTER`] after it was
-/// opened, then twice as long each time it finds the peer was busy, so a peer busy for minutes
-/// costs its task a few timer wake-ups rather than ten a second.
-#[derive(Debug, Default)]
+/// When a session's timer next looks whether its peer has gone idle: [`PARK_AFTER`] after it
+/// last carried a message, then twice as long each time it finds the peer was busy, so a peer
+/// busy for minutes costs its task a few timer wake-ups rather than ten a second.
+///
+/// A session that has carried no message since it was set up or reopened is looked at as soon as
+/// it comes to rest: the relay's own frames (HELLO, PEER_JOINED, a ping and its pong) start no
+/// exchange, and most peers wait minutes for their first message. Held open for [`PARK_AFTER`]
+/// instead, the sessions of a burst of arrivals would all be open at once, and what they free
+/// when they park would stay behind as holes in the heap. A peer that speaks at once reopens it,
+/// which costs one allocation.
+#[derive(Debug)]
 pub struct Idleness {
-    /// A frame was read or written since the last look.
+    /// A message was read or written since the last look.
     busy: bool,
     backoff: u8,
+    /// No message and no look since the session was set up or reopened: look at once.
+    fresh: bool,
+}
+
+impl Default for Idleness {
+    fn default() -> Self {
+        Idleness {
+            busy: false,
+            backoff: 0,
+            fresh: true,
+        }
+    }
 }
 
 impl Idleness {
-    /// Notes a frame read or written (the relay's pings aside).
+    /// Notes a message read or written: one from the peer (not a ping or a pong), or one relayed
+    /// to it.
     pub fn busy(&mut self) {
         self.busy = true;
+        self.fresh = false;
     }
 
     /// Looks whether the peer was idle since the last look, and backs off if it was not.
     pub fn look(&mut self) -> bool {
+        self.fresh = false;
         let idle = !std::mem::take(&mut self.busy);
         if !idle {
             self.backoff = (self.backoff + 1).min(MAX_BACKOFF);
@@ -59,11 +81,16 @@ impl Idleness {
     /// Notes that the connection parked: once opened again, it is looked at soon.
     pub fn parked(&mut self) {
         self.backoff = 0;
+        self.fresh = true;
     }
 
     /// When to look next, from `now`.
     pub fn next_look(&self, now: Instant) -> Instant {
-        now + PARK_AFTER * (1 << self.backoff)
+        if self.fresh {
+            now
+        } else {
+            now + PARK_AFTER * (1 << self.backoff)
+        }
     }
 }
 
@@ -208,7 +235,7 @@ mod tests {
     fn a_busy_peer_is_looked_at_less_and_less_often_and_soon_again_once_parked() {
         let now = Instant::now();
         let mut idleness = Idleness::default();
-        // Set-up and action: a peer busy between each of nine looks.
+        // Set-up and action: a peer busy between each of ten looks.
         let mut waits = Vec::new();
         for _ in 0..10 {
             idleness.busy();
@@ -219,9 +246,29 @@ mod tests {
         assert_eq!(waits[0], PARK_AFTER * 2);
         assert_eq!(waits[7], PARK_AFTER * 256);
         assert_eq!(waits[9], PARK_AFTER * 256);
-        // Once idle it parks; opened again, it is looked at after PARK_AFTER.
+        // Once idle it parks; reopened by a message, it is looked at after PARK_AFTER.
         assert!(idleness.look(), "idle since the last look");
         idleness.parked();
+        idleness.busy();
         assert_eq!(idleness.next_look(now) - now, PARK_AFTER);
+    }
+
+    #[test]
+    fn a_session_that_carried_no_message_is_looked_at_once_at_rest() {
+        // Set-up: a new session (its HELLO written), and one reopened for a relay notice.
+        let now = Instant::now();
+        let mut new = Idleness::default();
+        let mut reopened = Idleness::default();
+        reopened.busy();
+        assert!(!reopened.look());
+        reopened.parked();
+        for idleness in [&mut new, &mut reopened] {
+            // Action and expectation: looked at at once, and found idle.
+            assert_eq!(idleness.next_look(now), now);
+            assert!(idleness.look(), "nothing carried");
+            // If it could not park (a frame half read), the next look waits PARK_AFTER: a
+            // session that cannot park is not looked at again and again.
+            assert_eq!(idleness.next_look(now) - now, PARK_AFTER);
+        }
     }
 }

@@ -372,12 +372,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } {
                 Event::Ended(end) => return end,
                 Event::Outgoing(batch) => {
-                    idleness.busy();
+                    if !batch.iter().all(|frame| protocol::is_notice(frame)) {
+                        idleness.busy();
+                    }
                     Outgoing::Batch(batch.into_iter())
                 }
                 Event::Incoming(message) => {
                     heard_at = Instant::now();
-                    idleness.busy();
+                    // A pong answers the relay's ping, a ping asks for one: neither is a message.
+                    if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
+                        idleness.busy();
+                    }
                     if parked {
                         look_by(timer.as_mut(), idleness.next_look(heard_at));
                     }

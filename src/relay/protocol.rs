@@ -119,6 +119,15 @@ fn push_json_string(frame: &mut String, text: &str) {
     }
 }
 
+/// Whether `frame` is one the relay sends of its own (HELLO, PEER_JOINED, ERROR, ...) rather than
+/// a peer's message: such frames come from [`RELAY_ID`], which is no peer's id.
+pub fn is_notice(frame: &str) -> bool {
+    frame
+        .strip_prefix(r#"{"from":""#)
+        .and_then(|rest| rest.strip_prefix(RELAY_ID))
+        .is_some_and(|rest| rest.starts_with(r#"","#))
+}
+
 /// The first frame every peer receives.
 #[derive(Serialize)]
 pub struct Hello<'a> {
@@ -331,6 +340,29 @@ mod tests {
 
     fn value(text: &str) -> Value {
         serde_json::from_str(text).expect("frames are JSON")
+    }
+
+    #[test]
+    fn the_relays_own_frames_are_notices_and_relayed_messages_are_not() {
+        let hello = hello(&Hello {
+            id: "7KQ2MX",
+            server_info: None,
+            ice_servers: &[],
+            resume: None,
+            waiting: false,
+        });
+        for frame in [
+            hello,
+            peer_joined("c1"),
+            peer_gone("c1"),
+            error(ErrorCode::ServerUnavailable, "later", None),
+        ] {
+            assert!(is_notice(&frame), "{frame}");
+        }
+        for from in ["7KQ2MX", "01", "c0"] {
+            let frame = relayed(from, "HELLO", None);
+            assert!(!is_notice(&frame), "{frame}");
+        }
     }
 
     #[test]
