@@ -12,6 +12,9 @@
 #   FANOUT_CLIENTS=1000 FANOUT_ROUNDS=200   the fan-out step's room size and measured rounds
 #   MANY_PAIRS=1000   pairs of the second pingpong step, where per-pair costs show
 #
+# At $MANY_PAIRS pairs each slice also drives the echo server's forwarding floor (`/pair/KEY`:
+# two connections, every frame read on one written on the other by one task): it touches two
+# sockets per message as the relay does, so relay / forward is the relay's own cost at that size.
 # The relay and the echo server both run during the pingpong step, both pinned to core 0, but only
 # one of them is driven at a time; the idle one costs nothing. It runs at $PAIRS pairs and again at
 # $MANY_PAIRS, where what grows with the number of peers (tables, timers, cache misses) shows.
@@ -154,6 +157,11 @@ pingpong_slices() {
         generate "pingpong-echo$step" "$run.$slice" pingpong --url "$scheme://$ECHO_ADDR" "$@" \
             --pid "$ECHO_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
             --duration "$DURATION" --warmup $WARMUP --target echo
+        if [[ $step == -many ]]; then
+            generate "pingpong-forward$step" "$run.$slice" pingpong --url "$scheme://$ECHO_ADDR" \
+                "$@" --pid "$ECHO_PID" --pairs "$pairs" --size $SIZE --window $WINDOW \
+                --duration "$DURATION" --warmup $WARMUP --target forward
+        fi
     done
 }
 
@@ -249,15 +257,15 @@ difference() {
         else (($a - $b) * 100 | round) / 100 end'
 }
 
-# The relay/echo ratios of a pingpong figure in one step ("" or -many), one per slice pair (relay
-# and echo measured back to back), as "median<TAB>min–max<TAB>every ratio in order": the tail
-# moves with the machine's noise, so a ratio is taken within a slice pair and the median of those
-# is the figure.
+# The ratios of a pingpong figure in one step ("" or -many), NUMERATOR (default relay) to FLOOR
+# (default echo), one per slice (the two measured back to back), as "median<TAB>min–max<TAB>every
+# ratio in order": the tail moves with the machine's noise, so a ratio is taken within a slice and
+# the median of those is the figure.
 paired_ratio() {
-    local step=$1 expr=$2 relay suffix
-    for relay in "$RESULTS/pingpong-relay$step".*.json; do
-        suffix=${relay#"$RESULTS/pingpong-relay$step."}
-        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-echo$step.$suffix" \
+    local step=$1 expr=$2 top=${3:-relay} floor=${4:-echo} relay suffix
+    for relay in "$RESULTS/pingpong-$top$step".*.json; do
+        suffix=${relay#"$RESULTS/pingpong-$top$step."}
+        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-$floor$step.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
              if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
     done | jq -rs "$JQ_MEDIAN"'map(select(. != null)) | map(. * 100 | round / 100) as $all |
@@ -327,6 +335,13 @@ row "relay at $MANY_PAIRS pairs: CPU-µs per relayed message" \
 row "echo at $MANY_PAIRS pairs: CPU-µs per echo" "$(median pingpong-echo-many .cpu.us_per_message)" \
     "$(spread pingpong-echo-many .cpu.us_per_message)"
 row "CPU per message at $MANY_PAIRS pairs, relay / echo" "$MANY_CPU_RATIO" "$MANY_CPU_RATIO_SPREAD"
+IFS=$'\t' read -r FORWARD_RATIO FORWARD_RATIO_SPREAD _ < <(paired_ratio -many .cpu.us_per_message forward)
+IFS=$'\t' read -r OVER_FORWARD OVER_FORWARD_SPREAD _ < <(paired_ratio -many .cpu.us_per_message relay forward)
+row "forward at $MANY_PAIRS pairs: CPU-µs per forwarded message" \
+    "$(median pingpong-forward-many .cpu.us_per_message)" \
+    "$(spread pingpong-forward-many .cpu.us_per_message)"
+row "CPU per message at $MANY_PAIRS pairs, forward / echo" "$FORWARD_RATIO" "$FORWARD_RATIO_SPREAD"
+row "CPU per message at $MANY_PAIRS pairs, relay / forward" "$OVER_FORWARD" "$OVER_FORWARD_SPREAD"
 if [[ $TLS == 1 ]]; then
     WSS_RELAY_CPU=$(median pingpong-relay-wss .cpu.us_per_message)
     WSS_ECHO_CPU=$(median pingpong-echo-wss .cpu.us_per_message)

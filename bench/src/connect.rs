@@ -320,6 +320,11 @@ async fn open(target: Target, servers: &Dialer, clients: &Dialer) -> Result<Pair
             code: String::new(),
             client_id: String::new(),
         }),
+        Target::Forward => {
+            bail!(
+                "--target forward is for pingpong: a forwarding pair's set-up is the echo floor's"
+            )
+        }
     }
 }
 

@@ -121,7 +121,8 @@ enum Command {
         /// Unmeasured interval before it
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         warmup: Duration,
-        /// The relay (two relayed messages per round trip) or the echo server (one echo)
+        /// The relay (two relayed messages per round trip), the echo server (one echo), or its
+        /// forwarding floor (two forwarded messages, socket to socket)
         #[arg(long, value_enum, default_value_t = pingpong::Target::Relay)]
         target: pingpong::Target,
         /// Extra pairs (relay only) whose client sends to its server as fast as it can; their

@@ -8,6 +8,7 @@ use rustls_pki_types::pem::PemObject;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -221,6 +222,17 @@ pub async fn close(ws: &mut Ws) -> CloseOutcome {
             CloseOutcome::TimedOut
         }
     }
+}
+
+/// A fresh `/pair/KEY` path for the echo server's forwarding floor: the process id and a counter,
+/// so that no two pairs of any run share a key.
+pub fn pair_path() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "/pair/{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A server peer and one client of it, both past HELLO, the server past PEER_JOINED.

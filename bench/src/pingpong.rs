@@ -51,6 +51,9 @@ pub enum Target {
     Relay,
     /// Connection → echo server → connection: one echo per round trip.
     Echo,
+    /// Connection → echo server → partner connection → echo server → connection: the forwarding
+    /// floor (`/pair/KEY`), two forwarded messages per round trip as through the relay.
+    Forward,
 }
 
 impl Target {
@@ -59,16 +62,27 @@ impl Target {
         match self {
             Target::Relay => "relay",
             Target::Echo => "echo",
+            Target::Forward => "forward",
         }
     }
 
     /// Messages the target reads and writes per round trip, the unit CPU cost is divided by.
     fn messages_per_round_trip(self) -> u64 {
         match self {
-            Target::Relay => 2,
+            Target::Relay | Target::Forward => 2,
             Target::Echo => 1,
         }
     }
+}
+
+/// The far end of a measured connection, as set up for the target.
+enum Far {
+    /// The relay's server peer, with its join code and the client's id.
+    Relay(Ws, String, String),
+    /// None: the echo server itself answers.
+    Echo,
+    /// The forwarding pair's other connection.
+    Mirror(Ws),
 }
 
 /// How to run.
@@ -83,7 +97,7 @@ pub struct Params {
     pub duration: Duration,
     /// Unmeasured interval before it.
     pub warmup: Duration,
-    /// Relay or echo server.
+    /// Relay, echo server or forwarding floor.
     pub target: Target,
     /// Extra relay pairs whose client sends to its server as fast as it can, unmeasured.
     pub flooders: usize,
@@ -283,8 +297,18 @@ pub async fn measure(
         match params.target {
             Target::Relay => net::open_pair(&route.servers, &route.clients)
                 .await
-                .map(|p| (pair, p.client, Some((p.server, p.code, p.client_id)))),
-            Target::Echo => route.servers.open("/echo").await.map(|ws| (pair, ws, None)),
+                .map(|p| (pair, p.client, Far::Relay(p.server, p.code, p.client_id))),
+            Target::Echo => route
+                .servers
+                .open("/echo")
+                .await
+                .map(|ws| (pair, ws, Far::Echo)),
+            Target::Forward => {
+                let path = net::pair_path();
+                let sender = route.servers.open(&path).await?;
+                let mirror = route.servers.open(&path).await?;
+                Ok((pair, sender, Far::Mirror(mirror)))
+            }
         }
     });
     let links: Vec<_> = stream::iter(setups)
@@ -310,7 +334,7 @@ pub async fn measure(
     let mut floods = Vec::new();
     for (pair, sender, server) in links {
         if pair >= params.pairs
-            && let Some((server, code, client_id)) = server
+            && let Far::Relay(server, code, client_id) = server
         {
             let frames = Arc::new(Frames::new(
                 pair,
@@ -332,20 +356,24 @@ pub async fn measure(
             continue;
         }
         let frames = match &server {
-            Some((_, code, _)) => Frames::new(
+            Far::Relay(_, code, _) => Frames::new(
                 pair,
                 params.size,
                 format!(r#"{{"to":"{code}","type":"P","message":""#),
                 format!(r#"{{"from":"{code}","type":"P","message":""#),
             ),
-            None => {
+            Far::Echo | Far::Mirror(_) => {
                 let prefix = format!(r#"{{"to":"{ECHO_CODE}","type":"P","message":""#);
                 Frames::new(pair, params.size, prefix.clone(), prefix)
             }
         };
-        if let Some((server, _, client_id)) = server {
-            let deadline = schedule.end + STALL + Duration::from_secs(5);
-            reflectors.push(tokio::spawn(reflect(server, client_id, deadline)));
+        let deadline = schedule.end + STALL + Duration::from_secs(5);
+        match server {
+            Far::Relay(server, _, client_id) => {
+                reflectors.push(tokio::spawn(reflect(server, client_id, deadline)));
+            }
+            Far::Mirror(mirror) => reflectors.push(tokio::spawn(mirror_back(mirror, deadline))),
+            Far::Echo => {}
         }
         senders.push(tokio::spawn(drive(
             sender,
@@ -702,6 +730,44 @@ async fn drive(
     sent
 }
 
+/// The far end of a forwarding pair: writes every frame straight back, until the echo server
+/// closes it after the sender left.
+async fn mirror_back(mut ws: Ws, deadline: Instant) -> Checks {
+    let mut checks = Checks::default();
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                if let Err(error) = ws.send(Message::Text(text)).await {
+                    checks.failed_connections += 1;
+                    checks.note(format!("mirror: send failed: {error}"));
+                    return checks;
+                }
+            }
+            Ok(Some(Ok(Message::Close(_)))) => {
+                // Let tungstenite send its reply: the next read ends the stream.
+                let _ = ws.next().await;
+                return checks;
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(error))) => {
+                checks.failed_connections += 1;
+                checks.note(format!("mirror: {error}"));
+                return checks;
+            }
+            Ok(None) => {
+                checks.failed_connections += 1;
+                checks.note("mirror: connection ended without a close".to_owned());
+                return checks;
+            }
+            Err(_) => {
+                checks.unexpected += 1;
+                checks.note("mirror: not closed by the deadline".to_owned());
+                return checks;
+            }
+        }
+    }
+}
+
 /// The server peer of a relay pair: sends every message from its client straight back, until the
 /// relay says the client left.
 async fn reflect(mut ws: Ws, client_id: String, deadline: Instant) -> Checks {
@@ -764,6 +830,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
     let unit = match target {
         Target::Relay => "relayed message",
         Target::Echo => "echo",
+        Target::Forward => "forwarded message",
     };
     let cpu_json = outcome.cpu.as_ref().map(|group| {
         let cpu = group.total;
@@ -848,6 +915,7 @@ pub fn report(params: &Params, url: &str, outcome: &Outcome) -> Report {
         match target {
             Target::Relay => "relayed messages/s (2 per round trip)",
             Target::Echo => "echoes/s (1 per round trip)",
+            Target::Forward => "forwarded messages/s (2 per round trip)",
         },
         thousands(messages_per_s),
     );

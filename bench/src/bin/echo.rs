@@ -2,11 +2,17 @@
 //! stack (tokio, hyper 1 HTTP/1 with upgrades, tokio-tungstenite `from_raw_socket`, one task per
 //! connection, no split) that writes every text frame back: no JSON, no routing, no queues.
 //!
+//! A connection to `/pair/KEY` is instead held until a second one opens on the same `KEY`; from then
+//! on every text frame read on either is written unchanged on the other, both sockets served by one
+//! task. That is the forwarding floor: what moving a frame from one socket to another costs on the
+//! same stack, with no JSON, routing, queues or second task, so a relay's gap to it is its own.
+//!
 //! With `--tls-cert` and `--tls-key` it serves `wss://` on the relay's own TLS set-up (the same
 //! rustls configuration, TLS socket and connection type), so a relay over TLS has a floor that
 //! pays the same TLS cost per message.
 
 use clap::Parser;
+use futures_util::future::{Either, select};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -18,12 +24,13 @@ use intercessor::edge::response::{self, Body};
 use intercessor::edge::stream::Stream;
 use intercessor::edge::tls::TlsFiles;
 use intercessor::edge::tls_socket::TlsSocket;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout};
@@ -35,6 +42,15 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// The relay's `--handshake-timeout` default, applied the same way: it bounds the TLS handshake and
 /// the request head together (the latter with hyper's header read timeout).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections waiting on `/pair/KEY` for their partner; beyond it a new one is dropped.
+const MAX_WAITING: usize = 20_000;
+
+/// An upgraded connection, as served here.
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// The first connection of each `/pair/KEY`, until the second arrives.
+static WAITING: LazyLock<Mutex<HashMap<String, Ws>>> = LazyLock::new(Mutex::default);
 
 /// Bare WebSocket echo server: the floor the relay's per-message cost is compared with.
 #[derive(Parser)]
@@ -142,7 +158,8 @@ async fn serve_http(stream: Stream, header_timeout: Duration) {
         .await;
 }
 
-/// Answers any WebSocket upgrade on any path; anything else gets `400`.
+/// Answers any WebSocket upgrade: `/pair/KEY` forwards, any other path echoes; anything else
+/// gets `400`.
 async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let is_websocket = request
         .headers()
@@ -154,6 +171,11 @@ async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Body>, Infal
         *response.status_mut() = StatusCode::BAD_REQUEST;
         return Ok(response);
     };
+    let pair_key = request
+        .uri()
+        .path()
+        .strip_prefix("/pair/")
+        .map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(&mut request);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await {
@@ -163,7 +185,10 @@ async fn upgrade(mut request: Request<Incoming>) -> Result<Response<Body>, Infal
                 Some(websocket_config()),
             )
             .await;
-            echo(ws).await;
+            match pair_key {
+                Some(key) => pair(key, ws).await,
+                None => echo(ws).await,
+            }
         }
     });
     Ok(response::switching_protocols(&derive_accept_key(
@@ -188,4 +213,40 @@ where
             Err(_) => return,
         }
     }
+}
+
+/// Holds the first connection of `key` until its partner arrives, then forwards between the two.
+async fn pair(key: String, ws: Ws) {
+    let partner = {
+        let mut waiting = WAITING.lock().unwrap_or_else(PoisonError::into_inner);
+        match waiting.remove(&key) {
+            Some(partner) => partner,
+            None => {
+                if waiting.len() < MAX_WAITING {
+                    waiting.insert(key, ws);
+                }
+                return;
+            }
+        }
+    };
+    forward(partner, ws).await;
+}
+
+/// Writes every text frame read on one connection unchanged on the other, until either ends;
+/// then closes both. Pings and closes are answered by tungstenite itself, as in [`echo`].
+async fn forward(mut first: Ws, mut second: Ws) {
+    loop {
+        let (text, to) = match select(first.next(), second.next()).await {
+            Either::Left((Some(Ok(message)), _)) => (message, &mut second),
+            Either::Right((Some(Ok(message)), _)) => (message, &mut first),
+            Either::Left(_) | Either::Right(_) => break,
+        };
+        if let Message::Text(text) = text
+            && to.send(Message::Text(text)).await.is_err()
+        {
+            break;
+        }
+    }
+    let _ = first.close(None).await;
+    let _ = second.close(None).await;
 }
