@@ -11,17 +11,20 @@ use intercessor::relay::resume::ResumePolicy;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// A relay resuming sessions within `window`, with `queue_bytes` queued per away peer.
-async fn relay_with(window: Duration, queue_bytes: usize, max_away: usize) -> TestRelay {
-    TestRelay::start(Config {
+/// A configuration resuming sessions within `window`, with `queue_bytes` queued per away peer.
+fn resuming(window: Duration, queue_bytes: usize, max_away: usize) -> Config {
+    Config {
         resume: ResumePolicy {
             window,
             queue_bytes,
             max_away,
         },
         ..config()
-    })
-    .await
+    }
+}
+
+async fn relay_with(window: Duration, queue_bytes: usize, max_away: usize) -> TestRelay {
+    TestRelay::start(resuming(window, queue_bytes, max_away)).await
 }
 
 async fn relay() -> TestRelay {
@@ -145,6 +148,47 @@ async fn frames_written_just_before_the_loss_are_replayed_after_those_the_peer_c
     assert_eq!(hello.get("gap"), None, "{hello}");
     assert_eq!(client.recv().await["message"], 2);
     assert_eq!(client.recv().await["message"], 3);
+}
+
+#[tokio::test]
+async fn frames_the_peer_answered_a_ping_after_leave_the_replay_window() {
+    // Pings every 100 ms; the client reads three frames and answers pings after them.
+    let relay = TestRelay::start(Config {
+        ping_interval: Duration::from_millis(100),
+        ..resuming(Duration::from_secs(30), 256 * 1024, 16)
+    })
+    .await;
+    let ((mut server, _), (mut client, client_hello)) = room(&relay).await;
+    for n in 1..=3 {
+        server.send_to(&client.id, "CANDIDATE", json!(n)).await;
+    }
+    for n in 1..=3 {
+        assert_eq!(client.recv().await["message"], n);
+    }
+    // Two pings read: the pong of the first has been written by the time the second is read.
+    let mut pings = 0;
+    for _ in 0..50 {
+        pings += client.count_pings(Duration::from_millis(100)).await;
+        if pings >= 2 {
+            break;
+        }
+    }
+    assert!(pings >= 2, "only {pings} pings in 5 s at 100 ms");
+    server.send_to(&client.id, "CANDIDATE", json!(4)).await;
+    let id = lose(client);
+    server.expect_relay("PEER_AWAY", json!({"id": id})).await;
+
+    // A resume claiming only two frames: the third was acknowledged and is no longer held.
+    let url = relay.url(&format!(
+        "/client/{}?resume={}&received=2",
+        server.id,
+        resume_token(&client_hello)
+    ));
+    let (mut client, hello) = TestPeer::hello(&url).await;
+
+    assert_eq!(hello["gap"], true, "{hello}");
+    assert_eq!(hello["replayed"], 1, "{hello}");
+    assert_eq!(client.recv().await["message"], 4);
 }
 
 #[tokio::test]

@@ -71,8 +71,8 @@ enum Event {
 /// What one write sends: a batch from the peer's queue, or a ping.
 enum Outgoing {
     Batch(std::collections::vec_deque::IntoIter<String>),
-    /// Whether the ping is still to be sent.
-    Ping(bool),
+    /// The ping's payload ([`resume::ping_payload`]) while it is still to be sent.
+    Ping(Option<Bytes>),
 }
 
 impl Iterator for Outgoing {
@@ -81,7 +81,7 @@ impl Iterator for Outgoing {
     fn next(&mut self) -> Option<Message> {
         match self {
             Outgoing::Batch(batch) => batch.next().map(Message::text),
-            Outgoing::Ping(unsent) => std::mem::take(unsent).then(|| Message::Ping(Bytes::new())),
+            Outgoing::Ping(unsent) => unsent.take().map(Message::Ping),
         }
     }
 }
@@ -414,7 +414,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     if !due {
                         continue;
                     }
-                    Outgoing::Ping(true)
+                    let payload = resume::ping_payload(self.inbox.written());
+                    Outgoing::Ping(Some(Bytes::copy_from_slice(&payload)))
                 }
             };
             let reopens = self.connection.is_parked();
@@ -480,7 +481,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Message::Close(frame) => {
                 return Err(End::Left(frame.map_or(close::NO_STATUS, |f| f.code.into())));
             }
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => return Ok(()),
+            Message::Pong(payload) => {
+                if let Some(received) = resume::pong_delivered(&payload) {
+                    self.inbox.delivered(received);
+                }
+                return Ok(());
+            }
+            Message::Ping(_) | Message::Frame(_) => return Ok(()),
         };
         match self.limiter.check(now) {
             Verdict::Allowed => {}

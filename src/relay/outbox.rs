@@ -179,6 +179,16 @@ impl Inbox {
         .await
     }
 
+    /// The number the next frame taken gets, for a ping written after the frames taken so far.
+    pub fn written(&self) -> u64 {
+        self.0.lock().replay.written()
+    }
+
+    /// The peer answered a ping written after frame `received - 1`: it needs none of those again.
+    pub fn delivered(&self, received: u64) {
+        self.0.lock().replay.delivered(received);
+    }
+
     /// Resolves with the close once the peer has been closed as [`TOO_SLOW`] or
     /// [`SHUTTING_DOWN`]; used to abandon a write it is not reading. Other closes wait for queued
     /// frames to be written first.

@@ -124,6 +124,11 @@ pub fn leaves_away(code: u16, by_relay: bool) -> bool {
 /// The last frames written to a peer, up to a byte bound, numbered as the peer counts them: its
 /// HELLO is frame 0, the next one frame 1. A peer that resumes saying it received `N` frames
 /// is sent again those after `N` the window still holds.
+///
+/// Frames the peer is known to have received leave the window early: each ping the relay writes
+/// carries the number of the next frame ([`ping_payload`]), and the pong that answers it proves
+/// every frame before it arrived (a WebSocket is one ordered stream). Without that a peer that
+/// was ever busy would hold a full window for the rest of its life, idle or not.
 #[derive(Debug, Default)]
 pub struct Replay {
     frames: VecDeque<String>,
@@ -164,6 +169,24 @@ impl Replay {
         }
     }
 
+    /// The number the next frame written gets: every frame below it has been written.
+    pub fn written(&self) -> u64 {
+        self.next
+    }
+
+    /// Forgets the frames numbered below `received`, which the peer is known to hold. A number
+    /// past the last frame written forgets them all.
+    pub fn delivered(&mut self, received: u64) {
+        let first = self.next - self.frames.len() as u64;
+        let known = received.saturating_sub(first).min(self.frames.len() as u64) as usize;
+        for frame in self.frames.drain(..known) {
+            self.bytes -= frame.len();
+        }
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+    }
+
     /// The frames after the first `received`, and whether some of them are no longer held.
     pub fn since(self, received: u64) -> (Vec<String>, bool) {
         let first = self.next - self.frames.len() as u64;
@@ -172,6 +195,18 @@ impl Replay {
         let skip = wanted.saturating_sub(first).min(self.frames.len() as u64) as usize;
         (self.frames.into_iter().skip(skip).collect(), gap)
     }
+}
+
+/// What a ping written after frame `written - 1` carries, for its pong to say so: the number, as
+/// 8 big-endian bytes.
+pub fn ping_payload(written: u64) -> [u8; 8] {
+    written.to_be_bytes()
+}
+
+/// The number a pong's payload carries, if it answers one of the relay's pings; an unsolicited
+/// pong, or one with any other payload, says nothing.
+pub fn pong_delivered(payload: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(payload.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -257,6 +292,46 @@ mod tests {
         assert_eq!(window(100, &frames).since(0).0.len(), 3);
         assert_eq!(window(100, &frames).since(3), (vec![], false));
         assert_eq!(window(100, &frames).since(99), (vec![], false));
+    }
+
+    #[test]
+    fn frames_a_pong_acknowledged_leave_the_window_and_later_ones_stay() {
+        let mut replay = window(100, &["a", "b"]);
+        let acknowledged = pong_delivered(&ping_payload(replay.written()));
+        assert_eq!(acknowledged, Some(3));
+        replay.record("c");
+        replay.delivered(3);
+        assert_eq!(replay.bytes, 1);
+        assert_eq!(replay.since(2), (vec!["c".into()], false));
+    }
+
+    #[test]
+    fn a_resume_from_before_the_acknowledged_frames_is_a_gap() {
+        let mut replay = window(100, &["a", "b", "c"]);
+        replay.delivered(3);
+        assert_eq!(replay.since(1), (vec!["c".into()], true));
+    }
+
+    #[rstest]
+    #[case(0, 3)]
+    #[case(1, 3)]
+    #[case(2, 2)]
+    #[case(4, 0)]
+    #[case(u64::MAX, 0)]
+    fn delivered_forgets_only_frames_below_the_number(#[case] below: u64, #[case] kept: usize) {
+        let mut replay = window(100, &["a", "b", "c"]);
+        replay.delivered(below);
+        assert_eq!(replay.frames.len(), kept);
+        assert_eq!(replay.bytes, kept);
+        assert_eq!(replay.written(), 4, "numbering goes on");
+    }
+
+    #[rstest]
+    #[case(b"")]
+    #[case(b"1234567")]
+    #[case(b"123456789")]
+    fn a_pong_that_answers_no_ping_of_the_relays_says_nothing(#[case] payload: &[u8]) {
+        assert_eq!(pong_delivered(payload), None);
     }
 
     #[test]
