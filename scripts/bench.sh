@@ -262,10 +262,10 @@ difference() {
 # ratio in order": the tail moves with the machine's noise, so a ratio is taken within a slice and
 # the median of those is the figure.
 paired_ratio() {
-    local step=$1 expr=$2 top=${3:-relay} floor=${4:-echo} relay suffix
-    for relay in "$RESULTS/pingpong-$top$step".*.json; do
-        suffix=${relay#"$RESULTS/pingpong-$top$step."}
-        jq -n --slurpfile r "$relay" --slurpfile e "$RESULTS/pingpong-$floor$step.$suffix" \
+    local step=$1 expr=$2 top=${3:-relay} floor=${4:-echo} measured suffix
+    for measured in "$RESULTS/pingpong-$top$step".*.json; do
+        suffix=${measured#"$RESULTS/pingpong-$top$step."}
+        jq -n --slurpfile r "$measured" --slurpfile e "$RESULTS/pingpong-$floor$step.$suffix" \
             "(\$r[0] | $expr) as \$a | (\$e[0] | $expr) as \$b |
              if \$a == null or \$b == null or \$b == 0 then null else \$a / \$b end"
     done | jq -rs "$JQ_MEDIAN"'map(select(. != null)) | map(. * 100 | round / 100) as $all |

@@ -177,8 +177,7 @@ impl Replay {
     /// Forgets the frames numbered below `received`, which the peer is known to hold. A number
     /// past the last frame written forgets them all.
     pub fn delivered(&mut self, received: u64) {
-        let first = self.next - self.frames.len() as u64;
-        let known = received.saturating_sub(first).min(self.frames.len() as u64) as usize;
+        let known = self.held_below(received);
         for frame in self.frames.drain(..known) {
             self.bytes -= frame.len();
         }
@@ -189,11 +188,22 @@ impl Replay {
 
     /// The frames after the first `received`, and whether some of them are no longer held.
     pub fn since(self, received: u64) -> (Vec<String>, bool) {
-        let first = self.next - self.frames.len() as u64;
         let wanted = received.saturating_add(1);
-        let gap = wanted < first;
-        let skip = wanted.saturating_sub(first).min(self.frames.len() as u64) as usize;
+        let gap = wanted < self.first_held();
+        let skip = self.held_below(wanted);
         (self.frames.into_iter().skip(skip).collect(), gap)
+    }
+
+    /// The number of the oldest frame the window holds (or of the next one, when it is empty).
+    fn first_held(&self) -> u64 {
+        self.next - self.frames.len() as u64
+    }
+
+    /// How many of the frames held are numbered below `number`: the front of the window.
+    fn held_below(&self, number: u64) -> usize {
+        number
+            .saturating_sub(self.first_held())
+            .min(self.frames.len() as u64) as usize
     }
 }
 
